@@ -1,0 +1,156 @@
+//! On-disk cache of compiled components, keyed by the SHA-256 of the
+//! component's bytes and by a hash of the engine's compilation settings, so
+//! a restart (or a second process) never recompiles the same component and
+//! a changed engine never loads an incompatible artifact.
+//!
+//! **Invariant (safety)**: loading a cached artifact maps native code into
+//! the process, so only files this cache wrote may be loaded. The folder is
+//! created with mode 0700 and refused (the cache is disabled, with a warning)
+//! if another user owns it or anyone else may write to it. Files are written
+//! to a temporary name and renamed, so a crash never leaves a torn artifact
+//! under a final name; wasmtime additionally checks the artifact's header
+//! and refuses one built by a different engine, which we treat as a miss.
+#![allow(unsafe_code)]
+
+use std::hash::Hasher;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+pub(crate) struct CompileCache {
+    dir: PathBuf,
+    engine_key: String,
+}
+
+/// Feeds `Hash` output into SHA-256, giving a hash that is stable across
+/// processes (unlike `DefaultHasher`'s randomised keys).
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+    fn finish(&self) -> u64 {
+        0
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl CompileCache {
+    /// Opens (creating if needed) the cache folder, or returns `None` with a
+    /// warning when it cannot be used safely.
+    pub(crate) fn open(dir: &Path, engine: &Engine) -> Option<Self> {
+        if let Err(e) = create_private_dir(dir) {
+            tracing::warn!(dir = %dir.display(), "compile cache disabled: {e}");
+            return None;
+        }
+        if let Err(why) = check_private(dir) {
+            tracing::warn!(dir = %dir.display(), "compile cache disabled: {why}");
+            return None;
+        }
+        let mut hasher = Sha256Hasher(Sha256::new());
+        std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
+        hasher.0.update(env!("CARGO_PKG_VERSION").as_bytes());
+        let engine_key = hex(&hasher.0.finalize()[..12]);
+        Some(Self {
+            dir: dir.to_path_buf(),
+            engine_key,
+        })
+    }
+
+    fn path_for(&self, component_hash: &str) -> PathBuf {
+        self.dir
+            .join(format!("{component_hash}-{}.cwasm", self.engine_key))
+    }
+
+    /// The cached compilation of `component_hash`, if present and usable.
+    pub(crate) fn get(&self, engine: &Engine, component_hash: &str) -> Option<Component> {
+        let path = self.path_for(component_hash);
+        if !path.is_file() {
+            return None;
+        }
+        // SAFETY: `path` lives in a folder only this user can write (checked
+        // in `open`) and was written by `put` below from
+        // `Engine::precompile_component`; wasmtime verifies its header and
+        // engine compatibility before use.
+        match unsafe { Component::deserialize_file(engine, &path) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "ignoring unusable compiled artifact: {e:#}");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Stores compiled `artifact` and loads it back (memory-mapped).
+    pub(crate) fn put(
+        &self,
+        engine: &Engine,
+        component_hash: &str,
+        artifact: &[u8],
+    ) -> std::io::Result<Component> {
+        let path = self.path_for(component_hash);
+        let mut tmp = tempfile_in(&self.dir)?;
+        tmp.1.write_all(artifact)?;
+        tmp.1.sync_all()?;
+        std::fs::rename(&tmp.0, &path)?;
+        // SAFETY: as in `get`; the file was written just above from wasmtime's
+        // own precompiled output.
+        unsafe { Component::deserialize_file(engine, &path) }
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))
+    }
+}
+
+fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = format!(
+        ".tmp-{}-{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let path = dir.join(name);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    Ok((path, file))
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+fn check_private(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).map_err(|e| e.to_string())?;
+    let uid = current_uid();
+    if meta.uid() != uid {
+        return Err(format!("the folder is owned by uid {}, not by this user (uid {uid})", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "the folder is writable by others (mode {:o}); run `chmod go-w` on it",
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
+fn current_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}

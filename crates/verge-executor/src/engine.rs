@@ -1,0 +1,164 @@
+//! The process-wide engine: wasmtime configuration, the linker, the epoch
+//! ticker and the compile cache, behind a cheaply cloneable [`Executor`].
+//!
+//! The pooling allocator is sized once at start ([`ExecutorConfig`]). When
+//! an instance is freed its memory is reset in place (`keep_resident` plus
+//! the `PAGEMAP_SCAN` ioctl where the kernel has it) instead of being handed
+//! back to the kernel: returning pages costs TLB shootdowns on every core,
+//! which is where most per-request time went in `wasmtime serve`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::component::Linker;
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+use crate::cache::CompileCache;
+use crate::host::Host;
+
+/// Settings fixed for the life of the process.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// Folder for compiled components; `None` compiles in memory every time.
+    pub cache_dir: Option<PathBuf>,
+    /// Instances that may be alive at once across all components. Requests
+    /// beyond this get [`crate::HandleError::Overloaded`].
+    pub max_instances: u32,
+    /// The largest linear memory any component may be granted, in bytes.
+    pub max_memory: u64,
+    /// How often running guests are interrupted to check deadlines and yield.
+    pub epoch_tick: Duration,
+    /// Bytes of each freed linear memory reset in place rather than returned
+    /// to the kernel.
+    pub memory_keep_resident: usize,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            max_instances: 1000,
+            max_memory: verge_capabilities::Limits::MAX_MEMORY,
+            epoch_tick: Duration::from_millis(5),
+            memory_keep_resident: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why the executor could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecutorError {
+    /// wasmtime refused the configuration (for example, not enough address space).
+    #[error("cannot create the WebAssembly engine: {0}")]
+    Engine(String),
+    /// The linker could not be set up.
+    #[error("cannot set up WASI for guests: {0}")]
+    Linker(String),
+}
+
+/// Cheap handle to the process-wide engine.
+#[derive(Clone)]
+pub struct Executor {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<Host>,
+    pub(crate) cache: Option<CompileCache>,
+    _ticker: EpochTicker,
+}
+
+impl Executor {
+    /// Builds the engine and linker and starts the epoch ticker.
+    pub fn new(config: &ExecutorConfig) -> Result<Self, ExecutorError> {
+        let engine = Engine::new(&wasmtime_config(config)).map_err(|e| ExecutorError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| ExecutorError::Linker(format!("{e:#}")))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| ExecutorError::Linker(format!("{e:#}")))?;
+        let cache = config
+            .cache_dir
+            .as_ref()
+            .and_then(|dir| CompileCache::open(dir, &engine));
+        let ticker = EpochTicker::spawn(engine.clone(), config.epoch_tick)
+            .map_err(|e| ExecutorError::Engine(format!("cannot start the epoch ticker thread: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                cache,
+                _ticker: ticker,
+            }),
+        })
+    }
+}
+
+fn wasmtime_config(config: &ExecutorConfig) -> Config {
+    let n = config.max_instances.max(1);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(n)
+        // Toolchains split a component into several core modules (shims,
+        // libc, the language runtime); budget generously, it is only metadata.
+        .total_core_instances(n.saturating_mul(16))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(16))
+        .total_stacks(n)
+        .max_memory_size(usize::try_from(config.max_memory).unwrap_or(usize::MAX))
+        .linear_memory_keep_resident(config.memory_keep_resident)
+        .table_keep_resident(64 * 1024)
+        .pagemap_scan(Enabled::Auto);
+
+    let mut c = Config::new();
+    c.wasm_component_model(true)
+        .epoch_interruption(true)
+        .memory_init_cow(true)
+        .cranelift_opt_level(OptLevel::Speed)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    c
+}
+
+/// Increments the engine's epoch every tick on a dedicated thread; dropping
+/// it stops and joins the thread.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    /// Starts the ticker. Without it no deadline would ever fire, so failing
+    /// to start it is an error, never a degraded mode.
+    fn spawn(engine: Engine, tick: Duration) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("verge-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::park_timeout(tick);
+                        engine.increment_epoch();
+                    }
+                })?
+        };
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! `verge.toml`: the description of an app.
+//!
+//! Parsing happens in two layers, as in ripgrep's low-level/high-level args:
+//! [`raw`] mirrors the file with serde (`deny_unknown_fields`, spans kept), and
+//! [`validate`] turns it into the typed [`Manifest`] that the rest of Verge uses.
+//! Every error is a [`ManifestError`] naming file, line and column, rendered
+//! like a compiler diagnostic with a hint of what to do.
+//!
+//! **Invariant**: a [`Manifest`] value is always valid: names are well-formed,
+//! routes parse and do not conflict, limits are in range, paths are absolute.
+//! Only the existence of component files is checked separately
+//! ([`Manifest::check_sources`]), because build commands create them.
+//!
+//! **API boundary**: no I/O besides reading the manifest and checking files; no
+//! knowledge of wasmtime or HTTP servers.
+
+mod error;
+pub mod raw;
+mod units;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::ManifestError;
+pub use units::{parse_duration, parse_size};
+pub use validate::check_name;
+use verge_capabilities::{Capabilities, Limits};
+use verge_router::Route;
+
+/// The conventional manifest file name.
+pub const MANIFEST_FILE: &str = "verge.toml";
+
+/// A validated app manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Absolute path of the manifest file.
+    pub path: PathBuf,
+    /// Folder holding the manifest; relative paths in it are resolved from here.
+    pub dir: PathBuf,
+    /// The app's name.
+    pub name: String,
+    /// Components in file order.
+    pub components: Vec<ComponentSpec>,
+    text: String,
+}
+
+/// One component of an app.
+#[derive(Debug, Clone)]
+pub struct ComponentSpec {
+    /// Name, unique within the app.
+    pub name: String,
+    /// Absolute path of the `.wasm` component.
+    pub source: PathBuf,
+    /// Byte span of the `source` value in the manifest, for later errors.
+    source_span: std::ops::Range<usize>,
+    /// Routes served by this component.
+    pub routes: Vec<Route>,
+    /// How to build the component, if it is built from source.
+    pub build: Option<BuildSpec>,
+    /// What the component may reach.
+    pub capabilities: Capabilities,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+/// A build step run before serving (and again on change with `--watch`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildSpec {
+    /// Shell command, run with `sh -c`.
+    pub command: String,
+    /// Working directory, absolute.
+    pub workdir: PathBuf,
+    /// Glob patterns, relative to `workdir`, whose changes trigger a rebuild.
+    pub watch: Vec<String>,
+    /// Longest time the build may take.
+    pub timeout: Duration,
+}
+
+impl Manifest {
+    /// Reads and validates the manifest at `path`.
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ManifestError::Io {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let path = std::path::absolute(path).map_err(|e| ManifestError::Io {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::parse(&text, &path)
+    }
+
+    /// Validates manifest `text` as if read from `path` (used for messages and
+    /// for resolving relative paths).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ManifestError> {
+        validate::manifest(text, path)
+    }
+
+    /// Checks that every component file exists and is a regular file; call
+    /// this after running build commands.
+    pub fn check_sources(&self) -> Result<(), ManifestError> {
+        for c in &self.components {
+            self.check_source(c)?;
+        }
+        Ok(())
+    }
+
+    /// Checks one component's file, as [`Manifest::check_sources`] does.
+    pub fn check_source(&self, c: &ComponentSpec) -> Result<(), ManifestError> {
+        if c.source.is_file() {
+            return Ok(());
+        }
+        let help = match &c.build {
+            Some(_) => "the build command ran but did not produce this file; make `source` \
+                        point at the `.wasm` it writes"
+                .to_string(),
+            None => "build the component first, or fix the path (relative paths start at the \
+                     folder holding verge.toml)"
+                .to_string(),
+        };
+        Err(ManifestError::at(
+            &self.path,
+            &self.text,
+            c.source_span.clone(),
+            format!(
+                "component `{}`: file `{}` does not exist",
+                c.name,
+                c.source.display()
+            ),
+            Some(help),
+        ))
+    }
+
+    /// The component with this name.
+    pub fn component(&self, name: &str) -> Option<&ComponentSpec> {
+        self.components.iter().find(|c| c.name == name)
+    }
+}

@@ -1,0 +1,297 @@
+//! The validation layer: raw manifest in, typed [`Manifest`] out, or the first
+//! problem found with its position and a hint.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use verge_capabilities::{Capabilities, HostPattern, Limits, OutboundPolicy};
+use verge_router::Route;
+
+use crate::raw::{RawBuild, RawComponent, RawLimits, RawManifest, RawSize};
+use crate::units::{parse_duration, parse_size};
+use crate::{BuildSpec, ComponentSpec, Manifest, ManifestError};
+
+const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(600);
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+const MAX_CONCURRENCY: i64 = 10_000;
+const WASM_PAGE: u64 = 64 * 1024;
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+    dir: PathBuf,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Range<usize>, message: impl Into<String>, help: impl Into<Option<String>>) -> ManifestError {
+        ManifestError::at(self.path, self.text, span, message, help.into())
+    }
+
+    fn resolve(&self, relative: &str) -> PathBuf {
+        let joined = self.dir.join(relative);
+        // Lexical normalisation only: the file may not exist yet.
+        let mut out = PathBuf::new();
+        for part in joined.components() {
+            match part {
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                std::path::Component::CurDir => {}
+                other => out.push(other),
+            }
+        }
+        out
+    }
+}
+
+pub(crate) fn manifest(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let cx = Ctx { path, text, dir };
+    let raw: RawManifest = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim_end().to_string();
+        let help = if message.starts_with("unknown field") {
+            Some("remove the field or fix its spelling; docs/manifest.md lists every field".to_string())
+        } else if message.starts_with("missing field") {
+            Some("add the field; docs/manifest.md describes it".to_string())
+        } else {
+            None
+        };
+        cx.err(span, message, help)
+    })?;
+
+    let name = match &raw.name {
+        Some(name) => {
+            check_name(name.get_ref()).map_err(|why| {
+                cx.err(name.span(), format!("invalid app name `{}`: {why}", name.get_ref()), None)
+            })?;
+            name.get_ref().clone()
+        }
+        None => default_app_name(&cx.dir),
+    };
+
+    if raw.component.is_empty() {
+        return Err(cx.err(
+            0..0,
+            "the manifest declares no component",
+            Some("add a `[component.NAME]` table with `source` and `routes`".to_string()),
+        ));
+    }
+    let mut entries: Vec<_> = raw.component.iter().collect();
+    entries.sort_by_key(|(key, _)| key.span().start);
+
+    let mut claimed: HashMap<Route, (String, Range<usize>)> = HashMap::new();
+    let mut components = Vec::with_capacity(entries.len());
+    for (key, component) in entries {
+        let spec = component_spec(&cx, key.get_ref(), key.span(), component.get_ref())?;
+        for (route, raw_route) in spec.routes.iter().zip(&component.get_ref().routes) {
+            if let Some((owner, _)) = claimed.get(route) {
+                return Err(cx.err(
+                    raw_route.span(),
+                    format!("route `{route}` is already served by component `{owner}`"),
+                    Some("each host and path prefix may be served by one component only; change one of the routes".to_string()),
+                ));
+            }
+            claimed.insert(route.clone(), (spec.name.clone(), raw_route.span()));
+        }
+        components.push(spec);
+    }
+
+    Ok(Manifest {
+        path: path.to_path_buf(),
+        dir: cx.dir,
+        name,
+        components,
+        text: text.to_string(),
+    })
+}
+
+fn component_spec(
+    cx: &Ctx<'_>,
+    name: &str,
+    name_span: Range<usize>,
+    raw: &RawComponent,
+) -> Result<ComponentSpec, ManifestError> {
+    check_name(name)
+        .map_err(|why| cx.err(name_span.clone(), format!("invalid component name `{name}`: {why}"), None))?;
+    let ctx = |msg: String| format!("component `{name}`: {msg}");
+
+    let source = raw.source.get_ref();
+    if source.trim().is_empty() {
+        return Err(cx.err(
+            raw.source.span(),
+            ctx("`source` is empty".into()),
+            Some("set it to the path of the component's `.wasm` file".to_string()),
+        ));
+    }
+
+    if raw.routes.is_empty() {
+        return Err(cx.err(
+            name_span,
+            ctx("no routes".into()),
+            Some("add `routes = [\"/\"]` (path prefixes this component serves)".to_string()),
+        ));
+    }
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for r in &raw.routes {
+        let route = Route::new(r.get_ref().host.as_deref(), &r.get_ref().path)
+            .map_err(|e| cx.err(r.span(), ctx(e.to_string()), None))?;
+        routes.push(route);
+    }
+
+    let build = raw.build.as_ref().map(|b| build_spec(cx, b.get_ref(), &ctx)).transpose()?;
+
+    let mut env = Vec::with_capacity(raw.environment.len());
+    for (k, v) in &raw.environment {
+        if k.get_ref().is_empty() || k.get_ref().contains(['=', '\0']) {
+            return Err(cx.err(
+                k.span(),
+                ctx(format!("invalid environment variable name `{}`", k.get_ref())),
+                Some("names must be non-empty and contain no `=` or NUL".to_string()),
+            ));
+        }
+        if v.get_ref().contains('\0') {
+            return Err(cx.err(v.span(), ctx("environment values must not contain NUL".into()), None));
+        }
+        env.push((k.get_ref().clone(), v.get_ref().clone()));
+    }
+
+    let mut patterns = Vec::with_capacity(raw.allowed_outbound_hosts.len());
+    for h in &raw.allowed_outbound_hosts {
+        let pattern: HostPattern = h
+            .get_ref()
+            .parse()
+            .map_err(|e: verge_capabilities::HostPatternError| cx.err(h.span(), ctx(e.to_string()), Some("write `[scheme://]host[:port]`, e.g. \"https://api.example.com\" or \"127.0.0.1:8080\"".to_string())))?;
+        patterns.push(pattern);
+    }
+
+    let limits = match &raw.limits {
+        Some(l) => limits(cx, l.get_ref(), &ctx)?,
+        None => Limits::default(),
+    };
+
+    Ok(ComponentSpec {
+        name: name.to_string(),
+        source: cx.resolve(source),
+        source_span: raw.source.span(),
+        routes,
+        build,
+        capabilities: Capabilities {
+            outbound: OutboundPolicy::new(patterns),
+            env,
+        },
+        limits,
+    })
+}
+
+fn build_spec(
+    cx: &Ctx<'_>,
+    raw: &RawBuild,
+    ctx: &dyn Fn(String) -> String,
+) -> Result<BuildSpec, ManifestError> {
+    if raw.command.get_ref().trim().is_empty() {
+        return Err(cx.err(raw.command.span(), ctx("the build command is empty".into()), None));
+    }
+    let workdir = match &raw.workdir {
+        Some(w) => cx.resolve(w.get_ref()),
+        None => cx.dir.clone(),
+    };
+    let timeout = match &raw.timeout {
+        Some(t) => parse_duration(t.get_ref())
+            .map_err(|e| cx.err(t.span(), ctx(format!("invalid build timeout: {e}")), None))?,
+        None => DEFAULT_BUILD_TIMEOUT,
+    };
+    for w in &raw.watch {
+        if w.get_ref().trim().is_empty() {
+            return Err(cx.err(w.span(), ctx("empty watch pattern".into()), None));
+        }
+    }
+    Ok(BuildSpec {
+        command: raw.command.get_ref().clone(),
+        workdir,
+        watch: raw.watch.iter().map(|w| w.get_ref().clone()).collect(),
+        timeout,
+    })
+}
+
+fn limits(cx: &Ctx<'_>, raw: &RawLimits, ctx: &dyn Fn(String) -> String) -> Result<Limits, ManifestError> {
+    let mut limits = Limits::default();
+    let size = |v: &toml::Spanned<RawSize>, what: &str| -> Result<u64, ManifestError> {
+        match v.get_ref() {
+            RawSize::Bytes(n) if *n >= 0 => Ok(*n as u64),
+            RawSize::Bytes(_) => Err(cx.err(v.span(), ctx(format!("`{what}` cannot be negative")), None)),
+            RawSize::Text(t) => parse_size(t).map_err(|e| cx.err(v.span(), ctx(format!("invalid `{what}`: {e}")), None)),
+        }
+    };
+    if let Some(m) = &raw.memory {
+        let bytes = size(m, "memory")?;
+        if !(WASM_PAGE..=Limits::MAX_MEMORY).contains(&bytes) {
+            return Err(cx.err(
+                m.span(),
+                ctx(format!("`memory` must be between 64KiB and 4GiB, not {bytes} bytes")),
+                None,
+            ));
+        }
+        limits.memory = bytes;
+    }
+    if let Some(t) = &raw.timeout {
+        let d = parse_duration(t.get_ref())
+            .map_err(|e| cx.err(t.span(), ctx(format!("invalid `timeout`: {e}")), None))?;
+        if d.is_zero() || d > MAX_TIMEOUT {
+            return Err(cx.err(t.span(), ctx("`timeout` must be above zero and at most 24h".into()), None));
+        }
+        limits.timeout = d;
+    }
+    if let Some(c) = &raw.max_concurrency {
+        let n = *c.get_ref();
+        if !(1..=MAX_CONCURRENCY).contains(&n) {
+            return Err(cx.err(
+                c.span(),
+                ctx(format!("`max_concurrency` must be between 1 and {MAX_CONCURRENCY}, not {n}")),
+                None,
+            ));
+        }
+        limits.max_concurrency = n as u32;
+    }
+    if let Some(b) = &raw.max_request_body {
+        limits.max_request_body = size(b, "max_request_body")?;
+    }
+    Ok(limits)
+}
+
+/// App and component names: 1-63 of `a-z`, `0-9`, `-`, not starting or ending with `-`.
+pub fn check_name(name: &str) -> Result<(), &'static str> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err("use 1 to 63 lower-case letters, digits and `-`, not starting or ending with `-`")
+    }
+}
+
+/// A valid app name derived from the manifest's folder name.
+fn default_app_name(dir: &Path) -> String {
+    let raw = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let cleaned: String = raw
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let trimmed: String = cleaned.trim_matches('-').chars().take(63).collect();
+    let trimmed = trimmed.trim_end_matches('-').to_string();
+    if trimmed.is_empty() { "app".to_string() } else { trimmed }
+}
+
+#[cfg(test)]
+mod tests;

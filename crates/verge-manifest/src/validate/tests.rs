@@ -1,0 +1,291 @@
+//! Data-driven manifest tests: each case is a manifest and the exact
+//! diagnostic (or summary) it must produce.
+
+use std::path::Path;
+
+use expect_test::{Expect, expect};
+
+use crate::Manifest;
+
+fn check_err(text: &str, expected: Expect) {
+    let err = Manifest::parse(text, Path::new("/app/verge.toml")).expect_err("manifest should be refused");
+    expected.assert_eq(&err.to_string());
+}
+
+fn summary(text: &str) -> String {
+    let m = Manifest::parse(text, Path::new("/app/verge.toml")).expect("manifest should be valid");
+    let mut out = format!("app {}\n", m.name);
+    for c in &m.components {
+        let routes: Vec<String> = c.routes.iter().map(ToString::to_string).collect();
+        out.push_str(&format!(
+            "{}: source={} routes={:?} env={:?} outbound={:?} memory={} timeout={:?} concurrency={} body={}\n",
+            c.name,
+            c.source.display(),
+            routes,
+            c.capabilities.env,
+            c.capabilities.outbound.patterns().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            c.limits.memory,
+            c.limits.timeout,
+            c.limits.max_concurrency,
+            c.limits.max_request_body,
+        ));
+        if let Some(b) = &c.build {
+            out.push_str(&format!(
+                "  build `{}` in {} watch={:?} timeout={:?}\n",
+                b.command,
+                b.workdir.display(),
+                b.watch,
+                b.timeout
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn full_manifest() {
+    let text = r#"
+name = "shop"
+
+[component.web]
+source = "web/web.wasm"
+routes = ["/"]
+
+[component.api]
+source = "../shared/api.wasm"
+routes = ["/api/", { path = "/", host = "API.example.com" }]
+allowed_outbound_hosts = ["https://payments.example.com", "127.0.0.1:*"]
+environment = { LOG = "debug", B = "2" }
+build = { command = "make", workdir = "api", watch = ["src/**/*.rs"], timeout = "2m" }
+limits = { memory = "64MiB", timeout = "10s", max_concurrency = 5, max_request_body = 1024 }
+"#;
+    expect![[r#"
+        app shop
+        web: source=/app/web/web.wasm routes=["/"] env=[] outbound=[] memory=134217728 timeout=30s concurrency=100 body=33554432
+        api: source=/shared/api.wasm routes=["/api", "api.example.com/"] env=[("B", "2"), ("LOG", "debug")] outbound=["https://payments.example.com", "127.0.0.1:*"] memory=67108864 timeout=10s concurrency=5 body=1024
+          build `make` in /app/api watch=["src/**/*.rs"] timeout=120s
+    "#]]
+    .assert_eq(&summary(text));
+}
+
+#[test]
+fn app_name_defaults_to_folder() {
+    let text = "[component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\n";
+    let m = Manifest::parse(text, Path::new("/work/My App_1/verge.toml")).expect("valid");
+    assert_eq!(m.name, "my-app-1");
+}
+
+#[test]
+fn syntax_error() {
+    check_err(
+        "name = \"x\"\n[component.a\nsource = 1\n",
+        expect![[r#"
+            unclosed table, expected `]`
+             --> /app/verge.toml:2:13
+              |
+            2 | [component.a
+              |             ^"#]],
+    );
+}
+
+#[test]
+fn unknown_field() {
+    check_err(
+        "[component.a]\nsource = \"a.wasm\"\nrotes = [\"/\"]\n",
+        expect![[r#"
+            unknown field `rotes`, expected one of `source`, `routes`, `build`, `environment`, `allowed_outbound_hosts`, `limits`
+             --> /app/verge.toml:3:1
+              |
+            3 | rotes = ["/"]
+              | ^^^^^
+              = help: remove the field or fix its spelling; docs/manifest.md lists every field"#]],
+    );
+}
+
+#[test]
+fn missing_source() {
+    check_err(
+        "[component.a]\nroutes = [\"/\"]\n",
+        expect![[r#"
+            missing field `source`
+             --> /app/verge.toml:1:1
+              |
+            1 | [component.a]
+              | ^^^^^^^^^^^^^
+              = help: add the field; docs/manifest.md describes it"#]],
+    );
+}
+
+#[test]
+fn bad_duration() {
+    check_err(
+        "[component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\nlimits = { timeout = \"30\" }\n",
+        expect![[r#"
+            component `a`: invalid `timeout`: `30` has no unit; write e.g. "30s" or "30ms"
+             --> /app/verge.toml:4:22
+              |
+            4 | limits = { timeout = "30" }
+              |                      ^^^^"#]],
+    );
+    check_err(
+        "[component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\nlimits = { timeout = \"soon\" }\n",
+        expect![[r#"
+            component `a`: invalid `timeout`: `soon` is not a duration; write e.g. "30s", "500ms" or "2m"
+             --> /app/verge.toml:4:22
+              |
+            4 | limits = { timeout = "soon" }
+              |                      ^^^^^^"#]],
+    );
+}
+
+#[test]
+fn bad_sizes_and_ranges() {
+    check_err(
+        "[component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\n[component.a.limits]\nmemory = \"8GiB\"\n",
+        expect![[r#"
+            component `a`: `memory` must be between 64KiB and 4GiB, not 8589934592 bytes
+             --> /app/verge.toml:5:10
+              |
+            5 | memory = "8GiB"
+              |          ^^^^^^"#]],
+    );
+    check_err(
+        "[component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\n[component.a.limits]\nmax_concurrency = 0\n",
+        expect![[r#"
+            component `a`: `max_concurrency` must be between 1 and 10000, not 0
+             --> /app/verge.toml:5:19
+              |
+            5 | max_concurrency = 0
+              |                   ^"#]],
+    );
+    check_err(
+        "[component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\n[component.a.limits]\nmax_request_body = \"huge\"\n",
+        expect![[r#"
+            component `a`: invalid `max_request_body`: `huge` is not a size; write e.g. "128MiB", "10MB" or a number of bytes
+             --> /app/verge.toml:5:20
+              |
+            5 | max_request_body = "huge"
+              |                    ^^^^^^"#]],
+    );
+}
+
+#[test]
+fn route_conflict_between_components() {
+    check_err(
+        "[component.a]\nsource = \"a.wasm\"\nroutes = [\"/api\"]\n\n[component.b]\nsource = \"b.wasm\"\nroutes = [\"/\", \"/api/\"]\n",
+        expect![[r#"
+            route `/api` is already served by component `a`
+             --> /app/verge.toml:7:16
+              |
+            7 | routes = ["/", "/api/"]
+              |                ^^^^^^^
+              = help: each host and path prefix may be served by one component only; change one of the routes"#]],
+    );
+}
+
+#[test]
+fn invalid_route_and_host() {
+    check_err(
+        "[component.a]\nsource = \"a.wasm\"\nroutes = [\"api\"]\n",
+        expect![[r#"
+            component `a`: invalid route path `api`: it must start with `/`
+             --> /app/verge.toml:3:11
+              |
+            3 | routes = ["api"]
+              |           ^^^^^"#]],
+    );
+    check_err(
+        "[component.a]\nsource = \"a.wasm\"\nroutes = [{ path = \"/\", hots = \"x\" }]\n",
+        expect![[r#"
+            unknown field `hots`, expected `path` or `host`
+             --> /app/verge.toml:3:25
+              |
+            3 | routes = [{ path = "/", hots = "x" }]
+              |                         ^^^^
+              = help: remove the field or fix its spelling; docs/manifest.md lists every field"#]],
+    );
+}
+
+#[test]
+fn bad_outbound_host() {
+    check_err(
+        "[component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\nallowed_outbound_hosts = [\"http://x.org/path\"]\n",
+        expect![[r#"
+            component `a`: invalid outbound host `http://x.org/path`: name a host (and port), not a URL with a path
+             --> /app/verge.toml:4:27
+              |
+            4 | allowed_outbound_hosts = ["http://x.org/path"]
+              |                           ^^^^^^^^^^^^^^^^^^^
+              = help: write `[scheme://]host[:port]`, e.g. "https://api.example.com" or "127.0.0.1:8080""#]],
+    );
+}
+
+#[test]
+fn names_and_empty_manifest() {
+    check_err(
+        "",
+        expect![[r#"
+            the manifest declares no component
+             --> /app/verge.toml:1:1
+              |
+            1 | 
+              | ^
+              = help: add a `[component.NAME]` table with `source` and `routes`"#]],
+    );
+    check_err(
+        "name = \"My App\"\n",
+        expect![[r#"
+            invalid app name `My App`: use 1 to 63 lower-case letters, digits and `-`, not starting or ending with `-`
+             --> /app/verge.toml:1:8
+              |
+            1 | name = "My App"
+              |        ^^^^^^^^"#]],
+    );
+    check_err(
+        "[component.Api]\nsource = \"a.wasm\"\nroutes = [\"/\"]\n",
+        expect![[r#"
+            invalid component name `Api`: use 1 to 63 lower-case letters, digits and `-`, not starting or ending with `-`
+             --> /app/verge.toml:1:12
+              |
+            1 | [component.Api]
+              |            ^^^"#]],
+    );
+    check_err(
+        "[component.a]\nsource = \"a.wasm\"\nroutes = []\n",
+        expect![[r#"
+            component `a`: no routes
+             --> /app/verge.toml:1:12
+              |
+            1 | [component.a]
+              |            ^
+              = help: add `routes = ["/"]` (path prefixes this component serves)"#]],
+    );
+}
+
+#[test]
+fn environment_names() {
+    check_err(
+        "[component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\nenvironment = { \"A=B\" = \"x\" }\n",
+        expect![[r#"
+            component `a`: invalid environment variable name `A=B`
+             --> /app/verge.toml:4:17
+              |
+            4 | environment = { "A=B" = "x" }
+              |                 ^^^^^
+              = help: names must be non-empty and contain no `=` or NUL"#]],
+    );
+}
+
+#[test]
+fn missing_component_file_is_reported_at_source() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("verge.toml");
+    std::fs::write(&path, "[component.a]\nsource = \"missing.wasm\"\nroutes = [\"/\"]\n").expect("write");
+    let m = Manifest::load(&path).expect("valid manifest");
+    let err = m.check_sources().expect_err("file is missing");
+    assert_eq!(err.position(), Some((2, 10)));
+    let text = err.to_string();
+    assert!(text.contains("component `a`: file `"), "{text}");
+    assert!(text.contains("missing.wasm` does not exist"), "{text}");
+    assert!(text.contains("help: build the component first"), "{text}");
+}

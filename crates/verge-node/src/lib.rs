@@ -1,0 +1,204 @@
+//! A data-plane node: the apps it serves and the request pipeline
+//! `router → guard → executor` behind the ingress.
+//!
+//! The node holds one [`AppRuntime`] behind an atomic pointer. Loading an app
+//! compiles every component first and swaps the whole runtime in one step;
+//! replacing one component (hot reload) builds a new runtime that shares the
+//! untouched components. In-flight requests keep the runtime they started
+//! with, so a swap never drops or mixes requests.
+//!
+//! **Invariants**
+//! - Requests under `/.well-known/verge/` are answered by the node itself and
+//!   never reach a guest.
+//! - Error responses carry a status, a short reason and the request id,
+//!   never guest traps, paths or backtraces; those go to the log.
+//!
+//! **API boundary**: the node does not parse manifests or run builds; the CLI
+//! (or later the control plane) hands it an [`AppConfig`].
+
+mod body;
+mod pipeline;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwapOption;
+use verge_capabilities::{Capabilities, Limits};
+use verge_executor::{Executor, LoadError, LoadedComponent};
+use verge_guard::ConcurrencyLimit;
+use verge_router::{Route, RouteError, RouteTable};
+
+pub use body::NodeBody;
+
+/// Where node-internal endpoints live.
+pub const INTERNAL_PREFIX: &str = "/.well-known/verge/";
+
+/// An app to serve, already validated.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// The app's name.
+    pub name: String,
+    /// Its components.
+    pub components: Vec<ComponentConfig>,
+}
+
+/// One component of an [`AppConfig`].
+#[derive(Debug, Clone)]
+pub struct ComponentConfig {
+    /// Unique name within the app.
+    pub name: String,
+    /// The `.wasm` file.
+    pub wasm: PathBuf,
+    /// Routes it serves.
+    pub routes: Vec<Route>,
+    /// What it may reach.
+    pub capabilities: Capabilities,
+    /// Its limits.
+    pub limits: Limits,
+}
+
+/// Why an app could not be installed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// A component failed to load.
+    #[error("component `{component}`: {source}")]
+    Load {
+        /// The component's name.
+        component: String,
+        /// Why.
+        source: LoadError,
+    },
+    /// The routes conflict.
+    #[error(transparent)]
+    Routes(#[from] RouteError),
+    /// The named component is not part of the current app.
+    #[error("no component named `{0}` in the running app")]
+    UnknownComponent(String),
+}
+
+/// A component ready to serve, with its admission state.
+pub struct ComponentRuntime {
+    pub(crate) config: ComponentConfig,
+    pub(crate) loaded: Arc<LoadedComponent>,
+    pub(crate) limit: ConcurrencyLimit,
+}
+
+/// Everything needed to route and serve one app version.
+pub struct AppRuntime {
+    pub(crate) name: String,
+    pub(crate) routes: RouteTable<Arc<ComponentRuntime>>,
+    pub(crate) components: HashMap<String, Arc<ComponentRuntime>>,
+}
+
+impl AppRuntime {
+    fn build(name: String, components: Vec<Arc<ComponentRuntime>>) -> Result<Self, RouteError> {
+        let routes = RouteTable::new(
+            components
+                .iter()
+                .flat_map(|c| c.config.routes.iter().map(move |r| (r.clone(), c.clone()))),
+        )?;
+        let components = components
+            .into_iter()
+            .map(|c| (c.config.name.clone(), c))
+            .collect();
+        Ok(Self {
+            name,
+            routes,
+            components,
+        })
+    }
+
+    /// The app's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Names of the app's components, sorted.
+    pub fn component_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.components.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
+
+/// The node: current app plus the executor that runs it.
+pub struct Node {
+    executor: Executor,
+    app: ArcSwapOption<AppRuntime>,
+    ready: AtomicBool,
+}
+
+impl Node {
+    /// A node with no app yet; it answers 503 on health until one is installed.
+    pub fn new(executor: Executor) -> Arc<Self> {
+        Arc::new(Self {
+            executor,
+            app: ArcSwapOption::empty(),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// Compiles every component of `app` (blocking; seconds on a cache miss)
+    /// and returns the runtime without installing it.
+    pub fn prepare(&self, app: &AppConfig) -> Result<AppRuntime, NodeError> {
+        let mut components = Vec::with_capacity(app.components.len());
+        for c in &app.components {
+            components.push(Arc::new(self.prepare_component(c)?));
+        }
+        Ok(AppRuntime::build(app.name.clone(), components)?)
+    }
+
+    fn prepare_component(&self, c: &ComponentConfig) -> Result<ComponentRuntime, NodeError> {
+        let loaded = self
+            .executor
+            .load(&c.name, &c.wasm, &c.capabilities, c.limits)
+            .map_err(|source| NodeError::Load {
+                component: c.name.clone(),
+                source,
+            })?;
+        Ok(ComponentRuntime {
+            config: c.clone(),
+            loaded,
+            limit: ConcurrencyLimit::new(c.limits.max_concurrency),
+        })
+    }
+
+    /// Makes `app` the one served, atomically. Requests already running
+    /// finish on the runtime they started with.
+    pub fn install(&self, app: AppRuntime) {
+        self.app.store(Some(Arc::new(app)));
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Reloads one component of the running app from its file (blocking),
+    /// keeping every other component as it is. On error the running app is
+    /// left untouched.
+    pub fn reload_component(&self, name: &str) -> Result<(), NodeError> {
+        let current = self.current().ok_or_else(|| NodeError::UnknownComponent(name.to_string()))?;
+        let old = current
+            .components
+            .get(name)
+            .ok_or_else(|| NodeError::UnknownComponent(name.to_string()))?;
+        let fresh = Arc::new(self.prepare_component(&old.config)?);
+        let components = current
+            .components
+            .values()
+            .map(|c| if c.config.name == name { fresh.clone() } else { c.clone() })
+            .collect();
+        self.install(AppRuntime::build(current.name.clone(), components)?);
+        Ok(())
+    }
+
+    /// The app being served, if any.
+    pub fn current(&self) -> Option<Arc<AppRuntime>> {
+        self.app.load_full()
+    }
+
+    /// Whether an app is installed.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}

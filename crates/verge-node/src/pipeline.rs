@@ -1,0 +1,143 @@
+//! The request pipeline, in order: node endpoints, router, guard, executor.
+//!
+//! Why this order: the router must pick the component before the guard can
+//! apply that component's limits; the guard runs before the executor so a
+//! rejected request costs no instance.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use verge_executor::{HandleError, RequestContext, RequestId};
+use verge_guard::{Rejection, check_declared_body};
+use verge_ingress::Handler;
+
+use crate::{INTERNAL_PREFIX, Node, NodeBody};
+
+const REQUEST_ID: &str = "x-request-id";
+
+impl Handler for Node {
+    type Body = NodeBody;
+    type BodyError = HandleError;
+
+    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<NodeBody> {
+        let id = RequestId::next();
+        let mut response = self.route(request, peer, id).await;
+        if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
+            response.headers_mut().insert(REQUEST_ID, value);
+        }
+        response
+    }
+}
+
+impl Node {
+    async fn route(&self, request: Request<Incoming>, peer: SocketAddr, id: RequestId) -> Response<NodeBody> {
+        let path = request.uri().path();
+        if path.starts_with(INTERNAL_PREFIX) {
+            return self.internal(path);
+        }
+        let Some(app) = self.current() else {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "no app is loaded yet", id);
+        };
+        let host = request
+            .uri()
+            .host()
+            .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
+        let Some((_, component)) = app.routes.lookup(host, path) else {
+            return plain(StatusCode::NOT_FOUND, "no route matches this path", id);
+        };
+        let component = Arc::clone(component);
+
+        let limits = component.loaded.limits();
+        let admitted = check_declared_body(request.headers(), limits.max_request_body)
+            .and_then(|()| component.limit.try_acquire());
+        let permit = match admitted {
+            Ok(p) => p,
+            Err(rejection) => return rejected(&rejection, &component.config.name, id, peer),
+        };
+
+        match component.loaded.handle(request, RequestContext { id }).await {
+            Ok(response) => response.map(|body| NodeBody::Guest { body, permit }),
+            Err(error) => failed(&error, &component.config.name, id, limits.timeout),
+        }
+    }
+
+    fn internal(&self, path: &str) -> Response<NodeBody> {
+        match path.strip_prefix(INTERNAL_PREFIX) {
+            Some("health") if self.is_ready() => text(StatusCode::OK, "ok\n"),
+            Some("health") => text(StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
+            _ => text(StatusCode::NOT_FOUND, "unknown node endpoint\n"),
+        }
+    }
+}
+
+fn rejected(rejection: &Rejection, component: &str, id: RequestId, peer: SocketAddr) -> Response<NodeBody> {
+    tracing::info!(request_id = %id, component, %peer, "request rejected: {rejection}");
+    let mut response = plain(rejection.status(), &rejection.to_string(), id);
+    if let Some(secs) = rejection.retry_after_secs() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+fn failed(error: &HandleError, component: &str, id: RequestId, timeout: std::time::Duration) -> Response<NodeBody> {
+    let reason = match error {
+        HandleError::Timeout(_) => {
+            tracing::warn!(request_id = %id, component, "request cut off: no response within {timeout:?}");
+            format!("the function did not finish within {timeout:?}")
+        }
+        HandleError::MemoryLimit { limit, detail } => {
+            tracing::warn!(request_id = %id, component, "guest exceeded its memory limit of {limit} bytes: {detail}");
+            "the function exceeded its memory limit".to_string()
+        }
+        HandleError::Trap { message, detail } => {
+            tracing::warn!(request_id = %id, component, "guest trapped: {message}");
+            tracing::debug!(request_id = %id, component, "trap detail: {detail}");
+            "the function failed".to_string()
+        }
+        HandleError::BodyTooLarge(limit) => {
+            tracing::info!(request_id = %id, component, "request body exceeded {limit} bytes");
+            format!("request body larger than {limit} bytes")
+        }
+        HandleError::Overloaded(detail) => {
+            tracing::warn!(request_id = %id, component, "no instance slot: {detail}");
+            "the node is at capacity".to_string()
+        }
+        HandleError::BadRequest(detail) => {
+            tracing::info!(request_id = %id, component, "request cannot be passed to the guest: {detail}");
+            "the request cannot be passed to the function".to_string()
+        }
+        other => {
+            tracing::warn!(request_id = %id, component, "{other}");
+            "the function failed".to_string()
+        }
+    };
+    let mut response = plain(error.status(), &reason, id);
+    if error.status() == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+    }
+    response
+}
+
+fn plain(status: StatusCode, reason: &str, id: RequestId) -> Response<NodeBody> {
+    let reason_phrase = status.canonical_reason().unwrap_or("");
+    text(
+        status,
+        &format!("{} {reason_phrase}: {reason} (request id {id})\n", status.as_u16()),
+    )
+}
+
+fn text(status: StatusCode, body: &str) -> Response<NodeBody> {
+    let mut response = Response::new(NodeBody::full(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

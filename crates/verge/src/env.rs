@@ -1,0 +1,66 @@
+//! The process environment, read through a trait so that code resolving
+//! defaults (cache folder, log filter) can be tested with a map instead of
+//! mutating the process environment.
+
+use std::path::PathBuf;
+
+/// Read access to environment variables.
+pub(crate) trait Env {
+    /// The variable's value, if set and valid Unicode.
+    fn var(&self, key: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub(crate) struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+/// Where compiled components are cached: `VERGE_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/verge/compiled`, else `$HOME/.cache/verge/compiled`.
+pub(crate) fn default_cache_dir(env: &dyn Env) -> Option<PathBuf> {
+    let non_empty = |k: &str| env.var(k).filter(|v| !v.is_empty());
+    if let Some(dir) = non_empty("VERGE_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = non_empty("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| non_empty("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("verge").join("compiled"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    struct MapEnv(HashMap<&'static str, &'static str>);
+
+    impl Env for MapEnv {
+        fn var(&self, key: &str) -> Option<String> {
+            self.0.get(key).map(|v| v.to_string())
+        }
+    }
+
+    #[test]
+    fn cache_dir_precedence() {
+        let env = |pairs: &[(&'static str, &'static str)]| MapEnv(pairs.iter().copied().collect());
+        assert_eq!(
+            default_cache_dir(&env(&[("VERGE_CACHE_DIR", "/c"), ("HOME", "/h")])),
+            Some(PathBuf::from("/c"))
+        );
+        assert_eq!(
+            default_cache_dir(&env(&[("XDG_CACHE_HOME", "/x"), ("HOME", "/h")])),
+            Some(PathBuf::from("/x/verge/compiled"))
+        );
+        assert_eq!(
+            default_cache_dir(&env(&[("HOME", "/h")])),
+            Some(PathBuf::from("/h/.cache/verge/compiled"))
+        );
+        assert_eq!(default_cache_dir(&env(&[("VERGE_CACHE_DIR", "")])), None);
+    }
+}
