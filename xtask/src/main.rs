@@ -1,1 +1,119 @@
-fn main() {}
+//! `cargo xtask`: project automation that plain cargo cannot express
+//! (rust-analyzer's pattern). Run `cargo xtask help` for the list.
+//!
+//! - `test`: everything CI checks, in order: the wasm32-wasip2 target, guest
+//!   builds, `cargo fmt --check`, `cargo clippy -D warnings`, then all tests
+//!   with `cargo nextest`.
+//! - `guests`: build the example and test guests for wasm32-wasip2.
+//! - `tidy`: repository conventions (also run as a test).
+
+mod tidy;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+fn main() -> anyhow::Result<()> {
+    let task = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "help".to_string());
+    let root = root();
+    match task.as_str() {
+        "test" => test(&root),
+        "guests" => guests(&root),
+        "tidy" => tidy::check(&root).map(|_| println!("tidy: ok")),
+        _ => {
+            println!("usage: cargo xtask <test|guests|tidy>");
+            println!("  test    install the wasm target, build guests, fmt, clippy, all tests");
+            println!("  guests  build examples/ and crates/test-programs for wasm32-wasip2");
+            println!("  tidy    check repository conventions");
+            Ok(())
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the root")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("$ {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Every guest crate: the examples and the test programs.
+fn guest_manifests(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut manifests = vec![root.join("crates/test-programs/Cargo.toml")];
+    for entry in std::fs::read_dir(root.join("examples"))? {
+        let manifest = entry?.path().join("Cargo.toml");
+        if manifest.is_file() {
+            manifests.push(manifest);
+        }
+    }
+    manifests.sort();
+    Ok(manifests)
+}
+
+fn ensure_wasm_target() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("rustup is needed to install the wasm32-wasip2 target")?;
+    if !String::from_utf8_lossy(&installed.stdout).contains("wasm32-wasip2") {
+        run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
+    }
+    Ok(())
+}
+
+fn guests(root: &Path) -> anyhow::Result<()> {
+    ensure_wasm_target()?;
+    for manifest in guest_manifests(root)? {
+        run(cargo()
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(&manifest)
+            .env_remove("CARGO_TARGET_DIR"))?;
+    }
+    Ok(())
+}
+
+fn test(root: &Path) -> anyhow::Result<()> {
+    guests(root)?;
+    run(cargo().current_dir(root).args(["fmt", "--all", "--check"]))?;
+    for manifest in guest_manifests(root)? {
+        run(cargo()
+            .args(["fmt", "--check", "--manifest-path"])
+            .arg(&manifest))?;
+    }
+    run(cargo().current_dir(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo()
+        .current_dir(root)
+        .args(["nextest", "run", "--workspace", "--no-fail-fast"]))?;
+    Ok(())
+}

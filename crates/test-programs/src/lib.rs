@@ -25,6 +25,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Guest {
         let route = path.rsplit('/').next().unwrap_or("").to_string();
         match route.as_str() {
             "echo" => echo(request, out),
+            "consume" => consume(request, out),
             "big" => big(&query, out),
             "loop" => spin_forever(),
             "sleep" => sleep(&query, out),
@@ -39,7 +40,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Guest {
             "headers" => headers(&request, &path_with_query, out),
             "status" => status(&query, out),
             "no-response" => {}
-            _ => respond(out, 200, &[("content-type", "text/plain")], b"hello from test-programs\n"),
+            _ => respond(
+                out,
+                200,
+                &[("content-type", "text/plain")],
+                b"hello from test-programs\n",
+            ),
         }
     }
 }
@@ -99,6 +105,34 @@ fn echo(request: IncomingRequest, out: ResponseOutparam) {
     OutgoingBody::finish(outgoing, None).expect("finish");
 }
 
+/// `/consume`: reads the whole request body first, then answers with its length.
+fn consume(request: IncomingRequest, out: ResponseOutparam) {
+    let incoming = request.consume().expect("consume");
+    let mut input = incoming.stream().expect("input stream");
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match Read::read(&mut input, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(e) => {
+                return respond(
+                    out,
+                    400,
+                    &[],
+                    format!("body failed after {total} bytes: {e}\n").as_bytes(),
+                );
+            }
+        }
+    }
+    respond(
+        out,
+        200,
+        &[],
+        format!("received {total} bytes\n").as_bytes(),
+    );
+}
+
 /// `/big?size=N`: streams N bytes (default 16 MiB) of a repeating pattern.
 fn big(query: &str, out: ResponseOutparam) {
     let size: usize = param(query, "size")
@@ -134,7 +168,9 @@ fn spin_forever() -> ! {
 
 /// `/sleep?ms=N`: waits N milliseconds on the host clock, then answers.
 fn sleep(query: &str, out: ResponseOutparam) {
-    let ms: u64 = param(query, "ms").and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let ms: u64 = param(query, "ms")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
     wasip2::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
     respond(out, 200, &[], format!("slept {ms}ms\n").as_bytes());
 }
@@ -153,7 +189,12 @@ fn alloc(query: &str, out: ResponseOutparam) {
     let mb: usize = param(query, "mb").and_then(|s| s.parse().ok()).unwrap_or(1);
     let v = vec![7u8; mb * 1024 * 1024];
     let sum: usize = v.iter().step_by(4096).map(|b| *b as usize).sum();
-    respond(out, 200, &[], format!("allocated {mb} MiB ({sum})\n").as_bytes());
+    respond(
+        out,
+        200,
+        &[],
+        format!("allocated {mb} MiB ({sum})\n").as_bytes(),
+    );
 }
 
 /// `/outbound?url=http://host:port/path`: performs a GET and relays the result.
@@ -196,7 +237,12 @@ fn outbound(query: &str, out: ResponseOutparam) {
 }
 
 fn refused(out: ResponseOutparam, e: ErrorCode) {
-    respond(out, 502, &[], format!("outbound refused: {e:?}\n").as_bytes());
+    respond(
+        out,
+        502,
+        &[],
+        format!("outbound refused: {e:?}\n").as_bytes(),
+    );
 }
 
 /// `/env`: lists the environment variables the guest can see, one per line.
@@ -255,6 +301,8 @@ fn headers(request: &IncomingRequest, path_with_query: &str, out: ResponseOutpar
 
 /// `/status?code=N`: answers with status N.
 fn status(query: &str, out: ResponseOutparam) {
-    let code: u16 = param(query, "code").and_then(|s| s.parse().ok()).unwrap_or(200);
+    let code: u16 = param(query, "code")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
     respond(out, code, &[], format!("status {code}\n").as_bytes());
 }

@@ -140,7 +140,10 @@ fn check_private(dir: &Path) -> Result<(), String> {
     let meta = std::fs::metadata(dir).map_err(|e| e.to_string())?;
     let uid = current_uid();
     if meta.uid() != uid {
-        return Err(format!("the folder is owned by uid {}, not by this user (uid {uid})", meta.uid()));
+        return Err(format!(
+            "the folder is owned by uid {}, not by this user (uid {uid})",
+            meta.uid()
+        ));
     }
     if meta.mode() & 0o022 != 0 {
         return Err(format!(

@@ -137,7 +137,11 @@ impl Executor {
             hash = &hash[..16],
             elapsed_ms = started.elapsed().as_millis() as u64,
             "{}",
-            if from_cache { "loaded compiled component from cache" } else { "compiled component" }
+            if from_cache {
+                "loaded compiled component from cache"
+            } else {
+                "compiled component"
+            }
         );
 
         let exports: Vec<String> = component
@@ -151,14 +155,14 @@ impl Executor {
                 exports,
             });
         }
-        let instance_pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::Unlinkable {
-                path: path.to_path_buf(),
-                reason: format!("{e:#}"),
-            })?;
+        let instance_pre =
+            self.inner
+                .linker
+                .instantiate_pre(&component)
+                .map_err(|e| LoadError::Unlinkable {
+                    path: path.to_path_buf(),
+                    reason: format!("{e:#}"),
+                })?;
         let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::Unlinkable {
             path: path.to_path_buf(),
             reason: format!("{e:#}"),

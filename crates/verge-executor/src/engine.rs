@@ -14,7 +14,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::component::Linker;
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
+};
 
 use crate::cache::CompileCache;
 use crate::host::Host;
@@ -76,7 +78,8 @@ pub(crate) struct Inner {
 impl Executor {
     /// Builds the engine and linker and starts the epoch ticker.
     pub fn new(config: &ExecutorConfig) -> Result<Self, ExecutorError> {
-        let engine = Engine::new(&wasmtime_config(config)).map_err(|e| ExecutorError::Engine(format!("{e:#}")))?;
+        let engine = Engine::new(&wasmtime_config(config))
+            .map_err(|e| ExecutorError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| ExecutorError::Linker(format!("{e:#}")))?;
@@ -86,8 +89,9 @@ impl Executor {
             .cache_dir
             .as_ref()
             .and_then(|dir| CompileCache::open(dir, &engine));
-        let ticker = EpochTicker::spawn(engine.clone(), config.epoch_tick)
-            .map_err(|e| ExecutorError::Engine(format!("cannot start the epoch ticker thread: {e}")))?;
+        let ticker = EpochTicker::spawn(engine.clone(), config.epoch_tick).map_err(|e| {
+            ExecutorError::Engine(format!("cannot start the epoch ticker thread: {e}"))
+        })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,

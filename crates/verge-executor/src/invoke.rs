@@ -56,7 +56,10 @@ impl RequestId {
         });
         // Multiplying by an odd constant spreads consecutive ids apart
         // while staying a bijection, so ids never collide.
-        Self(base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        Self(
+            base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        )
     }
 }
 
@@ -233,7 +236,14 @@ impl LoadedComponent {
             }
             Head::Finished(Ok(()), None) => return Err(HandleError::NoResponse),
             Head::Finished(Ok(()), Some(response)) => {
-                return respond(response, None, &too_large, limits.max_request_body, self, cx.id);
+                return respond(
+                    response,
+                    None,
+                    &too_large,
+                    limits.max_request_body,
+                    self,
+                    cx.id,
+                );
             }
             Head::Response(None) => {
                 // The guest dropped its response-outparam: wait for it to
@@ -246,7 +256,14 @@ impl LoadedComponent {
             }
             Head::Response(Some(response)) => response,
         };
-        respond(response, Some(guest), &too_large, limits.max_request_body, self, cx.id)
+        respond(
+            response,
+            Some(guest),
+            &too_large,
+            limits.max_request_body,
+            self,
+            cx.id,
+        )
     }
 
     fn new_store(&self, id: RequestId, deadline: Instant) -> Store<Host> {
@@ -288,7 +305,10 @@ impl LoadedComponent {
 
 enum Head {
     Response(Option<Result<http::Response<HyperOutgoingBody>, ErrorCode>>),
-    Finished(GuestResult, Option<Result<http::Response<HyperOutgoingBody>, ErrorCode>>),
+    Finished(
+        GuestResult,
+        Option<Result<http::Response<HyperOutgoingBody>, ErrorCode>>,
+    ),
 }
 
 fn respond(
@@ -324,7 +344,10 @@ fn classify(store: &Store<Host>, error: wasmtime::Error, memory_limit: u64) -> H
             detail: error.root_cause().to_string(),
         };
     }
-    if error.chain().any(|e| e.is::<wasmtime::PoolConcurrencyLimitError>()) {
+    if error
+        .chain()
+        .any(|e| e.is::<wasmtime::PoolConcurrencyLimitError>())
+    {
         return HandleError::Overloaded(format!("{error:#}"));
     }
     HandleError::Trap {
@@ -430,7 +453,9 @@ where
             let len = data.len() as u64;
             if len > this.remaining {
                 this.too_large.store(true, Ordering::Release);
-                return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(Some(this.limit)))));
+                return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(
+                    Some(this.limit),
+                ))));
             }
             this.remaining -= len;
         }

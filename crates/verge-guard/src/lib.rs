@@ -91,7 +91,9 @@ impl ConcurrencyLimit {
     pub fn try_acquire(&self) -> Result<Permit, Rejection> {
         let taken = self
             .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.limit).then_some(n + 1));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            });
         match taken {
             Ok(_) => Ok(Permit {
                 in_flight: self.in_flight.clone(),
@@ -155,14 +157,24 @@ mod tests {
         assert_eq!(check_declared_body(&h, 10), Ok(()));
         assert_eq!(
             check_declared_body(&h, 9),
-            Err(Rejection::BodyTooLarge { limit: 9, declared: 10 })
+            Err(Rejection::BodyTooLarge {
+                limit: 9,
+                declared: 10
+            })
         );
         for bad in ["-1", "1e3", "", " 5", "99999999999999999999999"] {
             h.insert(header::CONTENT_LENGTH, bad.parse().expect("header value"));
-            assert_eq!(check_declared_body(&h, 10), Err(Rejection::BadContentLength), "{bad}");
+            assert_eq!(
+                check_declared_body(&h, 10),
+                Err(Rejection::BadContentLength),
+                "{bad}"
+            );
         }
         h.insert(header::CONTENT_LENGTH, "5".parse().expect("valid"));
         h.append(header::CONTENT_LENGTH, "6".parse().expect("valid"));
-        assert_eq!(check_declared_body(&h, 10), Err(Rejection::BadContentLength));
+        assert_eq!(
+            check_declared_body(&h, 10),
+            Err(Rejection::BadContentLength)
+        );
     }
 }

@@ -99,7 +99,11 @@ impl Ingress {
     }
 
     /// Serves until `shutdown` resolves, then drains gracefully.
-    pub async fn serve<H: Handler>(self, handler: Arc<H>, shutdown: impl Future<Output = ()>) -> ShutdownReport {
+    pub async fn serve<H: Handler>(
+        self,
+        handler: Arc<H>,
+        shutdown: impl Future<Output = ()>,
+    ) -> ShutdownReport {
         let Ingress { listener, config } = self;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder

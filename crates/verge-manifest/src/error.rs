@@ -17,20 +17,24 @@ pub enum ManifestError {
         message: String,
     },
     /// The file was read but its content is invalid.
-    Invalid {
-        /// The manifest path.
-        path: PathBuf,
-        /// 1-based line of the problem.
-        line: usize,
-        /// 1-based column (in characters) of the problem.
-        column: usize,
-        /// What is wrong.
-        message: String,
-        /// What to do about it.
-        help: Option<String>,
-        /// The offending source line and the caret marking the span.
-        snippet: (String, String),
-    },
+    Invalid(Box<Diagnostic>),
+}
+
+/// A problem at a position in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The manifest path.
+    pub path: PathBuf,
+    /// 1-based line of the problem.
+    pub line: usize,
+    /// 1-based column (in characters) of the problem.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+    /// What to do about it.
+    pub help: Option<String>,
+    /// The offending source line and the caret marking the span.
+    pub snippet: (String, String),
 }
 
 impl std::error::Error for ManifestError {}
@@ -53,20 +57,20 @@ impl ManifestError {
         let end = span.end.clamp(start, line_end);
         let width = text[start..end].chars().count().max(1);
         let caret = format!("{}{}", " ".repeat(column - 1), "^".repeat(width));
-        ManifestError::Invalid {
+        ManifestError::Invalid(Box::new(Diagnostic {
             path: path.to_path_buf(),
             line,
             column,
             message: message.into(),
             help,
             snippet: (line_text.to_string(), caret),
-        }
+        }))
     }
 
     /// The 1-based line and column of the problem, if it has one.
     pub fn position(&self) -> Option<(usize, usize)> {
         match self {
-            ManifestError::Invalid { line, column, .. } => Some((*line, *column)),
+            ManifestError::Invalid(d) => Some((d.line, d.column)),
             ManifestError::Io { .. } => None,
         }
     }
@@ -88,14 +92,15 @@ impl fmt::Display for ManifestError {
             ManifestError::Io { path, message } => {
                 write!(f, "cannot read manifest {}: {message}", display_path(path))
             }
-            ManifestError::Invalid {
-                path,
-                line,
-                column,
-                message,
-                help,
-                snippet: (text, caret),
-            } => {
+            ManifestError::Invalid(d) => {
+                let Diagnostic {
+                    path,
+                    line,
+                    column,
+                    message,
+                    help,
+                    snippet: (text, caret),
+                } = d.as_ref();
                 let gutter = " ".repeat(line.to_string().len());
                 writeln!(f, "{message}")?;
                 writeln!(f, "{gutter}--> {}:{line}:{column}", display_path(path))?;

@@ -22,7 +22,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use error::ManifestError;
+pub use error::{Diagnostic, ManifestError};
 pub use units::{parse_duration, parse_size};
 pub use validate::check_name;
 use verge_capabilities::{Capabilities, Limits};

@@ -14,7 +14,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     }
     text.parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
-        .map_err(|_| format!("`{text}` is not a size; write e.g. \"128MiB\", \"10MB\" or a number of bytes"))
+        .map_err(|_| {
+            format!("`{text}` is not a size; write e.g. \"128MiB\", \"10MB\" or a number of bytes")
+        })
 }
 
 /// Parses a duration such as `30s`, `500ms` or `2m`. A unit is required.
@@ -49,7 +51,11 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("30").expect_err("no unit").contains("has no unit"));
+        assert!(
+            parse_duration("30")
+                .expect_err("no unit")
+                .contains("has no unit")
+        );
         assert!(parse_duration("soon").is_err());
     }
 }

@@ -25,7 +25,12 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn err(&self, span: Range<usize>, message: impl Into<String>, help: impl Into<Option<String>>) -> ManifestError {
+    fn err(
+        &self,
+        span: Range<usize>,
+        message: impl Into<String>,
+        help: impl Into<Option<String>>,
+    ) -> ManifestError {
         ManifestError::at(self.path, self.text, span, message, help.into())
     }
 
@@ -56,7 +61,10 @@ pub(crate) fn manifest(text: &str, path: &Path) -> Result<Manifest, ManifestErro
         let span = e.span().unwrap_or(0..0);
         let message = e.message().trim_end().to_string();
         let help = if message.starts_with("unknown field") {
-            Some("remove the field or fix its spelling; docs/manifest.md lists every field".to_string())
+            Some(
+                "remove the field or fix its spelling; docs/manifest.md lists every field"
+                    .to_string(),
+            )
         } else if message.starts_with("missing field") {
             Some("add the field; docs/manifest.md describes it".to_string())
         } else {
@@ -68,7 +76,11 @@ pub(crate) fn manifest(text: &str, path: &Path) -> Result<Manifest, ManifestErro
     let name = match &raw.name {
         Some(name) => {
             check_name(name.get_ref()).map_err(|why| {
-                cx.err(name.span(), format!("invalid app name `{}`: {why}", name.get_ref()), None)
+                cx.err(
+                    name.span(),
+                    format!("invalid app name `{}`: {why}", name.get_ref()),
+                    None,
+                )
             })?;
             name.get_ref().clone()
         }
@@ -117,8 +129,13 @@ fn component_spec(
     name_span: Range<usize>,
     raw: &RawComponent,
 ) -> Result<ComponentSpec, ManifestError> {
-    check_name(name)
-        .map_err(|why| cx.err(name_span.clone(), format!("invalid component name `{name}`: {why}"), None))?;
+    check_name(name).map_err(|why| {
+        cx.err(
+            name_span.clone(),
+            format!("invalid component name `{name}`: {why}"),
+            None,
+        )
+    })?;
     let ctx = |msg: String| format!("component `{name}`: {msg}");
 
     let source = raw.source.get_ref();
@@ -144,19 +161,30 @@ fn component_spec(
         routes.push(route);
     }
 
-    let build = raw.build.as_ref().map(|b| build_spec(cx, b.get_ref(), &ctx)).transpose()?;
+    let build = raw
+        .build
+        .as_ref()
+        .map(|b| build_spec(cx, b.get_ref(), &ctx))
+        .transpose()?;
 
     let mut env = Vec::with_capacity(raw.environment.len());
     for (k, v) in &raw.environment {
         if k.get_ref().is_empty() || k.get_ref().contains(['=', '\0']) {
             return Err(cx.err(
                 k.span(),
-                ctx(format!("invalid environment variable name `{}`", k.get_ref())),
+                ctx(format!(
+                    "invalid environment variable name `{}`",
+                    k.get_ref()
+                )),
                 Some("names must be non-empty and contain no `=` or NUL".to_string()),
             ));
         }
         if v.get_ref().contains('\0') {
-            return Err(cx.err(v.span(), ctx("environment values must not contain NUL".into()), None));
+            return Err(cx.err(
+                v.span(),
+                ctx("environment values must not contain NUL".into()),
+                None,
+            ));
         }
         env.push((k.get_ref().clone(), v.get_ref().clone()));
     }
@@ -195,7 +223,11 @@ fn build_spec(
     ctx: &dyn Fn(String) -> String,
 ) -> Result<BuildSpec, ManifestError> {
     if raw.command.get_ref().trim().is_empty() {
-        return Err(cx.err(raw.command.span(), ctx("the build command is empty".into()), None));
+        return Err(cx.err(
+            raw.command.span(),
+            ctx("the build command is empty".into()),
+            None,
+        ));
     }
     let workdir = match &raw.workdir {
         Some(w) => cx.resolve(w.get_ref()),
@@ -219,13 +251,20 @@ fn build_spec(
     })
 }
 
-fn limits(cx: &Ctx<'_>, raw: &RawLimits, ctx: &dyn Fn(String) -> String) -> Result<Limits, ManifestError> {
+fn limits(
+    cx: &Ctx<'_>,
+    raw: &RawLimits,
+    ctx: &dyn Fn(String) -> String,
+) -> Result<Limits, ManifestError> {
     let mut limits = Limits::default();
     let size = |v: &toml::Spanned<RawSize>, what: &str| -> Result<u64, ManifestError> {
         match v.get_ref() {
             RawSize::Bytes(n) if *n >= 0 => Ok(*n as u64),
-            RawSize::Bytes(_) => Err(cx.err(v.span(), ctx(format!("`{what}` cannot be negative")), None)),
-            RawSize::Text(t) => parse_size(t).map_err(|e| cx.err(v.span(), ctx(format!("invalid `{what}`: {e}")), None)),
+            RawSize::Bytes(_) => {
+                Err(cx.err(v.span(), ctx(format!("`{what}` cannot be negative")), None))
+            }
+            RawSize::Text(t) => parse_size(t)
+                .map_err(|e| cx.err(v.span(), ctx(format!("invalid `{what}`: {e}")), None)),
         }
     };
     if let Some(m) = &raw.memory {
@@ -233,7 +272,9 @@ fn limits(cx: &Ctx<'_>, raw: &RawLimits, ctx: &dyn Fn(String) -> String) -> Resu
         if !(WASM_PAGE..=Limits::MAX_MEMORY).contains(&bytes) {
             return Err(cx.err(
                 m.span(),
-                ctx(format!("`memory` must be between 64KiB and 4GiB, not {bytes} bytes")),
+                ctx(format!(
+                    "`memory` must be between 64KiB and 4GiB, not {bytes} bytes"
+                )),
                 None,
             ));
         }
@@ -243,7 +284,11 @@ fn limits(cx: &Ctx<'_>, raw: &RawLimits, ctx: &dyn Fn(String) -> String) -> Resu
         let d = parse_duration(t.get_ref())
             .map_err(|e| cx.err(t.span(), ctx(format!("invalid `timeout`: {e}")), None))?;
         if d.is_zero() || d > MAX_TIMEOUT {
-            return Err(cx.err(t.span(), ctx("`timeout` must be above zero and at most 24h".into()), None));
+            return Err(cx.err(
+                t.span(),
+                ctx("`timeout` must be above zero and at most 24h".into()),
+                None,
+            ));
         }
         limits.timeout = d;
     }
@@ -252,7 +297,9 @@ fn limits(cx: &Ctx<'_>, raw: &RawLimits, ctx: &dyn Fn(String) -> String) -> Resu
         if !(1..=MAX_CONCURRENCY).contains(&n) {
             return Err(cx.err(
                 c.span(),
-                ctx(format!("`max_concurrency` must be between 1 and {MAX_CONCURRENCY}, not {n}")),
+                ctx(format!(
+                    "`max_concurrency` must be between 1 and {MAX_CONCURRENCY}, not {n}"
+                )),
                 None,
             ));
         }
@@ -270,7 +317,9 @@ pub fn check_name(name: &str) -> Result<(), &'static str> {
         && name.len() <= 63
         && !name.starts_with('-')
         && !name.ends_with('-')
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -290,7 +339,11 @@ fn default_app_name(dir: &Path) -> String {
         .collect();
     let trimmed: String = cleaned.trim_matches('-').chars().take(63).collect();
     let trimmed = trimmed.trim_end_matches('-').to_string();
-    if trimmed.is_empty() { "app".to_string() } else { trimmed }
+    if trimmed.is_empty() {
+        "app".to_string()
+    } else {
+        trimmed
+    }
 }
 
 #[cfg(test)]

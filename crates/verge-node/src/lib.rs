@@ -177,7 +177,9 @@ impl Node {
     /// keeping every other component as it is. On error the running app is
     /// left untouched.
     pub fn reload_component(&self, name: &str) -> Result<(), NodeError> {
-        let current = self.current().ok_or_else(|| NodeError::UnknownComponent(name.to_string()))?;
+        let current = self
+            .current()
+            .ok_or_else(|| NodeError::UnknownComponent(name.to_string()))?;
         let old = current
             .components
             .get(name)
@@ -186,7 +188,13 @@ impl Node {
         let components = current
             .components
             .values()
-            .map(|c| if c.config.name == name { fresh.clone() } else { c.clone() })
+            .map(|c| {
+                if c.config.name == name {
+                    fresh.clone()
+                } else {
+                    c.clone()
+                }
+            })
             .collect();
         self.install(AppRuntime::build(current.name.clone(), components)?);
         Ok(())

@@ -32,7 +32,12 @@ impl Handler for Node {
 }
 
 impl Node {
-    async fn route(&self, request: Request<Incoming>, peer: SocketAddr, id: RequestId) -> Response<NodeBody> {
+    async fn route(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        id: RequestId,
+    ) -> Response<NodeBody> {
         let path = request.uri().path();
         if path.starts_with(INTERNAL_PREFIX) {
             return self.internal(path);
@@ -40,10 +45,12 @@ impl Node {
         let Some(app) = self.current() else {
             return plain(StatusCode::SERVICE_UNAVAILABLE, "no app is loaded yet", id);
         };
-        let host = request
-            .uri()
-            .host()
-            .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
+        let host = request.uri().host().or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
         let Some((_, component)) = app.routes.lookup(host, path) else {
             return plain(StatusCode::NOT_FOUND, "no route matches this path", id);
         };
@@ -57,7 +64,11 @@ impl Node {
             Err(rejection) => return rejected(&rejection, &component.config.name, id, peer),
         };
 
-        match component.loaded.handle(request, RequestContext { id }).await {
+        match component
+            .loaded
+            .handle(request, RequestContext { id })
+            .await
+        {
             Ok(response) => response.map(|body| NodeBody::Guest { body, permit }),
             Err(error) => failed(&error, &component.config.name, id, limits.timeout),
         }
@@ -72,7 +83,12 @@ impl Node {
     }
 }
 
-fn rejected(rejection: &Rejection, component: &str, id: RequestId, peer: SocketAddr) -> Response<NodeBody> {
+fn rejected(
+    rejection: &Rejection,
+    component: &str,
+    id: RequestId,
+    peer: SocketAddr,
+) -> Response<NodeBody> {
     tracing::info!(request_id = %id, component, %peer, "request rejected: {rejection}");
     let mut response = plain(rejection.status(), &rejection.to_string(), id);
     if let Some(secs) = rejection.retry_after_secs() {
@@ -83,7 +99,12 @@ fn rejected(rejection: &Rejection, component: &str, id: RequestId, peer: SocketA
     response
 }
 
-fn failed(error: &HandleError, component: &str, id: RequestId, timeout: std::time::Duration) -> Response<NodeBody> {
+fn failed(
+    error: &HandleError,
+    component: &str,
+    id: RequestId,
+    timeout: std::time::Duration,
+) -> Response<NodeBody> {
     let reason = match error {
         HandleError::Timeout(_) => {
             tracing::warn!(request_id = %id, component, "request cut off: no response within {timeout:?}");
@@ -128,7 +149,10 @@ fn plain(status: StatusCode, reason: &str, id: RequestId) -> Response<NodeBody> 
     let reason_phrase = status.canonical_reason().unwrap_or("");
     text(
         status,
-        &format!("{} {reason_phrase}: {reason} (request id {id})\n", status.as_u16()),
+        &format!(
+            "{} {reason_phrase}: {reason} (request id {id})\n",
+            status.as_u16()
+        ),
     )
 }
 

@@ -36,7 +36,9 @@ pub enum RouteError {
         reason: &'static str,
     },
     /// The host is not a DNS name or `*.domain`.
-    #[error("invalid route host `{host}`: use a DNS name such as `api.example.com` or `*.example.com`")]
+    #[error(
+        "invalid route host `{host}`: use a DNS name such as `api.example.com` or `*.example.com`"
+    )]
     InvalidHost {
         /// The host as written.
         host: String,
@@ -64,9 +66,10 @@ impl Route {
         if !path.starts_with('/') {
             return Err(invalid("it must start with `/`"));
         }
-        if path.contains(['?', '#']) || path.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err(invalid("it must be a plain path, without query, fragment or spaces"));
+        if path.contains(['?', '#']) || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(
+                "it must be a plain path, without query, fragment or spaces",
+            ));
         }
         if path.split('/').any(|seg| seg == ".." || seg == ".") {
             return Err(invalid("`.` and `..` segments are not allowed"));
@@ -122,7 +125,9 @@ fn normalize_host(host: &str) -> Option<String> {
     let name = host.strip_prefix("*.").unwrap_or(&host);
     let valid = !name.is_empty()
         && name.split('.').all(|l| {
-            !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     valid.then_some(host)
 }
@@ -171,7 +176,8 @@ impl<T> RouteTable<T> {
                 Some(h) => table.by_host.entry(h).or_default().push((route, target)),
             }
         }
-        let by_prefix_len = |a: &(Route, T), b: &(Route, T)| b.0.prefix.len().cmp(&a.0.prefix.len());
+        let by_prefix_len =
+            |a: &(Route, T), b: &(Route, T)| b.0.prefix.len().cmp(&a.0.prefix.len());
         table.any_host.sort_by(by_prefix_len);
         for list in table.by_host.values_mut() {
             list.sort_by(by_prefix_len);

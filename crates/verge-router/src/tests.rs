@@ -85,7 +85,10 @@ fn invalid_routes() {
     }
     for host in ["", "a b", "*.", "exa mple.com"] {
         assert!(
-            matches!(Route::new(Some(host), "/"), Err(RouteError::InvalidHost { .. })),
+            matches!(
+                Route::new(Some(host), "/"),
+                Err(RouteError::InvalidHost { .. })
+            ),
             "{host}"
         );
     }

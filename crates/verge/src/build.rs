@@ -90,7 +90,11 @@ impl std::error::Error for BuildError {}
 
 impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "build of component `{}` {}", self.component, self.outcome)?;
+        writeln!(
+            f,
+            "build of component `{}` {}",
+            self.component, self.outcome
+        )?;
         writeln!(f, "  command: {}", self.command)?;
         write!(f, "  in: {}", self.workdir)?;
         if !self.tail.is_empty() {
@@ -115,7 +119,10 @@ pub(crate) fn run(component: &str, spec: &BuildSpec) -> Result<(), BuildError> {
     };
     if !spec.workdir.is_dir() {
         step.fail();
-        return Err(error("cannot start: the working directory does not exist".into(), vec![]));
+        return Err(error(
+            "cannot start: the working directory does not exist".into(),
+            vec![],
+        ));
     }
     let mut child = match Command::new("sh")
         .arg("-c")
@@ -136,8 +143,14 @@ pub(crate) fn run(component: &str, spec: &BuildSpec) -> Result<(), BuildError> {
 
     let (lines_tx, lines) = mpsc::channel::<String>();
     let readers: Vec<_> = [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
     ]
     .into_iter()
     .flatten()
@@ -195,13 +208,19 @@ pub(crate) fn run(component: &str, spec: &BuildSpec) -> Result<(), BuildError> {
         }
         None => {
             step.fail();
-            Err(error(format!("was stopped: it ran longer than {:?}", spec.timeout), tail))
+            Err(error(
+                format!("was stopped: it ran longer than {:?}", spec.timeout),
+                tail,
+            ))
         }
     }
 }
 
 fn kill_group(pid: u32) {
-    if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     }
 }

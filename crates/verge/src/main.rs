@@ -41,12 +41,18 @@ pub(crate) struct Failure {
 impl Failure {
     /// Bad input: a manifest, component or flag the user must fix (exit 2).
     pub(crate) fn input(error: impl Into<anyhow::Error>) -> Self {
-        Self { code: 2, error: error.into() }
+        Self {
+            code: 2,
+            error: error.into(),
+        }
     }
 
     /// A failure at run time (exit 1).
     pub(crate) fn runtime(error: impl Into<anyhow::Error>) -> Self {
-        Self { code: 1, error: error.into() }
+        Self {
+            code: 1,
+            error: error.into(),
+        }
     }
 }
 

@@ -34,11 +34,26 @@ const TEMPLATES: &[Template] = &[Template {
     name: "http-rust",
     description: "an HTTP function in Rust (wasi:http, wasm32-wasip2)",
     files: &[
-        ("Cargo.toml", include_str!("../templates/http-rust/Cargo.toml.tmpl")),
-        ("src/lib.rs", include_str!("../templates/http-rust/src/lib.rs.tmpl")),
-        ("verge.toml", include_str!("../templates/http-rust/verge.toml.tmpl")),
-        (".gitignore", include_str!("../templates/http-rust/gitignore.tmpl")),
-        ("README.md", include_str!("../templates/http-rust/README.md.tmpl")),
+        (
+            "Cargo.toml",
+            include_str!("../templates/http-rust/Cargo.toml.tmpl"),
+        ),
+        (
+            "src/lib.rs",
+            include_str!("../templates/http-rust/src/lib.rs.tmpl"),
+        ),
+        (
+            "verge.toml",
+            include_str!("../templates/http-rust/verge.toml.tmpl"),
+        ),
+        (
+            ".gitignore",
+            include_str!("../templates/http-rust/gitignore.tmpl"),
+        ),
+        (
+            "README.md",
+            include_str!("../templates/http-rust/README.md.tmpl"),
+        ),
     ],
 }];
 
@@ -57,7 +72,10 @@ pub(crate) fn run(args: &NewArgs) -> Result<(), Failure> {
         .iter()
         .find(|t| t.name == args.template)
         .ok_or_else(|| Failure::input(anyhow!("unknown template `{}`", args.template)))?;
-    let dir = args.path.clone().unwrap_or_else(|| PathBuf::from(&args.name));
+    let dir = args
+        .path
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&args.name));
     if dir.exists() {
         let empty = dir
             .read_dir()
@@ -75,14 +93,22 @@ pub(crate) fn run(args: &NewArgs) -> Result<(), Failure> {
     for (file, text) in template.files {
         let path = dir.join(file);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Failure::runtime(anyhow!("cannot create {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent).map_err(|e| {
+                Failure::runtime(anyhow!("cannot create {}: {e}", parent.display()))
+            })?;
         }
-        let text = text.replace("{{name}}", &args.name).replace("{{crate}}", &crate_name);
+        let text = text
+            .replace("{{name}}", &args.name)
+            .replace("{{crate}}", &crate_name);
         std::fs::write(&path, text)
             .map_err(|e| Failure::runtime(anyhow!("cannot write {}: {e}", path.display())))?;
     }
-    println!("Created `{}` from template {} in {}", args.name, template.name, dir.display());
+    println!(
+        "Created `{}` from template {} in {}",
+        args.name,
+        template.name,
+        dir.display()
+    );
     println!();
     println!("Next:");
     println!("  cd {}", dir.display());

@@ -33,7 +33,12 @@ pub(crate) struct UpArgs {
     target: Option<PathBuf>,
 
     /// The app manifest to serve.
-    #[arg(short = 'f', long = "file", value_name = "VERGE_TOML", conflicts_with = "target")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "VERGE_TOML",
+        conflicts_with = "target"
+    )]
     file: Option<PathBuf>,
 
     /// Address to listen on.
@@ -133,7 +138,8 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 fn parse_host(s: &str) -> Result<HostPattern, String> {
-    s.parse().map_err(|e: verge_capabilities::HostPatternError| e.to_string())
+    s.parse()
+        .map_err(|e: verge_capabilities::HostPatternError| e.to_string())
 }
 
 /// What `verge up` was asked to serve.
@@ -247,7 +253,11 @@ fn component_name(path: &Path) -> String {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
     let name = name.trim_matches('-');
-    if name.is_empty() { "component".to_string() } else { name.chars().take(63).collect() }
+    if name.is_empty() {
+        "component".to_string()
+    } else {
+        name.chars().take(63).collect()
+    }
 }
 
 pub(crate) fn run(args: UpArgs, env: &dyn Env) -> Result<(), Failure> {
@@ -255,7 +265,10 @@ pub(crate) fn run(args: UpArgs, env: &dyn Env) -> Result<(), Failure> {
     if let Target::Component(path) = &target
         && !path.is_file()
     {
-        return Err(Failure::input(anyhow::anyhow!("`{}` is not a file", path.display())));
+        return Err(Failure::input(anyhow::anyhow!(
+            "`{}` is not a file",
+            path.display()
+        )));
     }
     let app = args.app_config(&target, !args.no_build)?;
 
@@ -271,7 +284,11 @@ pub(crate) fn run(args: UpArgs, env: &dyn Env) -> Result<(), Failure> {
     })
     .map_err(Failure::runtime)?;
     let node = Node::new(executor);
-    let step = Step::start(format!("Loading {} component(s) of `{}`", app.components.len(), app.name));
+    let step = Step::start(format!(
+        "Loading {} component(s) of `{}`",
+        app.components.len(),
+        app.name
+    ));
     let runtime = match node.prepare(&app) {
         Ok(runtime) => {
             step.done();
@@ -296,7 +313,12 @@ pub(crate) fn run(args: UpArgs, env: &dyn Env) -> Result<(), Failure> {
     rt.block_on(serve(args, target, app, node))
 }
 
-async fn serve(args: UpArgs, target: Target, app: AppConfig, node: Arc<Node>) -> Result<(), Failure> {
+async fn serve(
+    args: UpArgs,
+    target: Target,
+    app: AppConfig,
+    node: Arc<Node>,
+) -> Result<(), Failure> {
     let ingress = Ingress::bind(
         args.listen,
         IngressConfig {
@@ -327,7 +349,10 @@ async fn serve(args: UpArgs, target: Target, app: AppConfig, node: Arc<Node>) ->
 
     let report = ingress.serve(node, shutdown_signal()).await;
     if report.forced > 0 {
-        tracing::warn!("{} connection(s) were closed before their requests finished", report.forced);
+        tracing::warn!(
+            "{} connection(s) were closed before their requests finished",
+            report.forced
+        );
     }
     tracing::info!("stopped");
     Ok(())

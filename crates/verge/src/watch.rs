@@ -100,7 +100,11 @@ pub(crate) fn start(target: &Target, node: Arc<Node>, args: UpArgs) -> anyhow::R
         dirs.insert((parent.to_path_buf(), false));
     }
     for (dir, recursive) in &dirs {
-        let mode = if *recursive { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
+        let mode = if *recursive {
+            RecursiveMode::Recursive
+        } else {
+            RecursiveMode::NonRecursive
+        };
         watcher
             .watch(dir, mode)
             .with_context(|| format!("cannot watch {}", dir.display()))?;
@@ -124,7 +128,12 @@ fn items_of(manifest: &Manifest) -> anyhow::Result<Vec<Item>> {
                             GlobBuilder::new(pattern)
                                 .literal_separator(true)
                                 .build()
-                                .with_context(|| format!("component `{}`: invalid watch pattern `{pattern}`", c.name))?,
+                                .with_context(|| {
+                                    format!(
+                                        "component `{}`: invalid watch pattern `{pattern}`",
+                                        c.name
+                                    )
+                                })?,
                         );
                     }
                     Some(set.build()?)
@@ -193,8 +202,12 @@ async fn rebuild(item: &Item, node: &Arc<Node>) {
     })
     .await;
     match result {
-        Ok(Ok(name)) => tracing::info!(component = %name, "reloaded; new requests use the new version"),
-        Ok(Err(e)) => tracing::error!(component = %item.component, "{e}\nstill serving the last good version"),
+        Ok(Ok(name)) => {
+            tracing::info!(component = %name, "reloaded; new requests use the new version")
+        }
+        Ok(Err(e)) => {
+            tracing::error!(component = %item.component, "{e}\nstill serving the last good version")
+        }
         Err(e) => tracing::error!("reload task failed: {e}"),
     }
 }
@@ -219,7 +232,9 @@ async fn reload_app(path: &Path, node: &Arc<Node>, args: &Arc<UpArgs>) -> Option
             Some(items)
         }
         Ok(Err(e)) => {
-            tracing::error!("manifest changed but cannot be used:\n{e}\nstill serving the last good version");
+            tracing::error!(
+                "manifest changed but cannot be used:\n{e}\nstill serving the last good version"
+            );
             None
         }
         Err(e) => {

@@ -4,7 +4,9 @@
 
 use std::io::Write;
 
-use wasip2::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
+use wasip2::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
 
 struct Hello;
 
@@ -18,7 +20,9 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
         let body = response.body().expect("body is taken once");
         ResponseOutparam::set(out, Ok(response));
         let mut stream = body.write().expect("stream is taken once");
-        stream.write_all(b"Hello, world!\n").expect("client went away");
+        stream
+            .write_all(b"Hello, world!\n")
+            .expect("client went away");
         drop(stream);
         OutgoingBody::finish(body, None).expect("body finished once");
     }

@@ -8,7 +8,8 @@ use expect_test::{Expect, expect};
 use crate::Manifest;
 
 fn check_err(text: &str, expected: Expect) {
-    let err = Manifest::parse(text, Path::new("/app/verge.toml")).expect_err("manifest should be refused");
+    let err = Manifest::parse(text, Path::new("/app/verge.toml"))
+        .expect_err("manifest should be refused");
     expected.assert_eq(&err.to_string());
 }
 
@@ -280,7 +281,11 @@ fn environment_names() {
 fn missing_component_file_is_reported_at_source() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("verge.toml");
-    std::fs::write(&path, "[component.a]\nsource = \"missing.wasm\"\nroutes = [\"/\"]\n").expect("write");
+    std::fs::write(
+        &path,
+        "[component.a]\nsource = \"missing.wasm\"\nroutes = [\"/\"]\n",
+    )
+    .expect("write");
     let m = Manifest::load(&path).expect("valid manifest");
     let err = m.check_sources().expect_err("file is missing");
     assert_eq!(err.position(), Some((2, 10)));

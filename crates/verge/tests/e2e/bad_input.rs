@@ -1,0 +1,207 @@
+//! Bad input gets a clear error naming the file (and line and column) and
+//! what to do, exits with code 2, and binds no port: each case below holds
+//! the port it passes with `--listen`, so a bind attempt would fail with a
+//! different error.
+
+use std::net::TcpListener;
+use std::path::Path;
+
+use crate::support::*;
+
+struct Refused {
+    stderr: String,
+    stdout: String,
+}
+
+/// Runs `verge up ARGS --listen <held port>` in `dir` and checks it was
+/// refused as bad input.
+fn refused(dir: &Path, args: &[&str]) -> Refused {
+    let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listen = held.local_addr().expect("addr").to_string();
+    let mut all = vec!["up"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--listen", &listen]);
+    let run = run_verge(&all, dir);
+    assert_eq!(run.status.code(), Some(2), "stderr:\n{}", run.stderr);
+    assert!(!run.stdout.contains("Serving"), "{}", run.stdout);
+    assert!(!run.stderr.contains("cannot listen"), "{}", run.stderr);
+    Refused {
+        stderr: run.stderr,
+        stdout: run.stdout,
+    }
+}
+
+fn manifest_refused(manifest: &str) -> String {
+    let dir = app_dir(manifest);
+    refused(dir.path(), &[]).stderr
+}
+
+#[test]
+fn manifest_syntax_error() {
+    let err = manifest_refused("name = \"x\"\n[component.a\nsource = \"a.wasm\"\n");
+    assert!(err.contains("error: unclosed table, expected `]`"), "{err}");
+    assert!(err.contains("--> verge.toml:2:13"), "{err}");
+    assert!(err.contains("2 | [component.a"), "{err}");
+}
+
+#[test]
+fn manifest_unknown_field() {
+    let err = manifest_refused(
+        "[component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\nmemory = \"1MiB\"\n",
+    );
+    assert!(err.contains("unknown field `memory`"), "{err}");
+    assert!(err.contains("--> verge.toml:4:1"), "{err}");
+    assert!(
+        err.contains("help: remove the field or fix its spelling"),
+        "{err}"
+    );
+}
+
+#[test]
+fn manifest_bad_duration() {
+    let err = manifest_refused(
+        "[component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\nlimits = { timeout = \"ten seconds\" }\n",
+    );
+    assert!(
+        err.contains("invalid `timeout`: `ten seconds` is not a duration"),
+        "{err}"
+    );
+    assert!(err.contains("--> verge.toml:4:22"), "{err}");
+}
+
+#[test]
+fn manifest_route_conflict() {
+    let tp = toml_path(&guests().test_programs);
+    let err = manifest_refused(&format!(
+        "[component.a]\nsource = {tp}\nroutes = [\"/api\"]\n[component.b]\nsource = {tp}\nroutes = [\"/api/\"]\n"
+    ));
+    assert!(
+        err.contains("route `/api` is already served by component `a`"),
+        "{err}"
+    );
+    assert!(err.contains("--> verge.toml:6:11"), "{err}");
+}
+
+#[test]
+fn manifest_missing_component_file() {
+    let err =
+        manifest_refused("[component.a]\nsource = \"build/missing.wasm\"\nroutes = [\"/\"]\n");
+    assert!(err.contains("component `a`: file `"), "{err}");
+    assert!(err.contains("build/missing.wasm` does not exist"), "{err}");
+    assert!(err.contains("--> verge.toml:2:10"), "{err}");
+}
+
+#[test]
+fn missing_manifest_says_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = refused(dir.path(), &[]).stderr;
+    assert!(err.contains("no verge.toml in this folder"), "{err}");
+    assert!(err.contains("verge new NAME"), "{err}");
+    let err = refused(dir.path(), &["nothing-here.wasm"]).stderr;
+    assert!(err.contains("`nothing-here.wasm` does not exist"), "{err}");
+}
+
+#[test]
+fn a_file_that_is_not_wasm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("junk.wasm"), b"this is not webassembly").expect("write");
+    let err = refused(dir.path(), &["junk.wasm"]).stderr;
+    assert!(
+        err.contains("`junk.wasm` is not a valid WebAssembly component"),
+        "{err}"
+    );
+    assert!(err.contains("magic bytes"), "{err}");
+}
+
+#[test]
+fn a_truncated_component() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bytes = std::fs::read(&guests().hello).expect("read");
+    std::fs::write(dir.path().join("cut.wasm"), &bytes[..bytes.len() / 2]).expect("write");
+    let err = refused(dir.path(), &["cut.wasm"]).stderr;
+    assert!(
+        err.contains("`cut.wasm` is not a valid WebAssembly component"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_core_module_instead_of_a_component() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").expect("write");
+    let err = refused(dir.path(), &["core.wasm"]).stderr;
+    assert!(
+        err.contains("`core.wasm` is a core WebAssembly module, not a component"),
+        "{err}"
+    );
+    assert!(err.contains("wasm32-wasip2"), "{err}");
+}
+
+#[test]
+fn a_component_that_is_not_an_http_handler() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = guests().not_a_handler.to_str().expect("utf-8").to_string();
+    let err = refused(dir.path(), &[&path]).stderr;
+    assert!(
+        err.contains("not-a-handler.wasm` is not an HTTP handler: it exports `wasi:cli/run@0.2."),
+        "{err}"
+    );
+    assert!(
+        err.contains("instead of `wasi:http/incoming-handler@0.2.x`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_failing_build_shows_its_output() {
+    let dir = app_dir(
+        "[component.a]\nsource = \"out.wasm\"\nroutes = [\"/\"]\nbuild = { command = \"echo compiling things; echo 'error: the build broke' >&2; exit 3\" }\n",
+    );
+    let r = refused(dir.path(), &[]);
+    assert!(
+        r.stderr
+            .contains("build of component `a` failed (exit status: 3)"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("| error: the build broke"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("| compiling things"), "{}", r.stderr);
+    assert!(r.stdout.is_empty());
+}
+
+#[test]
+fn a_build_that_produces_nothing() {
+    let dir = app_dir(
+        "[component.a]\nsource = \"out.wasm\"\nroutes = [\"/\"]\nbuild = { command = \"true\" }\n",
+    );
+    let err = refused(dir.path(), &[]).stderr;
+    assert!(err.contains("out.wasm` does not exist"), "{err}");
+    assert!(
+        err.contains("the build command ran but did not produce this file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hello = guests().hello.to_str().expect("utf-8").to_string();
+    for (flag, value, expected) in [
+        ("--timeout", "30", "has no unit"),
+        ("--memory", "lots", "is not a size"),
+        ("--memory", "8GiB", "between 64KiB and 4GiB"),
+        ("--env", "NOEQUALS", "is not KEY=VALUE"),
+        (
+            "--allow-outbound",
+            "http://x.org/path",
+            "not a URL with a path",
+        ),
+    ] {
+        let err = refused(dir.path(), &[&hello, flag, value]).stderr;
+        assert!(err.contains(expected), "{flag} {value}: {err}");
+    }
+}

@@ -1,0 +1,21 @@
+//! End-to-end tests: the real `verge` binary, started on an OS-chosen port,
+//! serving real components built from `examples/` and `crates/test-programs`
+//! for wasm32-wasip2, driven over real HTTP connections.
+//!
+//! Timings never decide a test: these machines are shared and noisy.
+
+// Test helpers are `pub` for the modules of this binary, not an API.
+#![allow(unreachable_pub)]
+
+mod support;
+
+mod bad_input;
+mod cache;
+mod http;
+mod isolation;
+mod lifecycle;
+mod limits;
+mod new;
+mod outbound;
+mod routes;
+mod watch;
