@@ -4,9 +4,13 @@
 //! - `test`: everything CI checks, in order: the wasm32-wasip2 target, guest
 //!   builds, `cargo fmt --check`, `cargo clippy -D warnings`, then all tests
 //!   with `cargo nextest`.
-//! - `guests`: build the example and test guests for wasm32-wasip2.
+//! - `guests`: build the example and test guests: the Rust ones for
+//!   wasm32-wasip2, the Python one with componentize-py (installed into a
+//!   private virtualenv on first use). Safe to run from several processes at
+//!   once; does nothing when everything is up to date.
 //! - `tidy`: repository conventions (also run as a test).
 
+mod python;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -83,17 +87,15 @@ fn guests(root: &Path) -> anyhow::Result<()> {
     ensure_wasm_target()?;
     for manifest in guest_manifests(root)? {
         run(cargo()
-            .args([
-                "build",
-                "--release",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-            ])
+            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
+            .arg("--manifest-path")
             .arg(&manifest)
-            .env_remove("CARGO_TARGET_DIR"))?;
+            // Host settings must not leak into guest builds.
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS"))?;
     }
-    Ok(())
+    python::build(&root.join("crates/test-programs/python"))
 }
 
 fn test(root: &Path) -> anyhow::Result<()> {

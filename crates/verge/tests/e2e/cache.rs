@@ -49,3 +49,29 @@ async fn a_cache_folder_others_can_write_is_not_used() {
     assert_eq!(get(verge.addr, "/").await.status, 200);
     assert_eq!(std::fs::read_dir(cache.path()).expect("dir").count(), 0);
 }
+
+#[tokio::test]
+async fn after_kill_9_a_restart_serves_from_the_cache() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let dir = cache.path().join("compiled");
+    let tp = guests().test_programs.to_str().expect("utf-8").to_string();
+    let first = Up::new(&[&tp]).cache(Some(dir.clone())).start();
+    // Killed while a request is in flight.
+    let addr = first.addr;
+    let in_flight = tokio::spawn(async move {
+        send(addr, request("GET", addr, "/sleep?ms=3000", empty()))
+            .await
+            .map(|r| r.status())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    first.signal(rustix::process::Signal::KILL);
+    let _ = first.wait();
+    assert!(
+        in_flight.await.expect("task").is_err(),
+        "a killed process answered"
+    );
+
+    let second = Up::new(&[&tp]).cache(Some(dir)).start();
+    second.wait_for_log("loaded compiled component from cache");
+    assert_eq!(get(second.addr, "/sleep?ms=10").await.status, 200);
+}

@@ -18,4 +18,5 @@ mod limits;
 mod new;
 mod outbound;
 mod routes;
+mod toolchains;
 mod watch;

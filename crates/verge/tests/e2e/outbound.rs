@@ -97,3 +97,23 @@ routes = ["/denied"]
         502
     );
 }
+
+#[tokio::test]
+async fn an_allowed_upstream_that_is_gone_is_an_error_inside_the_guest() {
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = gone.local_addr().expect("addr").port();
+    drop(gone);
+    let verge = Verge::up(&[
+        guests().test_programs.to_str().expect("utf-8"),
+        "--allow-outbound",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    let r = get(
+        verge.addr,
+        &format!("/outbound?url=http://127.0.0.1:{port}/"),
+    )
+    .await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.text(), "outbound refused: ErrorCode::ConnectionRefused\n");
+    assert_eq!(get(verge.addr, "/").await.status, 200);
+}

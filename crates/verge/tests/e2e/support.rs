@@ -34,46 +34,35 @@ pub struct Guests {
     pub test_programs: PathBuf,
     /// A WASI command, not an HTTP handler.
     pub not_a_handler: PathBuf,
+    /// `crates/test-programs/python`: a componentize-py handler.
+    pub python: PathBuf,
 }
 
-fn cargo_build_wasm(manifest: &Path) -> PathBuf {
+/// Builds every guest with `cargo xtask guests` (a no-op when up to date).
+fn build_guests() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let output = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(manifest)
-        // Host flags (coverage, sanitizers) must not leak into guest builds.
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
+        .current_dir(repo())
+        .args(["run", "--quiet", "--package", "xtask", "--", "guests"])
         .output()
         .expect("cargo runs");
     assert!(
         output.status.success(),
-        "building {} for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`):\n{}",
-        manifest.display(),
+        "building the guests failed (`cargo xtask guests`):\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    manifest
-        .parent()
-        .expect("manifest has a folder")
-        .join("target/wasm32-wasip2/release")
 }
 
 pub fn guests() -> &'static Guests {
     static GUESTS: OnceLock<Guests> = OnceLock::new();
     GUESTS.get_or_init(|| {
-        let hello = cargo_build_wasm(&repo().join("examples/hello/Cargo.toml"));
-        let tp = cargo_build_wasm(&repo().join("crates/test-programs/Cargo.toml"));
+        build_guests();
+        let tp = repo().join("crates/test-programs/target/wasm32-wasip2/release");
         Guests {
-            hello: hello.join("hello.wasm"),
+            hello: repo().join("examples/hello/target/wasm32-wasip2/release/hello.wasm"),
             test_programs: tp.join("test_programs.wasm"),
             not_a_handler: tp.join("not-a-handler.wasm"),
+            python: repo().join("crates/test-programs/python/target/app.wasm"),
         }
     })
 }

@@ -11,14 +11,13 @@ Each round measures every peer once, alternating, with
 `wrk -t2 -c64 -d<duration>s --latency` after a short warm-up. Medians over
 the rounds are reported with ratios. Only ratios travel between machines.
 
-Usage: bench/http.py [--rounds N] [--duration S] [--skip-build]
+Usage: bench/throughput.py [--rounds N] [--duration S] [--skip-build]
 """
 
 import argparse
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,11 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-WASMTIME_VERSION = "48.0.8"
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "verge-bench"
-WASMTIME = Path(os.environ.get("VERGE_BENCH_WASMTIME", CACHE / f"wasmtime-{WASMTIME_VERSION}/bin/wasmtime"))
-TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CACHE, ROOT, TARGET, WASMTIME, WASMTIME_VERSION, answers, free_port  # noqa: E402
+
 HELLO = ROOT / "examples/hello/target/wasm32-wasip2/release/hello.wasm"
 
 
@@ -54,27 +51,6 @@ def build():
             env={**os.environ, "CARGO_TARGET_DIR": str(CACHE / "wasmtime-build")})
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install wrk")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def answers(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-            data = b""
-            while True:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            return data.startswith(b"HTTP/1.1 200") and b"Hello, world!" in data
-    except OSError:
-        return False
 
 
 def peers(cache_dir):
