@@ -33,6 +33,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Guest {
             "alloc" => alloc(&query, out),
             "trap" => panic!("test-programs: trap requested"),
             "outbound" => outbound(&query, out),
+            "fanout" => fanout(&query, out),
             "env" => env(out),
             "stdio" => stdio(out),
             "fs" => fs(out),
@@ -234,6 +235,51 @@ fn outbound(query: &str, out: ResponseOutparam) {
     stream.read_to_end(&mut bytes).expect("read");
     let text = format!("upstream {status}: {}", String::from_utf8_lossy(&bytes));
     respond(out, 200, &[], text.as_bytes());
+}
+
+/// `/fanout?url=http://host:port/path&n=N`: starts N GETs at once, waits for
+/// all, and answers with how many succeeded and how each failure was coded.
+fn fanout(query: &str, out: ResponseOutparam) {
+    let (Some(url), Some(n)) = (
+        param(query, "url"),
+        param(query, "n").and_then(|n| n.parse::<usize>().ok()),
+    ) else {
+        return respond(out, 400, &[], b"missing url or n\n");
+    };
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut futures = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    for _ in 0..n {
+        let request = OutgoingRequest::new(Fields::new());
+        request.set_scheme(Some(&Scheme::Http)).expect("scheme");
+        request.set_authority(Some(authority)).expect("authority");
+        request.set_path_with_query(Some(path)).expect("path");
+        match wasip2::http::outgoing_handler::handle(request, None) {
+            Ok(f) => futures.push(f),
+            Err(e) => errors.push(format!("{e:?}")),
+        }
+    }
+    let mut ok = 0;
+    for f in futures {
+        f.subscribe().block();
+        match f.get() {
+            Some(Ok(Ok(_))) => ok += 1,
+            Some(Ok(Err(e))) => errors.push(format!("{e:?}")),
+            other => errors.push(format!("{other:?}")),
+        }
+    }
+    errors.sort();
+    errors.dedup();
+    respond(
+        out,
+        200,
+        &[],
+        format!("ok={ok} errors={errors:?}\n").as_bytes(),
+    );
 }
 
 fn refused(out: ResponseOutparam, e: ErrorCode) {

@@ -4,12 +4,18 @@
 //! a changed engine never loads an incompatible artifact.
 //!
 //! **Invariant (safety)**: loading a cached artifact maps native code into
-//! the process, so only files this cache wrote may be loaded. The folder is
-//! created with mode 0700 and refused (the cache is disabled, with a warning)
-//! if another user owns it or anyone else may write to it. Files are written
-//! to a temporary name and renamed, so a crash never leaves a torn artifact
-//! under a final name; wasmtime additionally checks the artifact's header
-//! and refuses one built by a different engine, which we treat as a miss.
+//! the process, so only files this user wrote may be loaded:
+//! - the folder is created with mode 0700, resolved once to its canonical
+//!   path (so re-pointing a symlink later changes nothing), and refused (the
+//!   cache is disabled, with a warning) if another user owns it, anyone else
+//!   may write to it, or any folder above it lets others replace it;
+//! - an artifact is opened without following symlinks and used only if it is
+//!   a regular file owned by this user that nobody else may write.
+//!
+//! Files are written to a temporary name and renamed, so a crash never
+//! leaves a torn artifact under a final name; wasmtime additionally checks
+//! the header and refuses an artifact built by a different engine, which
+//! counts as a miss.
 #![allow(unsafe_code)]
 
 use std::hash::Hasher;
@@ -50,18 +56,21 @@ impl CompileCache {
             tracing::warn!(dir = %dir.display(), "compile cache disabled: {e}");
             return None;
         }
-        if let Err(why) = check_private(dir) {
-            tracing::warn!(dir = %dir.display(), "compile cache disabled: {why}");
-            return None;
-        }
+        let dir = match std::fs::canonicalize(dir)
+            .map_err(|e| e.to_string())
+            .and_then(|d| check_private(&d).map(|()| d))
+        {
+            Ok(d) => d,
+            Err(why) => {
+                tracing::warn!(dir = %dir.display(), "compile cache disabled: {why}");
+                return None;
+            }
+        };
         let mut hasher = Sha256Hasher(Sha256::new());
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
         hasher.0.update(env!("CARGO_PKG_VERSION").as_bytes());
         let engine_key = hex(&hasher.0.finalize()[..12]);
-        Some(Self {
-            dir: dir.to_path_buf(),
-            engine_key,
-        })
+        Some(Self { dir, engine_key })
     }
 
     fn path_for(&self, component_hash: &str) -> PathBuf {
@@ -72,14 +81,20 @@ impl CompileCache {
     /// The cached compilation of `component_hash`, if present and usable.
     pub(crate) fn get(&self, engine: &Engine, component_hash: &str) -> Option<Component> {
         let path = self.path_for(component_hash);
-        if !path.is_file() {
-            return None;
-        }
-        // SAFETY: `path` lives in a folder only this user can write (checked
-        // in `open`) and was written by `put` below from
-        // `Engine::precompile_component`; wasmtime verifies its header and
-        // engine compatibility before use.
-        match unsafe { Component::deserialize_file(engine, &path) } {
+        let bytes = match read_private_file(&path) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return None,
+            Err(why) => {
+                tracing::warn!(path = %path.display(), "ignoring compiled artifact: {why}");
+                return None;
+            }
+        };
+        // SAFETY: the bytes come from a regular file owned by this user and
+        // writable by nobody else, in a folder only this user can change
+        // (checked in `open`), written by `put` from wasmtime's own
+        // `precompile_component`; wasmtime verifies the header and engine
+        // compatibility before use.
+        match unsafe { Component::deserialize(engine, &bytes) } {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!(path = %path.display(), "ignoring unusable compiled artifact: {e:#}");
@@ -101,9 +116,9 @@ impl CompileCache {
         tmp.1.write_all(artifact)?;
         tmp.1.sync_all()?;
         std::fs::rename(&tmp.0, &path)?;
-        // SAFETY: as in `get`; the file was written just above from wasmtime's
-        // own precompiled output.
-        unsafe { Component::deserialize_file(engine, &path) }
+        // SAFETY: `artifact` is wasmtime's own output for this engine, just
+        // produced in this process.
+        unsafe { Component::deserialize(engine, artifact) }
             .map_err(|e| std::io::Error::other(format!("{e:#}")))
     }
 }
@@ -135,7 +150,59 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
+/// Reads `path` if it is a regular file owned by this user and writable by
+/// nobody else, without following a symlink. `Ok(None)` when it is absent.
+fn read_private_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read;
+    let fd = match rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(format!("cannot open it safely: {e}")),
+    };
+    let stat = rustix::fs::fstat(&fd).map_err(|e| e.to_string())?;
+    let mode = stat.st_mode;
+    if rustix::fs::FileType::from_raw_mode(mode) != rustix::fs::FileType::RegularFile {
+        return Err("not a regular file".to_string());
+    }
+    if stat.st_uid != current_uid() || mode & 0o022 != 0 {
+        return Err("owned by another user or writable by others".to_string());
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::from(fd)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    Ok(Some(bytes))
+}
+
+/// The cache folder (canonical path) must be ours and private, and no folder
+/// above it may let another user replace it: each must be owned by us or
+/// root and not writable by others, unless sticky (like `/tmp`).
 fn check_private(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = current_uid();
+    for ancestor in dir.ancestors().skip(1) {
+        let meta = std::fs::metadata(ancestor).map_err(|e| e.to_string())?;
+        let others_write = meta.mode() & 0o022 != 0;
+        let sticky = meta.mode() & 0o1000 != 0;
+        let trusted_owner = meta.uid() == uid || meta.uid() == 0;
+        if !trusted_owner || (others_write && !sticky) {
+            return Err(format!(
+                "{} could be changed by another user (owner uid {}, mode {:o})",
+                ancestor.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            ));
+        }
+    }
+    check_private_dir(dir)
+}
+
+fn check_private_dir(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(dir).map_err(|e| e.to_string())?;
     let uid = current_uid();

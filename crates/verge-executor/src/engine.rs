@@ -20,6 +20,10 @@ use wasmtime::{
 
 use crate::cache::CompileCache;
 use crate::host::Host;
+use crate::lane::SlowLane;
+
+/// Outbound connections open at once across the process.
+const MAX_OUTBOUND_CONNECTIONS: usize = 256;
 
 /// Settings fixed for the life of the process.
 #[derive(Debug, Clone)]
@@ -36,6 +40,9 @@ pub struct ExecutorConfig {
     /// Bytes of each freed linear memory reset in place rather than returned
     /// to the kernel.
     pub memory_keep_resident: usize,
+    /// Threads of the slow lane, where guests running longer than one epoch
+    /// tick continue (see `lane`).
+    pub slow_lane_threads: usize,
 }
 
 impl Default for ExecutorConfig {
@@ -44,8 +51,12 @@ impl Default for ExecutorConfig {
             cache_dir: None,
             max_instances: 1000,
             max_memory: verge_capabilities::Limits::MAX_MEMORY,
-            epoch_tick: Duration::from_millis(5),
+            epoch_tick: Duration::from_millis(1),
             memory_keep_resident: 4 * 1024 * 1024,
+            // Half the cores (at least one): heavy guests can never take
+            // every core from the workers serving short requests.
+            slow_lane_threads: std::thread::available_parallelism()
+                .map_or(1, |n| (n.get() / 2).max(1)),
         }
     }
 }
@@ -72,6 +83,11 @@ pub(crate) struct Inner {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<Host>,
     pub(crate) cache: Option<CompileCache>,
+    pub(crate) slow_lane: SlowLane,
+    /// Outbound connections open at once across all guests. Kept below
+    /// tokio's blocking-thread limit, since each connect resolves a name on
+    /// a blocking thread.
+    pub(crate) outbound_slots: Arc<tokio::sync::Semaphore>,
     _ticker: EpochTicker,
 }
 
@@ -92,11 +108,16 @@ impl Executor {
         let ticker = EpochTicker::spawn(engine.clone(), config.epoch_tick).map_err(|e| {
             ExecutorError::Engine(format!("cannot start the epoch ticker thread: {e}"))
         })?;
+        let slow_lane = SlowLane::start(config.slow_lane_threads).map_err(|e| {
+            ExecutorError::Engine(format!("cannot start the slow-lane threads: {e}"))
+        })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
                 linker,
                 cache,
+                slow_lane,
+                outbound_slots: Arc::new(tokio::sync::Semaphore::new(MAX_OUTBOUND_CONNECTIONS)),
                 _ticker: ticker,
             }),
         })
@@ -113,6 +134,11 @@ fn wasmtime_config(config: &ExecutorConfig) -> Config {
         .total_memories(n.saturating_mul(2))
         .total_tables(n.saturating_mul(16))
         .total_stacks(n)
+        // Per-component bounds, so one component cannot take every slot of
+        // the pool (and a component beyond them fails at load, not later).
+        .max_core_instances_per_component(128)
+        .max_memories_per_component(8)
+        .max_tables_per_component(256)
         .max_memory_size(usize::try_from(config.max_memory).unwrap_or(usize::MAX))
         .linear_memory_keep_resident(config.memory_keep_resident)
         .table_keep_resident(64 * 1024)

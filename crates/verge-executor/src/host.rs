@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use http_body_util::BodyExt;
+use tokio::sync::Semaphore;
 use verge_capabilities::OutboundPolicy;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
@@ -43,11 +44,25 @@ impl WasiHttpView for Host {
 /// Lets an outbound request through only if the component's policy allows
 /// its destination; a refused call fails inside the guest with
 /// `HTTP-request-denied`, never in the host.
+///
+/// It also bounds what a guest can make the host hold: outbound connections
+/// open at once (per request and per process; over either the guest gets
+/// `connection-limit-reached`) and the host-side buffer of every outgoing
+/// body (one chunk of [`BODY_CHUNK`] bytes).
 pub(crate) struct OutboundGate {
     pub(crate) policy: Arc<OutboundPolicy>,
     pub(crate) component: Arc<str>,
     pub(crate) request_id: RequestId,
+    /// Connections the whole process may have open (shared).
+    pub(crate) process_slots: Arc<Semaphore>,
+    /// Connections this request may have open, created on first use.
+    pub(crate) request_slots: Option<Arc<Semaphore>>,
 }
+
+/// Largest chunk of an outgoing body buffered in the host.
+const BODY_CHUNK: usize = 64 * 1024;
+/// Outbound connections one request may have open at once.
+const OUTBOUND_PER_REQUEST: usize = 16;
 
 type SendFuture = Box<
     dyn Future<
@@ -78,6 +93,21 @@ impl WasiHttpHooks for OutboundGate {
             );
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        let request_slots = self
+            .request_slots
+            .get_or_insert_with(|| Arc::new(Semaphore::new(OUTBOUND_PER_REQUEST)))
+            .clone();
+        let (Ok(request_slot), Ok(process_slot)) = (
+            request_slots.try_acquire_owned(),
+            self.process_slots.clone().try_acquire_owned(),
+        ) else {
+            tracing::warn!(
+                request_id = %self.request_id,
+                component = %self.component,
+                "outbound request refused: too many connections open"
+            );
+            return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
+        };
         tracing::debug!(
             request_id = %self.request_id,
             component = %self.component,
@@ -86,18 +116,34 @@ impl WasiHttpHooks for OutboundGate {
         );
         Box::new(async move {
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            // The slots are held for as long as the connection lives.
+            let io = async move {
+                let result = io.await;
+                drop((request_slot, process_slot));
+                result
+            };
             Ok((
                 response.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn Future<Output = _> + Send>,
             ))
         })
     }
+
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        1
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK
+    }
 }
 
-/// Caps linear memory per instance and remembers whether the cap was hit,
-/// so a later trap can be reported as "memory limit exceeded".
+/// Caps the linear memory of an instance, summed over all its memories (a
+/// component may have several), and remembers whether the cap was hit, so a
+/// later trap can be reported as "memory limit exceeded".
 pub(crate) struct MemoryLimiter {
     pub(crate) cap: usize,
+    pub(crate) total: usize,
     pub(crate) peak: usize,
     pub(crate) exceeded: bool,
 }
@@ -106,6 +152,7 @@ impl MemoryLimiter {
     pub(crate) fn new(cap: u64) -> Self {
         Self {
             cap: usize::try_from(cap).unwrap_or(usize::MAX),
+            total: 0,
             peak: 0,
             exceeded: false,
         }
@@ -119,18 +166,20 @@ const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.cap {
+        let total = self.total.saturating_add(desired.saturating_sub(current));
+        if total > self.cap {
             // Growth fails inside the guest (memory.grow returns -1); most
             // toolchains then abort, which surfaces as a trap we attribute
             // to this limit.
             self.exceeded = true;
             return Ok(false);
         }
-        self.peak = self.peak.max(desired);
+        self.total = total;
+        self.peak = self.peak.max(total);
         Ok(true)
     }
 
@@ -141,5 +190,32 @@ impl ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_cap_covers_all_memories_of_an_instance() {
+        let mut limiter = MemoryLimiter::new(10 * 65536);
+        // Two memories of 4 pages each fit under 10 pages.
+        assert!(limiter.memory_growing(0, 4 * 65536, None).expect("ok"));
+        assert!(limiter.memory_growing(0, 4 * 65536, None).expect("ok"));
+        // Growing the first by 3 pages would make 11: refused.
+        assert!(
+            !limiter
+                .memory_growing(4 * 65536, 7 * 65536, None)
+                .expect("ok")
+        );
+        assert!(limiter.exceeded);
+        // Growing it by 2 makes exactly 10: allowed.
+        assert!(
+            limiter
+                .memory_growing(4 * 65536, 6 * 65536, None)
+                .expect("ok")
+        );
+        assert_eq!(limiter.peak, 10 * 65536);
     }
 }

@@ -14,17 +14,20 @@
 //! - Nothing a guest does produces a panic or an unwrap in the host: every
 //!   failure becomes a [`HandleError`] with its cause.
 
+mod body;
+mod task;
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::StatusCode;
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
@@ -32,14 +35,25 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
+pub use self::body::GuestBody;
+use self::body::LimitedBody;
+use self::task::{GuestFuture, GuestResult, GuestTask, RequestShared};
 use crate::component::LoadedComponent;
 use crate::guest_log::GuestOutput;
 use crate::host::{Host, MemoryLimiter, OutboundGate};
 
-/// Most resources (headers, streams, ...) one instance may hold in the host.
-const MAX_RESOURCES: usize = 4096;
+/// Most resources (headers, streams, bodies, ...) one instance may hold in
+/// the host. Together with [`MAX_FIELDS_SIZE`] and the body buffer sizes in
+/// `host`, this bounds the host memory a guest can claim outside its linear
+/// memory (a few tens of MiB in the worst case).
+const MAX_RESOURCES: usize = 512;
 /// Most bytes of headers one `fields` resource may hold.
-const MAX_FIELDS_SIZE: usize = 64 * 1024;
+const MAX_FIELDS_SIZE: usize = 32 * 1024;
+/// Epoch ticks of running wasm after which a guest counts as heavy and moves
+/// to the slow lane (with the default 1 ms tick: about 4 ms of computation).
+const HEAVY_AFTER_TICKS: u32 = 4;
+/// Longest deadline a request can have, whatever its configuration says.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Identifies one request in logs and in the `x-request-id` response header.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -70,10 +84,21 @@ impl fmt::Display for RequestId {
 }
 
 /// Per-request facts the caller knows.
-#[derive(Clone, Debug)]
 pub struct RequestContext {
     /// The request's id, for logs.
     pub id: RequestId,
+    /// Kept alive exactly as long as the guest runs (for example a
+    /// concurrency permit): dropped when the guest finishes, fails, is cut
+    /// off or is abandoned, whichever comes first, even if the response body
+    /// is still being sent.
+    pub hold: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl RequestContext {
+    /// A context with nothing to hold.
+    pub fn new(id: RequestId) -> Self {
+        Self { id, hold: None }
+    }
 }
 
 /// Why a request did not get a response from the guest.
@@ -149,10 +174,6 @@ impl fmt::Display for DeadlineReached {
 
 impl std::error::Error for DeadlineReached {}
 
-/// What the guest future yields when it finishes.
-type GuestResult = Result<(), HandleError>;
-type GuestFuture = Pin<Box<dyn Future<Output = GuestResult> + Send>>;
-
 impl LoadedComponent {
     /// Serves `request` in a fresh instance. Returns once the guest has set
     /// the response head; the guest keeps running while the returned body
@@ -167,21 +188,23 @@ impl LoadedComponent {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let limits = self.limits;
-        let deadline = Instant::now() + limits.timeout;
-        let too_large = Arc::new(AtomicBool::new(false));
-        let request = request.map(|body| LimitedBody {
-            inner: body,
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(limits.timeout.min(MAX_TIMEOUT))
+            .unwrap_or(now);
+        let shared = Arc::new(RequestShared::new(limits.max_request_body));
+        let request = request.map(|inner| LimitedBody {
+            inner,
             remaining: limits.max_request_body,
-            limit: limits.max_request_body,
-            too_large: too_large.clone(),
+            shared: shared.clone(),
         });
-        let mut store = self.new_store(cx.id, deadline);
+        let mut store = self.new_store(cx.id, deadline, shared.clone());
         let (sender, mut receiver) = tokio::sync::oneshot::channel();
         let this = self.clone();
         let run = async move {
             let proxy = match this.pre.instantiate_async(&mut store).await {
                 Ok(p) => p,
-                Err(e) => return Err(classify(&store, e, limits.memory)),
+                Err(e) => return Err(classify(&store, e, &limits)),
             };
             let req = store
                 .data_mut()
@@ -199,74 +222,79 @@ impl LoadedComponent {
                 .await
             {
                 Ok(()) => Ok(()),
-                Err(e) => Err(classify(&store, e, limits.memory)),
+                Err(e) => Err(classify(&store, e, &limits)),
             }
         };
         let timeout = limits.timeout;
-        let mut guest: GuestFuture = Box::pin(async move {
-            match tokio::time::timeout_at(deadline.into(), run).await {
+        let hold = cx.hold;
+        let future: GuestFuture = Box::pin(async move {
+            let result = match tokio::time::timeout_at(deadline.into(), run).await {
                 Ok(result) => result,
                 Err(_) => Err(HandleError::Timeout(timeout)),
-            }
+            };
+            drop(hold);
+            result
         });
+        let mut guest = GuestTask::Inline(future);
+        let slow_lane = self.executor.inner.slow_lane.handle().clone();
 
         // Drive the guest until it sets the response or finishes.
         let head = std::future::poll_fn(|task| {
             if let Poll::Ready(r) = Pin::new(&mut receiver).poll(task) {
                 return Poll::Ready(Head::Response(r.ok()));
             }
-            if let Poll::Ready(done) = guest.as_mut().poll(task) {
+            if let Poll::Ready(done) = guest.poll(task, &shared, &slow_lane) {
                 return Poll::Ready(Head::Finished(done, receiver.try_recv().ok()));
             }
             Poll::Pending
         })
         .await;
 
-        let too_large_now = || too_large.load(Ordering::Acquire);
+        let too_large = HandleError::BodyTooLarge(limits.max_request_body);
         let response = match head {
-            Head::Finished(Err(e), _) => {
-                return Err(if too_large_now() {
-                    HandleError::BodyTooLarge(limits.max_request_body)
-                } else {
-                    e
-                });
+            Head::Finished(Err(_), _) | Head::Finished(Ok(()), None) if shared.too_large() => {
+                return Err(too_large);
             }
-            Head::Finished(Ok(()), None) if too_large_now() => {
-                return Err(HandleError::BodyTooLarge(limits.max_request_body));
-            }
+            Head::Finished(Err(e), _) => return Err(e),
             Head::Finished(Ok(()), None) => return Err(HandleError::NoResponse),
-            Head::Finished(Ok(()), Some(response)) => {
-                return respond(
-                    response,
-                    None,
-                    &too_large,
-                    limits.max_request_body,
-                    self,
-                    cx.id,
-                );
-            }
+            Head::Finished(Ok(()), Some(response)) => response,
             Head::Response(None) => {
-                // The guest dropped its response-outparam: wait for it to
-                // finish to learn why.
-                return Err(match guest.await {
+                // The guest dropped its response-outparam: let it finish to learn why.
+                let outcome =
+                    std::future::poll_fn(|task| guest.poll(task, &shared, &slow_lane)).await;
+                return Err(match outcome {
+                    _ if shared.too_large() => too_large,
                     Err(e) => e,
-                    Ok(()) if too_large_now() => HandleError::BodyTooLarge(limits.max_request_body),
                     Ok(()) => HandleError::NoResponse,
                 });
             }
             Head::Response(Some(response)) => response,
         };
-        respond(
-            response,
-            Some(guest),
-            &too_large,
-            limits.max_request_body,
-            self,
-            cx.id,
-        )
+        if shared.too_large() {
+            return Err(too_large);
+        }
+        let response = response.map_err(|code| HandleError::GuestError(format!("{code:?}")))?;
+        // The guest keeps running while the body streams: give it a task of
+        // its own so its deadline holds even when nobody polls the body (a
+        // client that stops reading).
+        guest.detach(&shared, &slow_lane);
+        Ok(response.map(|inner| GuestBody {
+            inner,
+            guest,
+            shared,
+            slow_lane,
+            component: self.name.clone(),
+            id: cx.id,
+            failed: false,
+        }))
     }
 
-    fn new_store(&self, id: RequestId, deadline: Instant) -> Store<Host> {
+    fn new_store(
+        &self,
+        id: RequestId,
+        deadline: Instant,
+        shared: Arc<RequestShared>,
+    ) -> Store<Host> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.envs(&self.env)
             .stdout(GuestOutput::new(self.name.clone(), id, "stdout"))
@@ -286,18 +314,26 @@ impl LoadedComponent {
                 policy: self.outbound.clone(),
                 component: self.name.clone(),
                 request_id: id,
+                process_slots: self.executor.inner.outbound_slots.clone(),
+                request_slots: None,
             },
             limiter: MemoryLimiter::new(self.limits.memory),
         };
         let mut store = Store::new(&self.executor.inner.engine, host);
         store.limiter(|h| &mut h.limiter);
         store.set_epoch_deadline(1);
+        let mut ticks = 0u32;
         store.epoch_deadline_callback(move |_| {
             if Instant::now() >= deadline {
-                Err(wasmtime::Error::new(DeadlineReached))
-            } else {
-                Ok(UpdateDeadline::Yield(1))
+                return Err(wasmtime::Error::new(DeadlineReached));
             }
+            // Still running wasm after a few ticks: move to the slow lane at
+            // the coming yield (see `task`).
+            ticks += 1;
+            if ticks >= HEAVY_AFTER_TICKS {
+                shared.heavy.store(true, Ordering::Relaxed);
+            }
+            Ok(UpdateDeadline::Yield(1))
         });
         store
     }
@@ -311,36 +347,18 @@ enum Head {
     ),
 }
 
-fn respond(
-    response: Result<http::Response<HyperOutgoingBody>, ErrorCode>,
-    guest: Option<GuestFuture>,
-    too_large: &Arc<AtomicBool>,
-    limit: u64,
-    component: &LoadedComponent,
-    id: RequestId,
-) -> Result<http::Response<GuestBody>, HandleError> {
-    if too_large.load(Ordering::Acquire) {
-        return Err(HandleError::BodyTooLarge(limit));
-    }
-    let response = response.map_err(|code| HandleError::GuestError(format!("{code:?}")))?;
-    Ok(response.map(|inner| GuestBody {
-        inner,
-        guest,
-        too_large: too_large.clone(),
-        component: component.name.clone(),
-        id,
-        failed: false,
-    }))
-}
-
 /// Turns a wasmtime error into the cause a user can act on.
-fn classify(store: &Store<Host>, error: wasmtime::Error, memory_limit: u64) -> HandleError {
+fn classify(
+    store: &Store<Host>,
+    error: wasmtime::Error,
+    limits: &verge_capabilities::Limits,
+) -> HandleError {
     if error.chain().any(|e| e.is::<DeadlineReached>()) {
-        return HandleError::Timeout(Duration::ZERO);
+        return HandleError::Timeout(limits.timeout);
     }
     if store.data().limiter.exceeded {
         return HandleError::MemoryLimit {
-            limit: memory_limit,
+            limit: limits.memory,
             detail: error.root_cause().to_string(),
         };
     }
@@ -353,120 +371,5 @@ fn classify(store: &Store<Host>, error: wasmtime::Error, memory_limit: u64) -> H
     HandleError::Trap {
         message: error.root_cause().to_string(),
         detail: format!("{error:#}"),
-    }
-}
-
-/// The guest's response body. Polling it also drives the guest, which may
-/// still be writing; it ends when both the body and the guest are done.
-pub struct GuestBody {
-    inner: HyperOutgoingBody,
-    guest: Option<GuestFuture>,
-    too_large: Arc<AtomicBool>,
-    component: Arc<str>,
-    id: RequestId,
-    failed: bool,
-}
-
-impl GuestBody {
-    fn fail(&mut self, error: HandleError) -> Poll<Option<Result<Frame<Bytes>, HandleError>>> {
-        self.failed = true;
-        self.guest = None;
-        tracing::warn!(
-            request_id = %self.id,
-            component = %self.component,
-            "response aborted after it started: {error}"
-        );
-        Poll::Ready(Some(Err(error)))
-    }
-}
-
-impl Body for GuestBody {
-    type Data = Bytes;
-    type Error = HandleError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, HandleError>>> {
-        let this = &mut *self;
-        if this.failed {
-            return Poll::Ready(None);
-        }
-        if let Some(guest) = this.guest.as_mut()
-            && let Poll::Ready(result) = guest.as_mut().poll(cx)
-        {
-            this.guest = None;
-            if let Err(e) = result {
-                return this.fail(e);
-            }
-        }
-        if this.too_large.load(Ordering::Acquire) {
-            return this.fail(HandleError::BodyTooLarge(0));
-        }
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
-            Some(Err(e)) => this.fail(HandleError::Body(e.to_string())),
-            // The body is complete but the guest is still running: wait for it
-            // (its waker is registered by the poll above).
-            None if this.guest.is_some() => Poll::Pending,
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.guest.is_none() && !self.failed && self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// Counts request-body bytes on their way to the guest and fails the
-/// stream once the component's limit is passed.
-struct LimitedBody<B> {
-    inner: B,
-    remaining: u64,
-    limit: u64,
-    too_large: Arc<AtomicBool>,
-}
-
-impl<B> Body for LimitedBody<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<wasmtime_wasi_http::Error>,
-{
-    type Data = Bytes;
-    type Error = wasmtime_wasi_http::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-            None => return Poll::Ready(None),
-        };
-        if let Some(data) = frame.data_ref() {
-            let len = data.len() as u64;
-            if len > this.remaining {
-                this.too_large.store(true, Ordering::Release);
-                return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(
-                    Some(this.limit),
-                ))));
-            }
-            this.remaining -= len;
-        }
-        Poll::Ready(Some(Ok(frame)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

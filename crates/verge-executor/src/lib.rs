@@ -26,6 +26,7 @@ mod engine;
 mod guest_log;
 mod host;
 mod invoke;
+mod lane;
 
 pub use component::{LoadError, LoadedComponent};
 pub use engine::{Executor, ExecutorConfig, ExecutorError};

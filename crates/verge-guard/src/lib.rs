@@ -105,6 +105,11 @@ impl ConcurrencyLimit {
         }
     }
 
+    /// The cap.
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
     /// Requests running now.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Acquire)

@@ -2,10 +2,10 @@
 //! HTTP/2 (prior knowledge / h2c) with hyper, handing each request to a
 //! [`Handler`].
 //!
-//! It owns connection-level policy: a cap on open connections, a timeout
-//! for reading request headers (slow clients), keep-alive, `TCP_NODELAY`,
-//! and graceful shutdown (stop accepting, let in-flight requests finish up to
-//! a deadline, then close what is left).
+//! It owns connection-level policy: a cap on open connections, timeouts for
+//! slow clients (opening bytes and request headers, stalled writes, HTTP/2
+//! keep-alive pings), `TCP_NODELAY`, and graceful shutdown (stop accepting,
+//! let in-flight requests finish up to a deadline, then close what is left).
 //!
 //! **API boundary**: the ingress knows nothing about apps, routing or wasm;
 //! the [`Handler`] decides everything about a request.
@@ -25,6 +25,11 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+mod io;
+
+use io::GuardedIo;
 
 /// Serves requests. Called once per request on the connection's task.
 pub trait Handler: Send + Sync + 'static {
@@ -44,8 +49,11 @@ pub trait Handler: Send + Sync + 'static {
 /// Connection-level settings.
 #[derive(Debug, Clone)]
 pub struct IngressConfig {
-    /// Longest time a client may take to send a request's headers.
+    /// Longest time a client may take to send a request's headers (and,
+    /// on a new connection, its first bytes).
     pub header_read_timeout: Duration,
+    /// Longest time a write to a client may make no progress.
+    pub write_timeout: Duration,
     /// Most connections open at once; further connections are closed at once.
     pub max_connections: usize,
     /// How long shutdown waits for in-flight requests before closing connections.
@@ -58,6 +66,7 @@ impl Default for IngressConfig {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(30),
             http2_max_streams: 256,
@@ -114,16 +123,22 @@ impl Ingress {
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(config.http2_max_streams);
+            .max_concurrent_streams(config.http2_max_streams)
+            // Dead peers on idle HTTP/2 connections are found by pings.
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(20));
         let builder = Arc::new(builder);
         let connections = Arc::new(Semaphore::new(config.max_connections));
         let graceful = GracefulShutdown::new();
+        let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
 
         loop {
             let (stream, peer) = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
+                // Reap finished connection tasks so the set stays small.
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
                 accepted = listener.accept() => match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
@@ -147,8 +162,9 @@ impl Ingress {
             });
             let builder = builder.clone();
             let watcher = graceful.watcher();
-            tokio::spawn(async move {
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let io = GuardedIo::new(stream, config.header_read_timeout, config.write_timeout);
+            tasks.spawn(async move {
+                let conn = builder.serve_connection(TokioIo::new(io), service);
                 if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(%peer, "connection ended with error: {e}");
                 }
@@ -161,7 +177,7 @@ impl Ingress {
         if open > 0 {
             tracing::info!("shutting down: waiting for {open} open connection(s) to finish");
         }
-        match tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await {
+        let report = match tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await {
             Ok(()) => ShutdownReport { forced: 0 },
             Err(_) => {
                 let forced = config.max_connections - connections.available_permits();
@@ -171,6 +187,9 @@ impl Ingress {
                 );
                 ShutdownReport { forced }
             }
-        }
+        };
+        // Close whatever is left (connections, and the requests on them).
+        tasks.shutdown().await;
+        report
     }
 }

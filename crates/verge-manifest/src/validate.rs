@@ -234,8 +234,18 @@ fn build_spec(
         None => cx.dir.clone(),
     };
     let timeout = match &raw.timeout {
-        Some(t) => parse_duration(t.get_ref())
-            .map_err(|e| cx.err(t.span(), ctx(format!("invalid build timeout: {e}")), None))?,
+        Some(t) => {
+            let d = parse_duration(t.get_ref())
+                .map_err(|e| cx.err(t.span(), ctx(format!("invalid build timeout: {e}")), None))?;
+            if d.is_zero() || d > MAX_TIMEOUT {
+                return Err(cx.err(
+                    t.span(),
+                    ctx("the build timeout must be above zero and at most 24h".into()),
+                    None,
+                ));
+            }
+            d
+        }
         None => DEFAULT_BUILD_TIMEOUT,
     };
     for w in &raw.watch {

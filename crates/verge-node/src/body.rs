@@ -1,6 +1,8 @@
 //! The response body the node hands to the ingress: either a guest's
-//! streaming body (holding the component's concurrency permit until the
-//! body is done) or a small body the node wrote itself.
+//! streaming body or a small body the node wrote itself. (The component's
+//! concurrency permit lives with the running guest, not with the body: it
+//! is released when the guest is done, even if a slow client is still
+//! reading.)
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -8,17 +10,11 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use verge_executor::{GuestBody, HandleError};
-use verge_guard::Permit;
 
 /// A response body produced by the node.
 pub enum NodeBody {
-    /// Streamed from a guest; the permit is released when the body is dropped.
-    Guest {
-        /// The guest's body.
-        body: GuestBody,
-        /// The component's concurrency slot.
-        permit: Permit,
-    },
+    /// Streamed from a guest.
+    Guest(GuestBody),
     /// A complete body written by the node (errors, health).
     Full(Option<Bytes>),
 }
@@ -39,21 +35,21 @@ impl Body for NodeBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, HandleError>>> {
         match self.get_mut() {
-            NodeBody::Guest { body, .. } => Pin::new(body).poll_frame(cx),
+            NodeBody::Guest(body) => Pin::new(body).poll_frame(cx),
             NodeBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            NodeBody::Guest { body, .. } => body.is_end_stream(),
+            NodeBody::Guest(body) => body.is_end_stream(),
             NodeBody::Full(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            NodeBody::Guest { body, .. } => body.size_hint(),
+            NodeBody::Guest(body) => body.size_hint(),
             NodeBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             NodeBody::Full(None) => SizeHint::with_exact(0),
         }

@@ -21,8 +21,8 @@ mod pipeline;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 use verge_capabilities::{Capabilities, Limits};
@@ -129,6 +129,8 @@ pub struct Node {
     executor: Executor,
     app: ArcSwapOption<AppRuntime>,
     ready: AtomicBool,
+    /// Serialises changes to `app` (readers never take it).
+    updating: Mutex<()>,
 }
 
 impl Node {
@@ -138,6 +140,7 @@ impl Node {
             executor,
             app: ArcSwapOption::empty(),
             ready: AtomicBool::new(false),
+            updating: Mutex::new(()),
         })
     }
 
@@ -159,16 +162,29 @@ impl Node {
                 component: c.name.clone(),
                 source,
             })?;
+        // A new version of a running component shares its concurrency
+        // count, so requests still running on the old version keep counting
+        // against the cap.
+        let limit = self
+            .current()
+            .and_then(|app| app.components.get(&c.name).map(|old| old.limit.clone()))
+            .filter(|old| old.limit() == c.limits.max_concurrency)
+            .unwrap_or_else(|| ConcurrencyLimit::new(c.limits.max_concurrency));
         Ok(ComponentRuntime {
             config: c.clone(),
             loaded,
-            limit: ConcurrencyLimit::new(c.limits.max_concurrency),
+            limit,
         })
     }
 
     /// Makes `app` the one served, atomically. Requests already running
     /// finish on the runtime they started with.
     pub fn install(&self, app: AppRuntime) {
+        let _updating = self.updating.lock().unwrap_or_else(|p| p.into_inner());
+        self.store(app);
+    }
+
+    fn store(&self, app: AppRuntime) {
         self.app.store(Some(Arc::new(app)));
         self.ready.store(true, Ordering::Release);
     }

@@ -66,10 +66,16 @@ impl Node {
 
         match component
             .loaded
-            .handle(request, RequestContext { id })
+            .handle(
+                request,
+                RequestContext {
+                    id,
+                    hold: Some(Box::new(permit)),
+                },
+            )
             .await
         {
-            Ok(response) => response.map(|body| NodeBody::Guest { body, permit }),
+            Ok(response) => response.map(NodeBody::Guest),
             Err(error) => failed(&error, &component.config.name, id, limits.timeout),
         }
     }

@@ -188,13 +188,24 @@ pub(crate) fn run(component: &str, spec: &BuildSpec) -> Result<(), BuildError> {
             Err(_) => break None,
         }
     };
-    for reader in readers {
-        let _ = reader.join();
+    // Anything the build left running in its process group goes too: a
+    // leftover holding the output pipes would otherwise block us forever.
+    kill_group(child.id());
+    let drain_until = Instant::now() + Duration::from_secs(2);
+    while let Some(left) = drain_until.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                if tail.len() == TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+            Err(_) => break,
+        }
     }
-    tail.extend(lines.try_iter());
-    while tail.len() > TAIL_LINES {
-        tail.pop_front();
-    }
+    // Reader threads end on their own when the pipes close; never wait for
+    // a process that escaped the group.
+    drop(readers);
     let tail: Vec<String> = tail.into();
     match status {
         Some(s) if s.success() => {

@@ -81,7 +81,7 @@ pub(crate) struct UpArgs {
 
     /// Skip the manifest's build commands and serve the files as they are.
     #[arg(long)]
-    no_build: bool,
+    pub(crate) no_build: bool,
 
     /// Folder for compiled components [default: $VERGE_CACHE_DIR, else
     /// $XDG_CACHE_HOME/verge/compiled, else ~/.cache/verge/compiled].
@@ -106,9 +106,10 @@ pub(crate) struct UpArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
     verge_manifest::parse_duration(s).and_then(|d| {
-        if d.is_zero() {
-            Err("the duration must be above zero".to_string())
+        if d.is_zero() || d > DAY {
+            Err("the duration must be above zero and at most 24h".to_string())
         } else {
             Ok(d)
         }
@@ -310,7 +311,11 @@ pub(crate) fn run(args: UpArgs, env: &dyn Env) -> Result<(), Failure> {
         .build()
         .context("cannot start the async runtime")
         .map_err(Failure::runtime)?;
-    rt.block_on(serve(args, target, app, node))
+    let result = rt.block_on(serve(args, target, app, node));
+    // Work still running on blocking threads (a build, a compile) must not
+    // keep the process alive after the server stopped.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn serve(
@@ -373,4 +378,13 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received: finishing in-flight requests"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received: finishing in-flight requests"),
     }
+    // A second signal means "now": stop without waiting for requests.
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::warn!("second signal: exiting without waiting for requests");
+        std::process::exit(130);
+    });
 }

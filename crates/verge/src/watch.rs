@@ -25,9 +25,15 @@ use crate::up::{Target, UpArgs};
 /// Quiet period after a change before acting on it.
 const DEBOUNCE: Duration = Duration::from_millis(250);
 
-/// Keeps the watcher alive; dropping it stops watching.
+/// Keeps watching until dropped.
 pub(crate) struct Watching {
-    _watcher: notify::RecommendedWatcher,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 struct Item {
@@ -83,8 +89,33 @@ pub(crate) fn start(target: &Target, node: Arc<Node>, args: UpArgs) -> anyhow::R
         Target::App(manifest) => (items_of(manifest)?, Some(manifest.path.clone())),
     };
 
-    let mut dirs: BTreeSet<(PathBuf, bool)> = BTreeSet::new();
-    for item in &items {
+    let mut watched = BTreeSet::new();
+    rewatch(
+        &mut watcher,
+        &mut watched,
+        folders(&items, manifest_path.as_deref()),
+    )?;
+    tracing::info!("watching {} folder(s) for changes", watched.len());
+
+    let task = tokio::spawn(react(
+        Watch {
+            rx,
+            watcher,
+            watched,
+            items,
+            manifest_path,
+        },
+        node,
+        Arc::new(args),
+    ));
+    Ok(Watching { task })
+}
+
+/// The folders to watch: build workdirs (recursively) for components with
+/// watch globs, the folder of the `.wasm` otherwise, and the manifest's.
+fn folders(items: &[Item], manifest_path: Option<&Path>) -> BTreeSet<(PathBuf, bool)> {
+    let mut dirs = BTreeSet::new();
+    for item in items {
         match (&item.build, &item.globs) {
             (Some(build), Some(_)) => {
                 dirs.insert((build.workdir.clone(), true));
@@ -96,10 +127,22 @@ pub(crate) fn start(target: &Target, node: Arc<Node>, args: UpArgs) -> anyhow::R
             }
         }
     }
-    if let Some(parent) = manifest_path.as_ref().and_then(|p| p.parent()) {
+    if let Some(parent) = manifest_path.and_then(Path::parent) {
         dirs.insert((parent.to_path_buf(), false));
     }
-    for (dir, recursive) in &dirs {
+    dirs
+}
+
+/// Makes the watched set equal to `wanted`.
+fn rewatch(
+    watcher: &mut notify::RecommendedWatcher,
+    watched: &mut BTreeSet<(PathBuf, bool)>,
+    wanted: BTreeSet<(PathBuf, bool)>,
+) -> anyhow::Result<()> {
+    for (dir, _) in watched.difference(&wanted) {
+        let _ = watcher.unwatch(dir);
+    }
+    for (dir, recursive) in wanted.difference(watched) {
         let mode = if *recursive {
             RecursiveMode::Recursive
         } else {
@@ -109,10 +152,8 @@ pub(crate) fn start(target: &Target, node: Arc<Node>, args: UpArgs) -> anyhow::R
             .watch(dir, mode)
             .with_context(|| format!("cannot watch {}", dir.display()))?;
     }
-    tracing::info!("watching {} folder(s) for changes", dirs.len());
-
-    tokio::spawn(react(rx, items, manifest_path, node, Arc::new(args)));
-    Ok(Watching { _watcher: watcher })
+    *watched = wanted;
+    Ok(())
 }
 
 fn items_of(manifest: &Manifest) -> anyhow::Result<Vec<Item>> {
@@ -150,18 +191,22 @@ fn items_of(manifest: &Manifest) -> anyhow::Result<Vec<Item>> {
         .collect()
 }
 
-async fn react(
-    mut rx: mpsc::UnboundedReceiver<PathBuf>,
-    mut items: Vec<Item>,
+/// Everything the watch loop owns.
+struct Watch {
+    rx: mpsc::UnboundedReceiver<PathBuf>,
+    watcher: notify::RecommendedWatcher,
+    watched: BTreeSet<(PathBuf, bool)>,
+    items: Vec<Item>,
     manifest_path: Option<PathBuf>,
-    node: Arc<Node>,
-    args: Arc<UpArgs>,
-) {
-    while let Some(first) = rx.recv().await {
+}
+
+async fn react(mut w: Watch, node: Arc<Node>, args: Arc<UpArgs>) {
+    let build = !args.no_build;
+    while let Some(first) = w.rx.recv().await {
         let mut changed = BTreeSet::from([first]);
         // Debounce: editors and compilers write in bursts.
         loop {
-            match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+            match tokio::time::timeout(DEBOUNCE, w.rx.recv()).await {
                 Ok(Some(path)) => {
                     changed.insert(path);
                 }
@@ -170,28 +215,33 @@ async fn react(
             }
         }
 
-        if manifest_path.as_ref().is_some_and(|m| changed.contains(m)) {
-            if let Some(path) = &manifest_path
-                && let Some(new_items) = reload_app(path, &node, &args).await
-            {
-                items = new_items;
+        if let Some(path) = w.manifest_path.clone()
+            && changed.contains(&path)
+        {
+            if let Some(items) = reload_app(&path, &node, &args).await {
+                let wanted = folders(&items, Some(&path));
+                if let Err(e) = rewatch(&mut w.watcher, &mut w.watched, wanted) {
+                    tracing::error!("{e:#}");
+                }
+                w.items = items;
             }
             continue;
         }
 
-        let affected: Vec<&Item> = items
+        let affected: Vec<&Item> = w
+            .items
             .iter()
             .filter(|item| changed.iter().any(|p| item.affected_by(p)))
             .collect();
         for item in affected {
-            rebuild(item, &node).await;
+            rebuild(item, &node, build).await;
         }
     }
 }
 
-async fn rebuild(item: &Item, node: &Arc<Node>) {
+async fn rebuild(item: &Item, node: &Arc<Node>, run_build: bool) {
     let name = item.component.clone();
-    let build = item.build.clone();
+    let build = item.build.clone().filter(|_| run_build);
     let node = node.clone();
     let result = tokio::task::spawn_blocking(move || {
         if let Some(spec) = &build {
@@ -220,7 +270,9 @@ async fn reload_app(path: &Path, node: &Arc<Node>, args: &Arc<UpArgs>) -> Option
         let manifest = Manifest::load(&path).map_err(|e| e.to_string())?;
         let items = items_of(&manifest).map_err(|e| format!("{e:#}"))?;
         let target = Target::App(Box::new(manifest));
-        let app = args.app_config(&target, true).map_err(|e| e.to_string())?;
+        let app = args
+            .app_config(&target, !args.no_build)
+            .map_err(|e| e.to_string())?;
         let runtime = node.prepare(&app).map_err(|e| e.to_string())?;
         node.install(runtime);
         Ok::<_, String>(items)

@@ -192,6 +192,7 @@ fn bad_flags() {
     let hello = guests().hello.to_str().expect("utf-8").to_string();
     for (flag, value, expected) in [
         ("--timeout", "30", "has no unit"),
+        ("--timeout", "1000000000y", "at most 24h"),
         ("--memory", "lots", "is not a size"),
         ("--memory", "8GiB", "between 64KiB and 4GiB"),
         ("--env", "NOEQUALS", "is not KEY=VALUE"),
@@ -204,4 +205,14 @@ fn bad_flags() {
         let err = refused(dir.path(), &[&hello, flag, value]).stderr;
         assert!(err.contains(expected), "{flag} {value}: {err}");
     }
+}
+
+#[test]
+fn a_build_that_leaves_a_process_behind_does_not_hang() {
+    let dir = app_dir(&format!(
+        "[component.a]\nsource = \"out.wasm\"\nroutes = [\"/\"]\nbuild = {{ command = \"sleep 300 & cp {} out.wasm\" }}\n",
+        guests().hello.display()
+    ));
+    let verge = Up::new::<&str>(&[]).dir(dir.path()).start();
+    verge.wait_for_log("done in");
 }

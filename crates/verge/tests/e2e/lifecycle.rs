@@ -79,3 +79,25 @@ fn a_client_that_never_finishes_its_headers_is_disconnected() {
         "{text}"
     );
 }
+
+#[test]
+fn a_silent_connection_is_closed_after_the_header_timeout() {
+    let verge = Verge::up(&[
+        guests().hello.to_str().expect("utf-8"),
+        "--header-read-timeout",
+        "1s",
+    ]);
+    for opening in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let mut stream = std::net::TcpStream::connect(verge.addr).expect("connect");
+        stream.write_all(opening).expect("write");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut buf = Vec::new();
+        let result = stream.read_to_end(&mut buf);
+        assert!(
+            result.is_ok(),
+            "the server never closed the connection: {result:?}"
+        );
+    }
+}

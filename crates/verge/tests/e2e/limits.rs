@@ -186,3 +186,42 @@ async fn over_the_concurrency_cap_gets_503_with_retry_after() {
     assert_eq!(slow.await.expect("task").status, 200);
     assert_eq!(get(addr, "/").await.status, 200, "the slot is free again");
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_does_not_keep_the_instance() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let verge = Verge::up(&[tp().as_str(), "--max-concurrency", "1", "--timeout", "2s"]);
+    // An HTTP/2 client that grants no flow-control window: the response head
+    // arrives, but not one byte of the body can be sent.
+    let stream = tokio::net::TcpStream::connect(verge.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let stalled = sender
+        .send_request(
+            http::Request::builder()
+                .uri(format!("http://{}/big?size=1048576", verge.addr))
+                .body(empty())
+                .expect("request"),
+        )
+        .await
+        .expect("response head");
+    assert_eq!(stalled.status(), 200);
+    // The guest is cut off at its deadline and its slot freed, even though
+    // nobody can poll its response body.
+    let mut answered = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if get(verge.addr, "/").await.status == 200 {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered, "the slot was never freed:\n{}", verge.log());
+    drop(stalled);
+}

@@ -117,3 +117,30 @@ async fn an_allowed_upstream_that_is_gone_is_an_error_inside_the_guest() {
     assert_eq!(r.text(), "outbound refused: ErrorCode::ConnectionRefused\n");
     assert_eq!(get(verge.addr, "/").await.status, 200);
 }
+
+#[tokio::test]
+async fn outbound_connections_per_request_are_capped() {
+    let upstream = Verge::up(&[guests().hello.to_str().expect("utf-8")]);
+    let verge = Verge::up(&[
+        guests().test_programs.to_str().expect("utf-8"),
+        "--allow-outbound",
+        &format!("127.0.0.1:{}", upstream.addr.port()),
+    ]);
+    let r = get(
+        verge.addr,
+        &format!("/fanout?n=20&url=http://{}/", upstream.addr),
+    )
+    .await;
+    assert_eq!(
+        r.text(),
+        "ok=16 errors=[\"ErrorCode::ConnectionLimitReached\"]\n"
+    );
+    verge.wait_for_log("outbound request refused: too many connections open");
+    // The slots come back when the connections close.
+    let r = get(
+        verge.addr,
+        &format!("/fanout?n=16&url=http://{}/", upstream.addr),
+    )
+    .await;
+    assert_eq!(r.text(), "ok=16 errors=[]\n");
+}

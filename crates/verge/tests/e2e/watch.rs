@@ -129,3 +129,25 @@ async fn an_edited_manifest_reloads_the_app() {
     verge.wait_for_log("manifest changed but cannot be used");
     assert_eq!(get(verge.addr, "/v2").await.status, 200);
 }
+
+#[tokio::test]
+async fn a_reload_keeps_counting_requests_still_running_on_the_old_version() {
+    let dir = build_app();
+    std::fs::write(dir.path().join("which.txt"), "tp\n").expect("choice");
+    let manifest = std::fs::read_to_string(dir.path().join("verge.toml")).expect("read");
+    std::fs::write(
+        dir.path().join("verge.toml"),
+        format!("{manifest}limits = {{ max_concurrency = 1 }}\n"),
+    )
+    .expect("write");
+    let verge = start_build_app(dir.path());
+    let addr = verge.addr;
+    let slow = tokio::spawn(async move { get(addr, "/sleep?ms=3000").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(dir.path().join("which.txt"), "hello\n").expect("edit");
+    verge.wait_for_log("reloaded; new requests use the new version");
+    // The old version's request still holds the only slot.
+    assert_eq!(get(addr, "/").await.status, 503);
+    assert_eq!(slow.await.expect("task").status, 200);
+    assert_eq!(get(addr, "/").await.text(), "Hello, world!\n");
+}

@@ -1,0 +1,126 @@
+//! Bodies around the guest: [`LimitedBody`] counts request bytes on their way
+//! in; [`GuestBody`] streams the response out while driving the guest.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use super::task::{GuestTask, RequestShared};
+use super::{HandleError, RequestId};
+
+/// The guest's response body. Polling it also drives the guest, which may
+/// still be writing; it ends when both the body and the guest are done.
+pub struct GuestBody {
+    pub(super) inner: HyperOutgoingBody,
+    pub(super) guest: GuestTask,
+    pub(super) shared: Arc<RequestShared>,
+    pub(super) slow_lane: tokio::runtime::Handle,
+    pub(super) component: Arc<str>,
+    pub(super) id: RequestId,
+    pub(super) failed: bool,
+}
+
+impl GuestBody {
+    fn fail(&mut self, error: HandleError) -> Poll<Option<Result<Frame<Bytes>, HandleError>>> {
+        self.failed = true;
+        self.guest = GuestTask::Finished;
+        tracing::warn!(
+            request_id = %self.id,
+            component = %self.component,
+            "response aborted after it started: {error}"
+        );
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+impl Body for GuestBody {
+    type Data = Bytes;
+    type Error = HandleError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HandleError>>> {
+        let this = &mut *self;
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        if !this.guest.is_finished()
+            && let Poll::Ready(Err(e)) = this.guest.poll(cx, &this.shared, &this.slow_lane)
+        {
+            return this.fail(e);
+        }
+        if this.shared.too_large() {
+            return this.fail(HandleError::BodyTooLarge(this.shared.body_limit));
+        }
+        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            Some(Err(e)) => this.fail(HandleError::Body(e.to_string())),
+            // The body is complete but the guest is still running: wait for
+            // it (its waker was registered by the poll above).
+            None if !this.guest.is_finished() => Poll::Pending,
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.guest.is_finished() && !self.failed && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Counts request-body bytes on their way to the guest and fails the
+/// stream once the component's limit is passed.
+pub(super) struct LimitedBody<B> {
+    pub(super) inner: B,
+    pub(super) remaining: u64,
+    pub(super) shared: Arc<RequestShared>,
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+            None => return Poll::Ready(None),
+        };
+        if let Some(data) = frame.data_ref() {
+            let len = data.len() as u64;
+            if len > this.remaining {
+                this.shared.too_large.store(true, Ordering::Release);
+                return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(
+                    Some(this.shared.body_limit),
+                ))));
+            }
+            this.remaining -= len;
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
