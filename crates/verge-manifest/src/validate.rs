@@ -234,18 +234,7 @@ fn build_spec(
         None => cx.dir.clone(),
     };
     let timeout = match &raw.timeout {
-        Some(t) => {
-            let d = parse_duration(t.get_ref())
-                .map_err(|e| cx.err(t.span(), ctx(format!("invalid build timeout: {e}")), None))?;
-            if d.is_zero() || d > MAX_TIMEOUT {
-                return Err(cx.err(
-                    t.span(),
-                    ctx("the build timeout must be above zero and at most 24h".into()),
-                    None,
-                ));
-            }
-            d
-        }
+        Some(t) => bounded_duration(cx, t, "build timeout", ctx)?,
         None => DEFAULT_BUILD_TIMEOUT,
     };
     for w in &raw.watch {
@@ -291,16 +280,7 @@ fn limits(
         limits.memory = bytes;
     }
     if let Some(t) = &raw.timeout {
-        let d = parse_duration(t.get_ref())
-            .map_err(|e| cx.err(t.span(), ctx(format!("invalid `timeout`: {e}")), None))?;
-        if d.is_zero() || d > MAX_TIMEOUT {
-            return Err(cx.err(
-                t.span(),
-                ctx("`timeout` must be above zero and at most 24h".into()),
-                None,
-            ));
-        }
-        limits.timeout = d;
+        limits.timeout = bounded_duration(cx, t, "`timeout`", ctx)?;
     }
     if let Some(c) = &raw.max_concurrency {
         let n = *c.get_ref();
@@ -319,6 +299,25 @@ fn limits(
         limits.max_request_body = size(b, "max_request_body")?;
     }
     Ok(limits)
+}
+
+/// A duration above zero and at most [`MAX_TIMEOUT`].
+fn bounded_duration(
+    cx: &Ctx<'_>,
+    value: &toml::Spanned<String>,
+    what: &str,
+    ctx: &dyn Fn(String) -> String,
+) -> Result<Duration, ManifestError> {
+    let d = parse_duration(value.get_ref())
+        .map_err(|e| cx.err(value.span(), ctx(format!("invalid {what}: {e}")), None))?;
+    if d.is_zero() || d > MAX_TIMEOUT {
+        return Err(cx.err(
+            value.span(),
+            ctx(format!("{what} must be above zero and at most 24h")),
+            None,
+        ));
+    }
+    Ok(d)
 }
 
 /// App and component names: 1-63 of `a-z`, `0-9`, `-`, not starting or ending with `-`.

@@ -144,7 +144,7 @@ fn build_timeout_range() {
     check_err(
         "[component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\nbuild = { command = \"make\", timeout = \"400d\" }\n",
         expect![[r#"
-            component `a`: the build timeout must be above zero and at most 24h
+            component `a`: build timeout must be above zero and at most 24h
              --> /app/verge.toml:4:39
               |
             4 | build = { command = "make", timeout = "400d" }

@@ -331,17 +331,7 @@ pub async fn send(
     addr: SocketAddr,
     request: http::Request<Body>,
 ) -> Result<http::Response<hyper::body::Incoming>, String> {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())
+    send_on(addr, request, false).await
 }
 
 /// Sends one request over HTTP/2 with prior knowledge.
@@ -349,18 +339,33 @@ pub async fn send_h2(
     addr: SocketAddr,
     request: http::Request<Body>,
 ) -> Result<http::Response<hyper::body::Incoming>, String> {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+    send_on(addr, request, true).await
+}
+
+async fn send_on(
+    addr: SocketAddr,
+    request: http::Request<Body>,
+    h2: bool,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
+    let io = TokioIo::new(
+        tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    let response = if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
             .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())
+        tokio::spawn(conn);
+        sender.send_request(request).await
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        sender.send_request(request).await
+    };
+    response.map_err(|e| e.to_string())
 }
 
 /// Reads a whole response.
