@@ -11,6 +11,7 @@ mod support;
 
 mod bad_input;
 mod cache;
+mod examples;
 mod http;
 mod isolation;
 mod lifecycle;
