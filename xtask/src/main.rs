@@ -2,8 +2,8 @@
 //! (rust-analyzer's pattern). Run `cargo xtask help` for the list.
 //!
 //! - `test`: everything CI checks, in order: the wasm32-wasip2 target, guest
-//!   builds, `cargo fmt --check`, `cargo clippy -D warnings`, then all tests
-//!   with `cargo nextest`.
+//!   builds, `cargo fmt --check`, `cargo clippy -D warnings`, `cargo doc`
+//!   with warnings denied, then all tests with `cargo nextest`.
 //! - `guests`: build the example and test guests: the Rust ones for
 //!   wasm32-wasip2, the Python one with componentize-py (installed into a
 //!   private virtualenv on first use). Safe to run from several processes at
@@ -114,6 +114,10 @@ fn test(root: &Path) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    run(cargo()
+        .current_dir(root)
+        .args(["doc", "--no-deps", "--workspace"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
     run(cargo()
         .current_dir(root)
         .args(["nextest", "run", "--workspace", "--no-fail-fast"]))?;

@@ -2,7 +2,7 @@
 //!
 //! Parsing happens in two layers, as in ripgrep's low-level/high-level args:
 //! [`raw`] mirrors the file with serde (`deny_unknown_fields`, spans kept), and
-//! [`validate`] turns it into the typed [`Manifest`] that the rest of Verge uses.
+//! `validate` turns it into the typed [`Manifest`] that the rest of Verge uses.
 //! Every error is a [`ManifestError`] naming file, line and column, rendered
 //! like a compiler diagnostic with a hint of what to do.
 //!
