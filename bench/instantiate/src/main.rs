@@ -13,11 +13,20 @@ use verge_executor::{Executor, ExecutorConfig, RequestContext, RequestId};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let wasm = PathBuf::from(args.next().ok_or("usage: instantiate HELLO.wasm [requests]")?);
-    let requests: u32 = args.next().map(|n| n.parse()).transpose()?.unwrap_or(100_000);
+    let wasm = PathBuf::from(
+        args.next()
+            .ok_or("usage: instantiate HELLO.wasm [requests]")?,
+    );
+    let requests: u32 = args
+        .next()
+        .map(|n| n.parse())
+        .transpose()?
+        .unwrap_or(100_000);
     let executor = Executor::new(&ExecutorConfig::default())?;
     let component = executor.load("hello", &wasm, &Capabilities::default(), Limits::default())?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let one = || async {
             let request = http::Request::builder()

@@ -172,6 +172,8 @@ fn sleep(query: &str, out: ResponseOutparam) {
     let ms: u64 = param(query, "ms")
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
+    // Tests wait for this line to know the request is inside the guest.
+    println!("sleep started");
     wasip2::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
     respond(out, 200, &[], format!("slept {ms}ms\n").as_bytes());
 }

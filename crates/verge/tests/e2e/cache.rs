@@ -63,7 +63,7 @@ async fn after_kill_9_a_restart_serves_from_the_cache() {
             .await
             .map(|r| r.status())
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    first.wait_for_sleepers(1).await;
     first.signal(rustix::process::Signal::KILL);
     let _ = first.wait();
     assert!(

@@ -15,8 +15,7 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let in_flight: Vec<_> = (0..4)
         .map(|_| tokio::spawn(async move { get(addr, "/sleep?ms=1500").await }))
         .collect();
-    // Wait until all four are inside the guest.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    verge.wait_for_sleepers(4).await;
     verge.signal(Signal::TERM);
     verge.wait_for_log("SIGTERM received: finishing in-flight requests");
     // New connections are refused once shutdown started.
@@ -47,7 +46,7 @@ async fn shutdown_grace_period_bounds_the_wait() {
             .await
             .map(|r| r.status())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    verge.wait_for_sleepers(1).await;
     verge.signal(Signal::INT);
     verge.wait_for_log("shutdown grace period of 500ms ended; closing 1 connection(s)");
     assert!(verge.wait().success());

@@ -239,6 +239,33 @@ impl Verge {
         }
     }
 
+    /// Waits until the log contains `needle` at least `count` times.
+    pub fn wait_for_log_count(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.log().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "log never contained {needle:?} {count} times:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `count` `/sleep` requests are inside the guest, letting
+    /// the test's own tasks (which send them) run meanwhile.
+    pub async fn wait_for_sleepers(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.log().matches("sleep started").count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "{count} sleeping request(s) never started:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends a signal to the process.
     pub fn signal(&self, signal: rustix::process::Signal) {
         let pid = self.child.as_ref().expect("running").id();

@@ -97,7 +97,7 @@ async fn requests_in_flight_during_a_swap_finish_on_their_version() {
     let verge = start_build_app(dir.path());
     let addr = verge.addr;
     let slow = tokio::spawn(async move { get(addr, "/sleep?ms=2000").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    verge.wait_for_sleepers(1).await;
     std::fs::write(dir.path().join("which.txt"), "hello\n").expect("edit");
     wait_for_body(&verge, "/", "Hello, world!\n").await;
     let r = slow.await.expect("task");
@@ -143,7 +143,7 @@ async fn a_reload_keeps_counting_requests_still_running_on_the_old_version() {
     let verge = start_build_app(dir.path());
     let addr = verge.addr;
     let slow = tokio::spawn(async move { get(addr, "/sleep?ms=3000").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    verge.wait_for_sleepers(1).await;
     std::fs::write(dir.path().join("which.txt"), "hello\n").expect("edit");
     verge.wait_for_log("reloaded; new requests use the new version");
     // The old version's request still holds the only slot.
