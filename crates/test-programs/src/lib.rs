@@ -28,6 +28,8 @@ impl wasip2::exports::http::incoming_handler::Guest for Guest {
             "consume" => consume(request, out),
             "big" => big(&query, out),
             "loop" => spin_forever(),
+            "stream-loop" => stream_then_spin(out),
+            "respond-then-trap" => respond_then_trap(out),
             "sleep" => sleep(&query, out),
             "bomb" => memory_bomb(),
             "alloc" => alloc(&query, out),
@@ -165,6 +167,25 @@ fn spin_forever() -> ! {
     loop {
         x = std::hint::black_box(x.wrapping_add(1));
     }
+}
+
+/// `/stream-loop`: sends the response head and a first line, then never returns.
+fn stream_then_spin(out: ResponseOutparam) -> ! {
+    let response = OutgoingResponse::new(Fields::new());
+    let body = response.body().expect("body");
+    ResponseOutparam::set(out, Ok(response));
+    let mut stream = body.write().expect("stream");
+    stream.write_all(b"started\n").expect("write");
+    stream.flush().expect("flush");
+    spin_forever()
+}
+
+/// `/respond-then-trap`: answers "done" with a Content-Length, keeps working
+/// for a moment after the response is complete, then traps.
+fn respond_then_trap(out: ResponseOutparam) {
+    respond(out, 200, &[("content-length", "5")], b"done\n");
+    wasip2::clocks::monotonic_clock::subscribe_duration(200_000_000).block();
+    panic!("test-programs: trap after the response");
 }
 
 /// `/sleep?ms=N`: waits N milliseconds on the host clock, then answers.

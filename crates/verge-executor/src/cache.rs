@@ -112,15 +112,24 @@ impl CompileCache {
         artifact: &[u8],
     ) -> std::io::Result<Component> {
         let path = self.path_for(component_hash);
-        let mut tmp = tempfile_in(&self.dir)?;
-        tmp.1.write_all(artifact)?;
-        tmp.1.sync_all()?;
-        std::fs::rename(&tmp.0, &path)?;
-        // SAFETY: `artifact` is wasmtime's own output for this engine, just
-        // produced in this process.
-        unsafe { Component::deserialize(engine, artifact) }
-            .map_err(|e| std::io::Error::other(format!("{e:#}")))
+        let (tmp, mut file) = tempfile_in(&self.dir)?;
+        let written = file
+            .write_all(artifact)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        load_fresh(engine, artifact).map_err(|e| std::io::Error::other(format!("{e:#}")))
     }
+}
+
+/// Loads an artifact `Engine::precompile_component` just produced.
+pub(crate) fn load_fresh(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: `artifact` is wasmtime's own output for this engine, produced
+    // in this process and never written anywhere others could change it.
+    unsafe { Component::deserialize(engine, artifact) }
 }
 
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {

@@ -192,8 +192,8 @@ impl Executor {
                 match cache.put(engine, hash, &artifact) {
                     Ok(c) => Ok(c),
                     Err(e) => {
-                        tracing::warn!("cannot write the compile cache, compiling in memory: {e}");
-                        Component::new(engine, bytes).map_err(invalid)
+                        tracing::warn!("cannot write the compile cache: {e}");
+                        crate::cache::load_fresh(engine, &artifact).map_err(invalid)
                     }
                 }
             }

@@ -124,6 +124,15 @@ impl Executor {
     }
 }
 
+impl Executor {
+    /// Stops the slow lane, dropping the guests still on it. Call it from
+    /// outside any async context when the server has stopped, before its
+    /// runtime shuts down.
+    pub fn shutdown(&self) {
+        self.inner.slow_lane.shutdown();
+    }
+}
+
 fn wasmtime_config(config: &ExecutorConfig) -> Config {
     let n = config.max_instances.max(1);
     let mut pool = PoolingAllocationConfig::default();

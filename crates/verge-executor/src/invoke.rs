@@ -192,7 +192,11 @@ impl LoadedComponent {
         let deadline = now
             .checked_add(limits.timeout.min(MAX_TIMEOUT))
             .unwrap_or(now);
-        let shared = Arc::new(RequestShared::new(limits.max_request_body));
+        let shared = Arc::new(RequestShared::new(
+            limits.max_request_body,
+            cx.id,
+            self.name.clone(),
+        ));
         let request = request.map(|inner| LimitedBody {
             inner,
             remaining: limits.max_request_body,
@@ -277,14 +281,12 @@ impl LoadedComponent {
         // The guest keeps running while the body streams: give it a task of
         // its own so its deadline holds even when nobody polls the body (a
         // client that stops reading).
-        guest.detach(&shared, &slow_lane);
+        guest.detach_after_head(shared.clone(), slow_lane.clone());
         Ok(response.map(|inner| GuestBody {
             inner,
             guest,
             shared,
             slow_lane,
-            component: self.name.clone(),
-            id: cx.id,
             failed: false,
         }))
     }

@@ -13,7 +13,7 @@
 const SLOW_LANE_NICE: i32 = 10;
 
 pub(crate) struct SlowLane {
-    runtime: Option<tokio::runtime::Runtime>,
+    runtime: std::sync::Mutex<Option<tokio::runtime::Runtime>>,
     handle: tokio::runtime::Handle,
 }
 
@@ -34,7 +34,7 @@ impl SlowLane {
             .build()?;
         let handle = runtime.handle().clone();
         Ok(Self {
-            runtime: Some(runtime),
+            runtime: std::sync::Mutex::new(Some(runtime)),
             handle,
         })
     }
@@ -42,11 +42,30 @@ impl SlowLane {
     pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
         &self.handle
     }
+
+    /// Stops the lane and waits (briefly) for its threads, dropping the
+    /// guests on it. Call it from outside any async context, before the
+    /// runtime whose timers those guests use goes away.
+    pub(crate) fn shutdown(&self) {
+        let runtime = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(runtime) = runtime {
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+        }
+    }
 }
 
 impl Drop for SlowLane {
     fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
+        let runtime = self
+            .runtime
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(runtime) = runtime {
             runtime.shutdown_background();
         }
     }

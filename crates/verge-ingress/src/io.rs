@@ -17,12 +17,15 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// Bytes after which the protocol is known (the HTTP/2 preface is 24).
-const OPENING_BYTES: usize = 24;
+/// The HTTP/2 client preface. The opening lasts until it has arrived whole,
+/// or until the bytes read differ from it (then it is HTTP/1, whose request
+/// head hyper times itself).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 pub(crate) struct GuardedIo<S> {
     inner: S,
-    read_so_far: usize,
+    /// Bytes of the preface matched so far, or `None` once the opening is over.
+    opening: Option<usize>,
     opening_deadline: Pin<Box<Sleep>>,
     write_timeout: Duration,
     write_stall: Option<Pin<Box<Sleep>>>,
@@ -32,7 +35,7 @@ impl<S> GuardedIo<S> {
     pub(crate) fn new(inner: S, opening_timeout: Duration, write_timeout: Duration) -> Self {
         Self {
             inner,
-            read_so_far: 0,
+            opening: Some(0),
             opening_deadline: Box::pin(tokio::time::sleep_until(Instant::now() + opening_timeout)),
             write_timeout,
             write_stall: None,
@@ -62,7 +65,7 @@ impl<S> GuardedIo<S> {
             Poll::Ready(r) => {
                 self.write_stall = None;
                 // Answering means the protocol was recognised: the opening is over.
-                self.read_so_far = self.read_so_far.max(OPENING_BYTES);
+                self.opening = None;
                 Poll::Ready(r)
             }
             Poll::Pending => {
@@ -86,10 +89,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for GuardedIo<S> {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
-                this.read_so_far += buf.filled().len() - before;
+                if let Some(matched) = this.opening {
+                    let new = &buf.filled()[before..];
+                    let expected = &H2_PREFACE[matched..];
+                    let n = new.len().min(expected.len());
+                    this.opening = (new[..n] == expected[..n] && matched + n < H2_PREFACE.len())
+                        .then_some(matched + n);
+                }
                 Poll::Ready(r)
             }
-            Poll::Pending if this.read_so_far < OPENING_BYTES => Self::stalled(
+            Poll::Pending if this.opening.is_some() => Self::stalled(
                 &mut this.opening_deadline,
                 cx,
                 "no request within the header timeout",

@@ -38,12 +38,21 @@ pub trait Handler: Send + Sync + 'static {
     /// Errors the response body may yield (they abort the response).
     type BodyError: std::error::Error + Send + Sync + 'static;
 
-    /// Answers one request from `peer`.
+    /// Answers one request that arrived on `conn`.
     fn handle(
         &self,
         request: Request<Incoming>,
-        peer: SocketAddr,
+        conn: Conn,
     ) -> impl Future<Output = Response<Self::Body>> + Send;
+}
+
+/// The connection a request arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conn {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
 }
 
 /// Connection-level settings.
@@ -114,6 +123,9 @@ impl Ingress {
         shutdown: impl Future<Output = ()>,
     ) -> ShutdownReport {
         let Ingress { listener, config } = self;
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -138,7 +150,14 @@ impl Ingress {
                 biased;
                 () = &mut shutdown => break,
                 // Reap finished connection tasks so the set stays small.
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = done
+                        && e.is_panic()
+                    {
+                        tracing::error!("a connection task panicked: {e}");
+                    }
+                    continue;
+                }
                 accepted = listener.accept() => match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
@@ -155,10 +174,14 @@ impl Ingress {
             };
             // Small writes (streamed bodies) must not wait for Nagle.
             let _ = stream.set_nodelay(true);
+            let conn = Conn {
+                peer,
+                local: stream.local_addr().unwrap_or(local),
+            };
             let handler = handler.clone();
             let service = service_fn(move |request| {
                 let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler.handle(request, peer).await) }
+                async move { Ok::<_, Infallible>(handler.handle(request, conn).await) }
             });
             let builder = builder.clone();
             let watcher = graceful.watcher();

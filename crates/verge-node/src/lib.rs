@@ -221,6 +221,12 @@ impl Node {
         self.app.load_full()
     }
 
+    /// Stops background work (the executor's slow lane). Call it from
+    /// outside any async context once serving has stopped.
+    pub fn shutdown(&self) {
+        self.executor.shutdown();
+    }
+
     /// Whether an app is installed.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)

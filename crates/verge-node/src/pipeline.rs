@@ -11,7 +11,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use verge_executor::{HandleError, RequestContext, RequestId};
 use verge_guard::{Rejection, check_declared_body};
-use verge_ingress::Handler;
+use verge_ingress::{Conn, Handler};
 
 use crate::{INTERNAL_PREFIX, Node, NodeBody};
 
@@ -21,9 +21,17 @@ impl Handler for Node {
     type Body = NodeBody;
     type BodyError = HandleError;
 
-    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<NodeBody> {
+    async fn handle(&self, mut request: Request<Incoming>, conn: Conn) -> Response<NodeBody> {
         let id = RequestId::next();
-        let mut response = self.route(request, peer, id).await;
+        // HTTP/1.0 may omit Host; guests always get an authority: the
+        // address the client connected to.
+        if request.uri().authority().is_none()
+            && !request.headers().contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(&conn.local.to_string())
+        {
+            request.headers_mut().insert(header::HOST, host);
+        }
+        let mut response = self.route(request, conn.peer, id).await;
         if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
             response.headers_mut().insert(REQUEST_ID, value);
         }

@@ -311,7 +311,9 @@ pub(crate) fn run(args: UpArgs, env: &dyn Env) -> Result<(), Failure> {
         .build()
         .context("cannot start the async runtime")
         .map_err(Failure::runtime)?;
-    let result = rt.block_on(serve(args, target, app, node));
+    let result = rt.block_on(serve(args, target, app, node.clone()));
+    // Guests still on the slow lane use this runtime's timers: stop them first.
+    node.shutdown();
     // Work still running on blocking threads (a build, a compile) must not
     // keep the process alive after the server stopped.
     rt.shutdown_timeout(Duration::from_secs(1));

@@ -1,14 +1,17 @@
 //! `verge up --watch`: rebuild and hot-swap components when their sources
 //! change.
 //!
-//! What is watched: for a component with a build command, the files matching
-//! its `watch` globs (relative to the build's `workdir`); for a component
-//! without one, its `.wasm` file; and the manifest itself, whose change
-//! reloads the whole app. Events are debounced, builds run one at a time,
+//! What is watched: for a component with a build command and `watch` globs,
+//! the files matching them (relative to the build's `workdir`; only the
+//! globs' literal folders are watched, so build output elsewhere is not);
+//! for any other component, its `.wasm` file, reloaded without running a
+//! build (a build rewriting its own output would otherwise trigger itself);
+//! and the manifest, whose change reloads the whole app. Events that concern
+//! nothing are ignored; the rest are debounced, handled one batch at a time,
 //! and a failed build or an invalid component only logs: the last good
 //! version keeps serving.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,24 +39,59 @@ impl Drop for Watching {
     }
 }
 
+/// A component and what triggers its reload.
 struct Item {
     component: String,
-    build: Option<BuildSpec>,
-    globs: Option<GlobSet>,
+    /// The build to run, for components with `watch` globs.
+    build: Option<(BuildSpec, GlobSet)>,
     source: PathBuf,
 }
 
 impl Item {
     fn affected_by(&self, path: &Path) -> bool {
-        match (&self.build, &self.globs) {
-            (Some(build), Some(globs)) => path
+        match &self.build {
+            Some((build, globs)) => path
                 .strip_prefix(&build.workdir)
                 .is_ok_and(|rel| globs.is_match(rel)),
-            // With a build but no globs, and without a build, the component
-            // file itself is what counts.
-            _ => path == self.source,
+            None => path == self.source,
         }
     }
+
+    /// Folders to watch (and whether recursively) for this item.
+    fn folders(&self) -> Vec<(PathBuf, bool)> {
+        match &self.build {
+            Some((build, _)) => build
+                .watch
+                .iter()
+                .map(|pattern| literal_root(&build.workdir, pattern))
+                .collect(),
+            None => self
+                .source
+                .parent()
+                .map(|p| vec![(p.to_path_buf(), false)])
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The folder a glob can match under: its leading components without glob
+/// characters. A plain file path gives its folder, watched alone; a glob
+/// gives its literal prefix, watched recursively.
+fn literal_root(workdir: &Path, pattern: &str) -> (PathBuf, bool) {
+    let mut root = workdir.to_path_buf();
+    let parts: Vec<&str> = pattern
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    for (i, part) in parts.iter().enumerate() {
+        if part.contains(['*', '?', '[', '{']) {
+            return (root, true);
+        }
+        if i + 1 < parts.len() {
+            root.push(part);
+        }
+    }
+    (root, false)
 }
 
 pub(crate) fn start(target: &Target, node: Arc<Node>, args: UpArgs) -> anyhow::Result<Watching> {
@@ -80,7 +118,6 @@ pub(crate) fn start(target: &Target, node: Arc<Node>, args: UpArgs) -> anyhow::R
                 vec![Item {
                     component: name,
                     build: None,
-                    globs: None,
                     source,
                 }],
                 None,
@@ -89,12 +126,12 @@ pub(crate) fn start(target: &Target, node: Arc<Node>, args: UpArgs) -> anyhow::R
         Target::App(manifest) => (items_of(manifest)?, Some(manifest.path.clone())),
     };
 
-    let mut watched = BTreeSet::new();
+    let mut watched = BTreeMap::new();
     rewatch(
         &mut watcher,
         &mut watched,
         folders(&items, manifest_path.as_deref()),
-    )?;
+    );
     tracing::info!("watching {} folder(s) for changes", watched.len());
 
     let task = tokio::spawn(react(
@@ -111,49 +148,48 @@ pub(crate) fn start(target: &Target, node: Arc<Node>, args: UpArgs) -> anyhow::R
     Ok(Watching { task })
 }
 
-/// The folders to watch: build workdirs (recursively) for components with
-/// watch globs, the folder of the `.wasm` otherwise, and the manifest's.
-fn folders(items: &[Item], manifest_path: Option<&Path>) -> BTreeSet<(PathBuf, bool)> {
-    let mut dirs = BTreeSet::new();
-    for item in items {
-        match (&item.build, &item.globs) {
-            (Some(build), Some(_)) => {
-                dirs.insert((build.workdir.clone(), true));
-            }
-            _ => {
-                if let Some(parent) = item.source.parent() {
-                    dirs.insert((parent.to_path_buf(), false));
-                }
-            }
-        }
-    }
-    if let Some(parent) = manifest_path.and_then(Path::parent) {
-        dirs.insert((parent.to_path_buf(), false));
+/// The folders to watch, each once, recursively if any item needs it.
+fn folders(items: &[Item], manifest_path: Option<&Path>) -> BTreeMap<PathBuf, bool> {
+    let mut dirs: BTreeMap<PathBuf, bool> = BTreeMap::new();
+    let wanted = items.iter().flat_map(Item::folders).chain(
+        manifest_path
+            .and_then(Path::parent)
+            .map(|p| (p.to_path_buf(), false)),
+    );
+    for (dir, recursive) in wanted {
+        *dirs.entry(dir).or_default() |= recursive;
     }
     dirs
 }
 
-/// Makes the watched set equal to `wanted`.
+/// Makes the watched set equal to `wanted` (a folder whose mode changes is
+/// watched again). A folder that does not exist yet is skipped with a warning.
 fn rewatch(
     watcher: &mut notify::RecommendedWatcher,
-    watched: &mut BTreeSet<(PathBuf, bool)>,
-    wanted: BTreeSet<(PathBuf, bool)>,
-) -> anyhow::Result<()> {
-    for (dir, _) in watched.difference(&wanted) {
-        let _ = watcher.unwatch(dir);
+    watched: &mut BTreeMap<PathBuf, bool>,
+    wanted: BTreeMap<PathBuf, bool>,
+) {
+    for (dir, recursive) in watched.iter() {
+        if wanted.get(dir) != Some(recursive) {
+            let _ = watcher.unwatch(dir);
+        }
     }
-    for (dir, recursive) in wanted.difference(watched) {
-        let mode = if *recursive {
-            RecursiveMode::Recursive
-        } else {
-            RecursiveMode::NonRecursive
-        };
-        watcher
-            .watch(dir, mode)
-            .with_context(|| format!("cannot watch {}", dir.display()))?;
+    let mut now = BTreeMap::new();
+    for (dir, recursive) in wanted {
+        if watched.get(&dir) != Some(&recursive) {
+            let mode = if recursive {
+                RecursiveMode::Recursive
+            } else {
+                RecursiveMode::NonRecursive
+            };
+            if let Err(e) = watcher.watch(&dir, mode) {
+                tracing::warn!("not watching {}: {e}", dir.display());
+                continue;
+            }
+        }
+        now.insert(dir, recursive);
     }
-    *watched = wanted;
-    Ok(())
+    *watched = now;
 }
 
 fn items_of(manifest: &Manifest) -> anyhow::Result<Vec<Item>> {
@@ -161,7 +197,7 @@ fn items_of(manifest: &Manifest) -> anyhow::Result<Vec<Item>> {
         .components
         .iter()
         .map(|c| {
-            let globs = match &c.build {
+            let build = match &c.build {
                 Some(b) if !b.watch.is_empty() => {
                     let mut set = GlobSetBuilder::new();
                     for pattern in &b.watch {
@@ -177,14 +213,13 @@ fn items_of(manifest: &Manifest) -> anyhow::Result<Vec<Item>> {
                                 })?,
                         );
                     }
-                    Some(set.build()?)
+                    Some((b.clone(), set.build()?))
                 }
                 _ => None,
             };
             Ok(Item {
                 component: c.name.clone(),
-                build: c.build.clone(),
-                globs,
+                build,
                 source: c.source.clone(),
             })
         })
@@ -195,43 +230,61 @@ fn items_of(manifest: &Manifest) -> anyhow::Result<Vec<Item>> {
 struct Watch {
     rx: mpsc::UnboundedReceiver<PathBuf>,
     watcher: notify::RecommendedWatcher,
-    watched: BTreeSet<(PathBuf, bool)>,
+    watched: BTreeMap<PathBuf, bool>,
     items: Vec<Item>,
     manifest_path: Option<PathBuf>,
 }
 
+impl Watch {
+    /// Whether a change to `path` concerns anything watched.
+    fn relevant(&self, path: &Path) -> bool {
+        self.manifest_path.as_deref() == Some(path)
+            || self.items.iter().any(|i| i.affected_by(path))
+    }
+}
+
 async fn react(mut w: Watch, node: Arc<Node>, args: Arc<UpArgs>) {
     let build = !args.no_build;
-    while let Some(first) = w.rx.recv().await {
-        let mut changed = BTreeSet::from([first]);
-        // Debounce: editors and compilers write in bursts.
-        loop {
-            match tokio::time::timeout(DEBOUNCE, w.rx.recv()).await {
-                Ok(Some(path)) => {
+    let mut changed = BTreeSet::new();
+    loop {
+        // Wait for a relevant change, then let the burst settle.
+        while changed.is_empty() {
+            match w.rx.recv().await {
+                Some(path) if w.relevant(&path) => {
                     changed.insert(path);
                 }
+                Some(_) => {}
+                None => return,
+            }
+        }
+        loop {
+            match tokio::time::timeout(DEBOUNCE, w.rx.recv()).await {
+                Ok(Some(path)) if w.relevant(&path) => {
+                    changed.insert(path);
+                }
+                Ok(Some(_)) => {}
                 Ok(None) => return,
                 Err(_) => break,
             }
         }
 
+        // On failure, the component changes of the batch still count; on
+        // success the whole app was rebuilt, so they are included.
         if let Some(path) = w.manifest_path.clone()
-            && changed.contains(&path)
+            && changed.remove(&path)
+            && let Some(items) = reload_app(&path, &node, &args).await
         {
-            if let Some(items) = reload_app(&path, &node, &args).await {
-                let wanted = folders(&items, Some(&path));
-                if let Err(e) = rewatch(&mut w.watcher, &mut w.watched, wanted) {
-                    tracing::error!("{e:#}");
-                }
-                w.items = items;
-            }
-            continue;
+            let wanted = folders(&items, Some(&path));
+            rewatch(&mut w.watcher, &mut w.watched, wanted);
+            w.items = items;
+            changed.clear();
         }
 
+        let batch = std::mem::take(&mut changed);
         let affected: Vec<&Item> = w
             .items
             .iter()
-            .filter(|item| changed.iter().any(|p| item.affected_by(p)))
+            .filter(|item| batch.iter().any(|p| item.affected_by(p)))
             .collect();
         for item in affected {
             rebuild(item, &node, build).await;
@@ -241,7 +294,11 @@ async fn react(mut w: Watch, node: Arc<Node>, args: Arc<UpArgs>) {
 
 async fn rebuild(item: &Item, node: &Arc<Node>, run_build: bool) {
     let name = item.component.clone();
-    let build = item.build.clone().filter(|_| run_build);
+    let build = item
+        .build
+        .as_ref()
+        .map(|(b, _)| b.clone())
+        .filter(|_| run_build);
     let node = node.clone();
     let result = tokio::task::spawn_blocking(move || {
         if let Some(spec) = &build {
@@ -292,6 +349,31 @@ async fn reload_app(path: &Path, node: &Arc<Node>, args: &Arc<UpArgs>) -> Option
         Err(e) => {
             tracing::error!("reload task failed: {e}");
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_are_watched_from_their_literal_folder() {
+        let w = Path::new("/app");
+        let cases = [
+            ("src/**/*.rs", ("/app/src", true)),
+            ("Cargo.toml", ("/app", false)),
+            ("wit/deps/http.wit", ("/app/wit/deps", false)),
+            ("**/*.py", ("/app", true)),
+            ("./lib/*.js", ("/app/lib", true)),
+            ("assets/{a,b}/x.txt", ("/app/assets", true)),
+        ];
+        for (pattern, (dir, recursive)) in cases {
+            assert_eq!(
+                literal_root(w, pattern),
+                (PathBuf::from(dir), recursive),
+                "{pattern}"
+            );
         }
     }
 }

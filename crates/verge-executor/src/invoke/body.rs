@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use super::HandleError;
 use super::task::{GuestTask, RequestShared};
-use super::{HandleError, RequestId};
 
 /// The guest's response body. Polling it also drives the guest, which may
 /// still be writing; it ends when both the body and the guest are done.
@@ -20,20 +20,25 @@ pub struct GuestBody {
     pub(super) guest: GuestTask,
     pub(super) shared: Arc<RequestShared>,
     pub(super) slow_lane: tokio::runtime::Handle,
-    pub(super) component: Arc<str>,
-    pub(super) id: RequestId,
     pub(super) failed: bool,
 }
 
 impl GuestBody {
-    fn fail(&mut self, error: HandleError) -> Poll<Option<Result<Frame<Bytes>, HandleError>>> {
+    /// Aborts the response. `log`: whether to log the cause (a guest failure
+    /// is logged by the guest's own task already).
+    fn fail(
+        &mut self,
+        error: HandleError,
+        log: bool,
+    ) -> Poll<Option<Result<Frame<Bytes>, HandleError>>> {
         self.failed = true;
-        self.guest = GuestTask::Finished;
-        tracing::warn!(
-            request_id = %self.id,
-            component = %self.component,
-            "response aborted after it started: {error}"
-        );
+        if log {
+            tracing::warn!(
+                request_id = %self.shared.id,
+                component = %self.shared.component,
+                "response aborted after it started: {error}"
+            );
+        }
         Poll::Ready(Some(Err(error)))
     }
 }
@@ -53,14 +58,14 @@ impl Body for GuestBody {
         if !this.guest.is_finished()
             && let Poll::Ready(Err(e)) = this.guest.poll(cx, &this.shared, &this.slow_lane)
         {
-            return this.fail(e);
+            return this.fail(e, false);
         }
         if this.shared.too_large() {
-            return this.fail(HandleError::BodyTooLarge(this.shared.body_limit));
+            return this.fail(HandleError::BodyTooLarge(this.shared.body_limit), true);
         }
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
-            Some(Err(e)) => this.fail(HandleError::Body(e.to_string())),
+            Some(Err(e)) => this.fail(HandleError::Body(e.to_string()), true),
             // The body is complete but the guest is still running: wait for
             // it (its waker was registered by the poll above).
             None if !this.guest.is_finished() => Poll::Pending,

@@ -12,7 +12,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
-use super::HandleError;
+use std::sync::Arc;
+
+use super::{HandleError, RequestId};
 
 /// What a guest future yields when it finishes.
 pub(crate) type GuestResult = Result<(), HandleError>;
@@ -28,14 +30,20 @@ pub(crate) struct RequestShared {
     pub(crate) heavy: AtomicBool,
     /// The component's request-body limit, for messages.
     pub(crate) body_limit: u64,
+    /// The request, for logs.
+    pub(crate) id: RequestId,
+    /// The component, for logs.
+    pub(crate) component: Arc<str>,
 }
 
 impl RequestShared {
-    pub(crate) fn new(body_limit: u64) -> Self {
+    pub(crate) fn new(body_limit: u64, id: RequestId, component: Arc<str>) -> Self {
         Self {
             too_large: AtomicBool::new(false),
             heavy: AtomicBool::new(false),
             body_limit,
+            id,
+            component,
         }
     }
 
@@ -46,8 +54,16 @@ impl RequestShared {
 
 /// A guest future, polled in place until it proves heavy, then on the slow lane.
 pub(crate) enum GuestTask {
+    /// Polled by whoever polls the task.
     Inline(GuestFuture),
+    /// On the slow lane, before its response head: stopped if dropped (the
+    /// client went away before getting anything).
     Offloaded(AbortOnDrop),
+    /// After its response head, on a task of its own that moves to the slow
+    /// lane if it turns heavy and logs its own failure. Dropping the handle
+    /// does not stop it: a guest may keep working once its response is
+    /// complete, and its deadline bounds it.
+    Detached(tokio::task::JoinHandle<GuestResult>),
     Finished,
 }
 
@@ -71,8 +87,8 @@ impl GuestTask {
                     }
                     Poll::Pending => return Poll::Pending,
                 },
-                GuestTask::Offloaded(handle) => {
-                    let result = match Pin::new(&mut handle.0).poll(cx) {
+                GuestTask::Offloaded(AbortOnDrop(handle)) | GuestTask::Detached(handle) => {
+                    let result = match Pin::new(handle).poll(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Ok(result)) => result,
                         Poll::Ready(Err(e)) => Err(HandleError::Trap {
@@ -88,22 +104,43 @@ impl GuestTask {
         }
     }
 
-    /// Moves a guest that is still running onto a task of its own: the
-    /// slow lane if it is heavy, else the current runtime (the same worker,
-    /// usually). From then on it runs whether or not anyone polls it.
-    pub(crate) fn detach(&mut self, shared: &RequestShared, slow_lane: &tokio::runtime::Handle) {
-        if !matches!(self, GuestTask::Inline(_)) {
+    /// Moves an inline guest to the slow lane (it proved heavy).
+    fn detach(&mut self, shared: &RequestShared, slow_lane: &tokio::runtime::Handle) {
+        if let GuestTask::Inline(future) = std::mem::replace(self, GuestTask::Finished) {
+            tracing::debug!(
+                request_id = %shared.id,
+                component = %shared.component,
+                "guest moved to the slow lane"
+            );
+            *self = GuestTask::Offloaded(AbortOnDrop(slow_lane.spawn(future)));
+        }
+    }
+
+    /// Once the response head is out: gives a guest that is still running a
+    /// task of its own (on the current runtime, so usually the same worker),
+    /// so its deadline holds even when nobody polls the response body. The
+    /// task still moves the guest to the slow lane if it turns heavy, and
+    /// logs a failure itself, since nobody may be left to see it.
+    pub(crate) fn detach_after_head(
+        &mut self,
+        shared: Arc<RequestShared>,
+        slow_lane: tokio::runtime::Handle,
+    ) {
+        let mut task = std::mem::replace(self, GuestTask::Finished);
+        if task.is_finished() {
             return;
         }
-        let GuestTask::Inline(future) = std::mem::replace(self, GuestTask::Finished) else {
-            return;
-        };
-        let handle = if shared.heavy.load(Ordering::Relaxed) {
-            slow_lane.spawn(future)
-        } else {
-            tokio::spawn(future)
-        };
-        *self = GuestTask::Offloaded(AbortOnDrop(handle));
+        *self = GuestTask::Detached(tokio::spawn(async move {
+            let result = std::future::poll_fn(|cx| task.poll(cx, &shared, &slow_lane)).await;
+            if let Err(e) = &result {
+                tracing::warn!(
+                    request_id = %shared.id,
+                    component = %shared.component,
+                    "guest failed after its response started: {e}"
+                );
+            }
+            result
+        }));
     }
 
     pub(crate) fn is_finished(&self) -> bool {

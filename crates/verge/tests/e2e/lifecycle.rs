@@ -100,3 +100,25 @@ fn a_silent_connection_is_closed_after_the_header_timeout() {
         );
     }
 }
+
+#[test]
+fn a_short_http1_request_may_take_longer_than_the_header_timeout() {
+    let verge = Verge::up(&[
+        guests().test_programs.to_str().expect("utf-8"),
+        "--header-read-timeout",
+        "500ms",
+    ]);
+    // 23 bytes: shorter than the HTTP/2 preface, so the request is over
+    // before a naive "first 24 bytes" timer would stop.
+    let mut stream = std::net::TcpStream::connect(verge.addr).expect("connect");
+    stream
+        .write_all(b"GET /sleep HTTP/1.1\r\n\r\n")
+        .expect("request");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.contains("slept 1000ms\n"), "{answer:?}");
+}

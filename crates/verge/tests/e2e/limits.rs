@@ -225,3 +225,43 @@ async fn a_client_that_stops_reading_does_not_keep_the_instance() {
     assert!(answered, "the slot was never freed:\n{}", verge.log());
     drop(stalled);
 }
+
+#[tokio::test]
+async fn a_guest_that_loops_after_its_response_started_moves_to_the_slow_lane() {
+    let verge = Verge::up(&[tp().as_str(), "--timeout", "2s"]);
+    let r = send(
+        verge.addr,
+        request("GET", verge.addr, "/stream-loop", empty()),
+    )
+    .await
+    .expect("response head");
+    assert_eq!(r.status(), 200);
+    let id = r
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("id")
+        .to_string();
+    verge.wait_for_log(&format!("guest moved to the slow lane request_id={id}"));
+    // The body is cut off at the deadline, not completed.
+    assert!(
+        buffer(r).await.is_err(),
+        "a looping guest's response looked complete"
+    );
+    verge.wait_for_log(&format!(
+        "guest failed after its response started: timed out after 2s request_id={id}"
+    ));
+    assert_eq!(get(verge.addr, "/").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_guest_keeps_working_after_a_complete_response_and_its_failure_is_logged() {
+    let verge = Verge::up(&[tp().as_str()]);
+    let r = get(verge.addr, "/respond-then-trap").await;
+    assert_eq!((r.status, r.text().as_str()), (200, "done\n"));
+    let id = r.header("x-request-id").expect("id").to_string();
+    verge.wait_for_log("test-programs: trap after the response");
+    verge.wait_for_log(&format!(
+        "guest failed after its response started: guest trapped: wasm trap: wasm `unreachable` instruction executed request_id={id}"
+    ));
+}

@@ -151,3 +151,33 @@ async fn a_reload_keeps_counting_requests_still_running_on_the_old_version() {
     assert_eq!(slow.await.expect("task").status, 200);
     assert_eq!(get(addr, "/").await.text(), "Hello, world!\n");
 }
+
+#[tokio::test]
+async fn a_build_without_watch_globs_is_not_rerun_by_its_own_output() {
+    let g = guests();
+    let dir = app_dir(
+        "[component.app]\nsource = \"out.wasm\"\nroutes = [\"/\"]\nbuild = { command = \"cp \\\"$HELLO_WASM\\\" out.wasm\" }\n",
+    );
+    let verge = Up::new(&["--watch"])
+        .dir(dir.path())
+        .env("HELLO_WASM", g.hello.to_str().expect("utf-8"))
+        .start();
+    assert_eq!(get(verge.addr, "/").await.text(), "Hello, world!\n");
+    // A new file is reloaded as it is: no build runs (it would overwrite it).
+    replace(
+        &std::fs::read(&g.test_programs).expect("read"),
+        &dir.path().join("out.wasm"),
+    );
+    wait_for_body(&verge, "/", "hello from test-programs\n").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = verge.log();
+    let builds: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Building app") && l.contains("done in"))
+        .collect();
+    assert_eq!(builds.len(), 1, "{log}");
+    assert_eq!(
+        get(verge.addr, "/").await.text(),
+        "hello from test-programs\n"
+    );
+}
