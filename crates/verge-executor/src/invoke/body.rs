@@ -1,5 +1,11 @@
 //! Bodies around the guest: [`LimitedBody`] counts request bytes on their way
 //! in; [`GuestBody`] streams the response out while driving the guest.
+//!
+//! Known gap, inherited from wasmtime-wasi-http 48: a guest that returns
+//! while still owning its outgoing body, without `finish` and without
+//! dropping it, ends the stream as if it had finished. A guest failure is
+//! always reported (the body ends with an error), and a declared
+//! `Content-Length` is enforced by hyper; only this case is not detected.
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -216,3 +216,20 @@ fn a_build_that_leaves_a_process_behind_does_not_hang() {
     let verge = Up::new::<&str>(&[]).dir(dir.path()).start();
     verge.wait_for_log("done in");
 }
+
+#[test]
+fn a_port_in_use_is_a_clear_runtime_error() {
+    let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = held.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hello = guests().hello.to_str().expect("utf-8").to_string();
+    let run = run_verge(&["up", &hello, "--listen", &addr], dir.path());
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("error: cannot listen on {addr}")),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty());
+}
