@@ -60,13 +60,23 @@ impl Step {
     pub(crate) fn done(self) {
         let text = format!("{} done in {:.1?}", self.message, self.started.elapsed());
         match self.bar {
-            Some(bar) => bar.finish_with_message(text),
+            Some(bar) => {
+                bar.set_style(
+                    ProgressStyle::with_template("✓ {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                bar.finish_with_message(text);
+            }
             None => tracing::info!("{text}"),
         }
     }
 
     pub(crate) fn fail(self) {
         if let Some(bar) = self.bar {
+            bar.set_style(
+                ProgressStyle::with_template("✗ {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
             bar.abandon_with_message(format!("{} failed", self.message));
         }
     }
