@@ -36,6 +36,13 @@ fn manifest_refused(manifest: &str) -> String {
     refused(dir.path(), &[]).stderr
 }
 
+/// Serves a component file holding `bytes`, which must be refused.
+fn component_refused(name: &str, bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join(name), bytes).expect("write");
+    refused(dir.path(), &[name]).stderr
+}
+
 #[test]
 fn manifest_syntax_error() {
     let err = manifest_refused("name = \"x\"\n[component.a\nsource = \"a.wasm\"\n");
@@ -103,9 +110,7 @@ fn missing_manifest_says_what_to_do() {
 
 #[test]
 fn a_file_that_is_not_wasm() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("junk.wasm"), b"this is not webassembly").expect("write");
-    let err = refused(dir.path(), &["junk.wasm"]).stderr;
+    let err = component_refused("junk.wasm", b"this is not webassembly");
     assert!(
         err.contains("`junk.wasm` is not a valid WebAssembly component"),
         "{err}"
@@ -115,10 +120,8 @@ fn a_file_that_is_not_wasm() {
 
 #[test]
 fn a_truncated_component() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let bytes = std::fs::read(&guests().hello).expect("read");
-    std::fs::write(dir.path().join("cut.wasm"), &bytes[..bytes.len() / 2]).expect("write");
-    let err = refused(dir.path(), &["cut.wasm"]).stderr;
+    let err = component_refused("cut.wasm", &bytes[..bytes.len() / 2]);
     assert!(
         err.contains("`cut.wasm` is not a valid WebAssembly component"),
         "{err}"
@@ -127,9 +130,7 @@ fn a_truncated_component() {
 
 #[test]
 fn a_core_module_instead_of_a_component() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").expect("write");
-    let err = refused(dir.path(), &["core.wasm"]).stderr;
+    let err = component_refused("core.wasm", b"\0asm\x01\0\0\0");
     assert!(
         err.contains("`core.wasm` is a core WebAssembly module, not a component"),
         "{err}"

@@ -146,14 +146,8 @@ async fn request_line_and_headers_reach_the_guest() {
 
 #[test]
 fn an_http_1_0_request_without_host_is_served() {
-    use std::io::{Read, Write};
     let verge = Verge::up(&[guests().test_programs.to_str().expect("utf-8 path")]);
-    let mut stream = std::net::TcpStream::connect(verge.addr).expect("connect");
-    stream
-        .write_all(b"GET /headers HTTP/1.0\r\n\r\n")
-        .expect("request");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("answer");
+    let answer = raw_exchange(verge.addr, b"GET /headers HTTP/1.0\r\n\r\n").expect("answer");
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
     // The guest sees the address the client connected to as the authority.
     assert!(

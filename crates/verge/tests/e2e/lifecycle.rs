@@ -1,7 +1,6 @@
 //! Process lifecycle: graceful shutdown with requests in flight, and slow
 //! clients that never finish their headers.
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use rustix::process::Signal;
@@ -62,17 +61,9 @@ fn a_client_that_never_finishes_its_headers_is_disconnected() {
         "--header-read-timeout",
         "1s",
     ]);
-    let mut stream = std::net::TcpStream::connect(verge.addr).expect("connect");
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-        .expect("partial headers");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut buf = Vec::new();
     // The server closes the connection (possibly with a 408) instead of waiting forever.
-    let _ = stream.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
+    let text = raw_exchange(verge.addr, b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .expect("the server closed the connection");
     assert!(
         text.is_empty() || text.starts_with("HTTP/1.1 408"),
         "{text}"
@@ -87,13 +78,7 @@ fn a_silent_connection_is_closed_after_the_header_timeout() {
         "1s",
     ]);
     for opening in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
-        let mut stream = std::net::TcpStream::connect(verge.addr).expect("connect");
-        stream.write_all(opening).expect("write");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        let mut buf = Vec::new();
-        let result = stream.read_to_end(&mut buf);
+        let result = raw_exchange(verge.addr, opening);
         assert!(
             result.is_ok(),
             "the server never closed the connection: {result:?}"
@@ -110,15 +95,7 @@ fn a_short_http1_request_may_take_longer_than_the_header_timeout() {
     ]);
     // 23 bytes: shorter than the HTTP/2 preface, so the request is over
     // before a naive "first 24 bytes" timer would stop.
-    let mut stream = std::net::TcpStream::connect(verge.addr).expect("connect");
-    stream
-        .write_all(b"GET /sleep HTTP/1.1\r\n\r\n")
-        .expect("request");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
+    let answer = raw_exchange(verge.addr, b"GET /sleep HTTP/1.1\r\n\r\n").expect("answer");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     assert!(answer.contains("slept 1000ms\n"), "{answer:?}");
 }

@@ -145,14 +145,11 @@ async fn oversized_bodies_get_413() {
         (200, "received 1048576 bytes\n")
     );
     // A malformed length is a client error, not a crash.
-    let mut raw = std::net::TcpStream::connect(verge.addr).expect("connect");
-    std::io::Write::write_all(
-        &mut raw,
+    let answer = raw_exchange(
+        verge.addr,
         b"POST /consume HTTP/1.1\r\nHost: x\r\nContent-Length: 12abc\r\n\r\n",
     )
-    .expect("write");
-    let mut answer = String::new();
-    let _ = std::io::Read::read_to_string(&mut raw, &mut answer);
+    .expect("answer");
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert_eq!(get(verge.addr, "/").await.status, 200);
 }

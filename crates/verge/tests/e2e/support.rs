@@ -324,6 +324,18 @@ pub fn run_verge<S: AsRef<std::ffi::OsStr>>(args: &[S], dir: &Path) -> Run {
     }
 }
 
+/// Writes `bytes` on a fresh TCP connection and reads until the server
+/// closes it (at most 30 s). `Err` if the server never closed it.
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Result<String, std::io::Error> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.write_all(bytes)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
 /// A buffered HTTP response.
 #[derive(Debug)]
 pub struct Response {
