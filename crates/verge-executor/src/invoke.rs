@@ -281,12 +281,11 @@ impl LoadedComponent {
         // The guest keeps running while the body streams: give it a task of
         // its own so its deadline holds even when nobody polls the body (a
         // client that stops reading).
-        guest.detach_after_head(shared.clone(), slow_lane.clone());
+        let guest = guest.detach_after_head(shared.clone(), slow_lane);
         Ok(response.map(|inner| GuestBody {
             inner,
             guest,
             shared,
-            slow_lane,
             failed: false,
         }))
     }

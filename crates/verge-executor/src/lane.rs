@@ -47,25 +47,22 @@ impl SlowLane {
     /// guests on it. Call it from outside any async context, before the
     /// runtime whose timers those guests use goes away.
     pub(crate) fn shutdown(&self) {
-        let runtime = self
-            .runtime
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(runtime) = runtime {
+        if let Some(runtime) = self.take() {
             runtime.shutdown_timeout(std::time::Duration::from_millis(500));
         }
+    }
+
+    fn take(&self) -> Option<tokio::runtime::Runtime> {
+        self.runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }
 
 impl Drop for SlowLane {
     fn drop(&mut self) {
-        let runtime = self
-            .runtime
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(runtime) = runtime {
+        if let Some(runtime) = self.take() {
             runtime.shutdown_background();
         }
     }

@@ -21,7 +21,6 @@ mod pipeline;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
@@ -128,7 +127,6 @@ impl AppRuntime {
 pub struct Node {
     executor: Executor,
     app: ArcSwapOption<AppRuntime>,
-    ready: AtomicBool,
     /// Serialises changes to `app` (readers never take it).
     updating: Mutex<()>,
 }
@@ -139,7 +137,6 @@ impl Node {
         Arc::new(Self {
             executor,
             app: ArcSwapOption::empty(),
-            ready: AtomicBool::new(false),
             updating: Mutex::new(()),
         })
     }
@@ -181,12 +178,7 @@ impl Node {
     /// finish on the runtime they started with.
     pub fn install(&self, app: AppRuntime) {
         let _updating = self.updating.lock().unwrap_or_else(|p| p.into_inner());
-        self.store(app);
-    }
-
-    fn store(&self, app: AppRuntime) {
         self.app.store(Some(Arc::new(app)));
-        self.ready.store(true, Ordering::Release);
     }
 
     /// Reloads one component of the running app from its file (blocking),
@@ -229,6 +221,6 @@ impl Node {
 
     /// Whether an app is installed.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.app.load().is_some()
     }
 }

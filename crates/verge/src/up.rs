@@ -263,14 +263,6 @@ fn component_name(path: &Path) -> String {
 
 pub(crate) fn run(args: UpArgs, env: &dyn Env) -> Result<(), Failure> {
     let target = args.target()?;
-    if let Target::Component(path) = &target
-        && !path.is_file()
-    {
-        return Err(Failure::input(anyhow::anyhow!(
-            "`{}` is not a file",
-            path.display()
-        )));
-    }
     let app = args.app_config(&target, !args.no_build)?;
 
     let cache_dir = if args.no_cache {

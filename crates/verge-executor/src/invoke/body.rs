@@ -17,15 +17,15 @@ use http_body::{Body, Frame, SizeHint};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::HandleError;
-use super::task::{GuestTask, RequestShared};
+use super::task::{GuestResult, RequestShared, joined};
 
-/// The guest's response body. Polling it also drives the guest, which may
-/// still be writing; it ends when both the body and the guest are done.
+/// The guest's response body. It ends when both the body and the guest (if
+/// it still runs, on its own task) are done, and fails if the guest fails.
 pub struct GuestBody {
     pub(super) inner: HyperOutgoingBody,
-    pub(super) guest: GuestTask,
+    /// The guest's task, while it runs.
+    pub(super) guest: Option<tokio::task::JoinHandle<GuestResult>>,
     pub(super) shared: Arc<RequestShared>,
-    pub(super) slow_lane: tokio::runtime::Handle,
     pub(super) failed: bool,
 }
 
@@ -61,10 +61,13 @@ impl Body for GuestBody {
         if this.failed {
             return Poll::Ready(None);
         }
-        if !this.guest.is_finished()
-            && let Poll::Ready(Err(e)) = this.guest.poll(cx, &this.shared, &this.slow_lane)
+        if let Some(guest) = &mut this.guest
+            && let Poll::Ready(result) = Pin::new(guest).poll(cx)
         {
-            return this.fail(e, false);
+            this.guest = None;
+            if let Err(e) = joined(result) {
+                return this.fail(e, false);
+            }
         }
         if this.shared.too_large() {
             return this.fail(HandleError::BodyTooLarge(this.shared.body_limit), true);
@@ -74,13 +77,13 @@ impl Body for GuestBody {
             Some(Err(e)) => this.fail(HandleError::Body(e.to_string()), true),
             // The body is complete but the guest is still running: wait for
             // it (its waker was registered by the poll above).
-            None if !this.guest.is_finished() => Poll::Pending,
+            None if this.guest.is_some() => Poll::Pending,
             None => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.guest.is_finished() && !self.failed && self.inner.is_end_stream()
+        self.guest.is_none() && !self.failed && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

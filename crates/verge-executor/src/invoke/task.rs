@@ -59,11 +59,6 @@ pub(crate) enum GuestTask {
     /// On the slow lane, before its response head: stopped if dropped (the
     /// client went away before getting anything).
     Offloaded(AbortOnDrop),
-    /// After its response head, on a task of its own that moves to the slow
-    /// lane if it turns heavy and logs its own failure. Dropping the handle
-    /// does not stop it: a guest may keep working once its response is
-    /// complete, and its deadline bounds it.
-    Detached(tokio::task::JoinHandle<GuestResult>),
     Finished,
 }
 
@@ -87,15 +82,8 @@ impl GuestTask {
                     }
                     Poll::Pending => return Poll::Pending,
                 },
-                GuestTask::Offloaded(AbortOnDrop(handle)) | GuestTask::Detached(handle) => {
-                    let result = match Pin::new(handle).poll(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Ok(result)) => result,
-                        Poll::Ready(Err(e)) => Err(HandleError::Trap {
-                            message: "the guest's task ended abnormally".to_string(),
-                            detail: e.to_string(),
-                        }),
-                    };
+                GuestTask::Offloaded(AbortOnDrop(handle)) => {
+                    let result = joined(std::task::ready!(Pin::new(handle).poll(cx)));
                     *self = GuestTask::Finished;
                     return Poll::Ready(result);
                 }
@@ -120,18 +108,19 @@ impl GuestTask {
     /// task of its own (on the current runtime, so usually the same worker),
     /// so its deadline holds even when nobody polls the response body. The
     /// task still moves the guest to the slow lane if it turns heavy, and
-    /// logs a failure itself, since nobody may be left to see it.
+    /// logs a failure itself, since nobody may be left to see it. Dropping
+    /// the returned handle does not stop the guest: it may keep working once
+    /// its response is complete, and its deadline bounds it.
     pub(crate) fn detach_after_head(
-        &mut self,
+        mut self,
         shared: Arc<RequestShared>,
         slow_lane: tokio::runtime::Handle,
-    ) {
-        let mut task = std::mem::replace(self, GuestTask::Finished);
-        if task.is_finished() {
-            return;
+    ) -> Option<tokio::task::JoinHandle<GuestResult>> {
+        if self.is_finished() {
+            return None;
         }
-        *self = GuestTask::Detached(tokio::spawn(async move {
-            let result = std::future::poll_fn(|cx| task.poll(cx, &shared, &slow_lane)).await;
+        Some(tokio::spawn(async move {
+            let result = std::future::poll_fn(|cx| self.poll(cx, &shared, &slow_lane)).await;
             if let Err(e) = &result {
                 tracing::warn!(
                     request_id = %shared.id,
@@ -140,12 +129,22 @@ impl GuestTask {
                 );
             }
             result
-        }));
+        }))
     }
 
     pub(crate) fn is_finished(&self) -> bool {
         matches!(self, GuestTask::Finished)
     }
+}
+
+/// The result of a guest that ran on a task of its own.
+pub(crate) fn joined(result: Result<GuestResult, tokio::task::JoinError>) -> GuestResult {
+    result.unwrap_or_else(|e| {
+        Err(HandleError::Trap {
+            message: "the guest's task ended abnormally".to_string(),
+            detail: e.to_string(),
+        })
+    })
 }
 
 /// A guest running on the slow lane. Dropping it (the client is gone, the
