@@ -1,0 +1,156 @@
+//! Verge's state store: the one place control-plane state lives.
+//!
+//! Two traits, shaped after NATS JetStream so that a cluster backend can
+//! implement them later without changing any caller:
+//! - [`Store`]: keys with values and **revisions**, compare-and-set on
+//!   revision ([`Expect`]), prefix listing, and a lossless [`Watch`] of
+//!   changes from a given revision (JetStream KV: revisions, `update`,
+//!   `watch`).
+//! - [`BlobStore`]: content-addressed immutable blobs named by their sha256,
+//!   verified on write and on read (JetStream Object Store).
+//!
+//! The embedded default is [`SqliteStore`] (one SQLite file in WAL mode,
+//! synchronous=FULL: a write that returned survives `kill -9` and power
+//! loss) and [`FsBlobs`] (a folder of files written to a temporary name,
+//! synced and renamed).
+//!
+//! **Invariants**
+//! - Revisions are global to a store and strictly increase; every put or
+//!   delete gets a new one, and a watcher sees every change after the
+//!   revision it started from, in order, exactly once.
+//! - A deleted key leaves a tombstone so that watchers can learn of it.
+//! - A blob is readable under a name only if its bytes hash to that name.
+//!
+//! **API boundary**: values are opaque bytes; the store knows nothing of
+//! apps, tokens or HTTP. No SQL outside this crate.
+
+mod blobs;
+mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use blobs::{BlobError, BlobId, BlobStore, BlobWriter, FsBlobs};
+pub use sqlite::SqliteStore;
+
+/// A store-wide revision number; 0 means "before anything".
+pub type Revision = u64;
+
+/// A key with its current value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: Vec<u8>,
+    /// Revision of the last write to this key.
+    pub revision: Revision,
+}
+
+/// A precondition on a key's current revision, checked atomically with the
+/// write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// No precondition.
+    Any,
+    /// The key must not exist (create).
+    Absent,
+    /// The key's last write must have this revision (update).
+    Revision(Revision),
+}
+
+/// One change seen by a [`Watch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A key was written.
+    Put(Entry),
+    /// A key was deleted.
+    Delete {
+        /// The key.
+        key: String,
+        /// The revision of the deletion.
+        revision: Revision,
+    },
+}
+
+impl Change {
+    /// The key changed.
+    pub fn key(&self) -> &str {
+        match self {
+            Change::Put(e) => &e.key,
+            Change::Delete { key, .. } => key,
+        }
+    }
+
+    /// The revision of the change.
+    pub fn revision(&self) -> Revision {
+        match self {
+            Change::Put(e) => e.revision,
+            Change::Delete { revision, .. } => *revision,
+        }
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The [`Expect`] precondition did not hold.
+    #[error("key `{key}` changed concurrently (now at revision {current:?})")]
+    Conflict {
+        /// The key.
+        key: String,
+        /// Its current revision, or `None` if absent.
+        current: Option<Revision>,
+    },
+    /// The key is not valid (empty, too long or with control characters).
+    #[error("invalid key `{0}`")]
+    InvalidKey(String),
+    /// The backend failed.
+    #[error("state store: {0}")]
+    Backend(String),
+}
+
+/// Longest key accepted, in bytes.
+pub const MAX_KEY_LEN: usize = 512;
+
+/// Revisioned key-value state with compare-and-set and watch.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The current value of `key`.
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
+
+    /// Every live key starting with `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError>;
+
+    /// Writes `value` under `key` if `expect` holds; returns the new revision.
+    async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<Revision, StoreError>;
+
+    /// Deletes `key` if `expect` holds; returns the revision of the
+    /// deletion. Deleting an absent key with [`Expect::Any`] is a no-op
+    /// that returns the current revision.
+    async fn delete(&self, key: &str, expect: Expect) -> Result<Revision, StoreError>;
+
+    /// The revision of the last change to the store.
+    async fn revision(&self) -> Result<Revision, StoreError>;
+
+    /// Changes to keys starting with `prefix` made after revision `after`.
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn Watch>, StoreError>;
+}
+
+/// A stream of changes, in revision order.
+#[async_trait]
+pub trait Watch: Send {
+    /// The next batch of changes (never empty). Waits until there is one,
+    /// or returns an empty batch after `timeout` so callers can do other
+    /// work.
+    async fn next(&mut self, timeout: Duration) -> Result<Vec<Change>, StoreError>;
+}
+
+pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN || key.chars().any(char::is_control) {
+        return Err(StoreError::InvalidKey(key.escape_debug().to_string()));
+    }
+    Ok(())
+}

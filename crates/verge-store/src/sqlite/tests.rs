@@ -1,0 +1,202 @@
+//! Behaviour of the SQLite store against real database files.
+
+use std::time::Duration;
+
+use crate::{Change, Expect, SqliteStore, Store, StoreError};
+
+fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&dir.path().join("state.db")).expect("opens")
+}
+
+#[tokio::test]
+async fn compare_and_set_refuses_stale_revisions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    let r1 = store
+        .put("apps/a", b"one".to_vec(), Expect::Absent)
+        .await
+        .expect("create");
+    assert!(matches!(
+        store.put("apps/a", b"x".to_vec(), Expect::Absent).await,
+        Err(StoreError::Conflict { current: Some(r), .. }) if r == r1
+    ));
+    let r2 = store
+        .put("apps/a", b"two".to_vec(), Expect::Revision(r1))
+        .await
+        .expect("update");
+    assert!(r2 > r1);
+    assert!(matches!(
+        store
+            .put("apps/a", b"three".to_vec(), Expect::Revision(r1))
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let entry = store.get("apps/a").await.expect("get").expect("present");
+    assert_eq!((entry.value.as_slice(), entry.revision), (&b"two"[..], r2));
+    assert!(matches!(
+        store.delete("apps/a", Expect::Revision(r1)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    store
+        .delete("apps/a", Expect::Revision(r2))
+        .await
+        .expect("delete");
+    assert_eq!(store.get("apps/a").await.expect("get"), None);
+    // A deleted key can be created again.
+    store
+        .put("apps/a", b"again".to_vec(), Expect::Absent)
+        .await
+        .expect("recreate");
+}
+
+#[tokio::test]
+async fn list_returns_live_keys_under_a_prefix_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    for key in ["apps/t/b", "apps/t/a", "apps/u/a", "apps/t", "tokens/x"] {
+        store
+            .put(key, key.as_bytes().to_vec(), Expect::Any)
+            .await
+            .expect("put");
+    }
+    store.delete("apps/u/a", Expect::Any).await.expect("delete");
+    let keys: Vec<String> = store
+        .list("apps/")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(keys, ["apps/t", "apps/t/a", "apps/t/b"]);
+}
+
+#[tokio::test]
+async fn bad_keys_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    for key in ["", "a\nb", &"k".repeat(513)] {
+        assert!(matches!(
+            store.put(key, Vec::new(), Expect::Any).await,
+            Err(StoreError::InvalidKey(_))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn watch_sees_every_change_after_its_start_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    let before = store
+        .put("apps/old", b"0".to_vec(), Expect::Any)
+        .await
+        .expect("put");
+    let mut watch = store.watch("apps/", before).await.expect("watch");
+    let writer = store.clone();
+    let task = tokio::spawn(async move {
+        for i in 0..50u32 {
+            let key = format!("apps/{}", i % 5);
+            writer
+                .put(&key, i.to_string().into_bytes(), Expect::Any)
+                .await
+                .expect("put");
+            writer
+                .put("other/x", Vec::new(), Expect::Any)
+                .await
+                .expect("put");
+        }
+        writer.delete("apps/0", Expect::Any).await.expect("delete");
+    });
+    let mut seen = Vec::new();
+    while seen.len() < 51 {
+        let batch = watch.next(Duration::from_secs(10)).await.expect("next");
+        assert!(
+            !batch.is_empty(),
+            "watch stalled after {} changes",
+            seen.len()
+        );
+        seen.extend(batch);
+    }
+    task.await.expect("writer");
+    assert!(seen.iter().all(|c| c.key().starts_with("apps/")));
+    assert!(seen.windows(2).all(|w| w[0].revision() < w[1].revision()));
+    assert!(matches!(seen.last(), Some(Change::Delete { key, .. }) if key == "apps/0"));
+    // Nothing more, and a timeout gives an empty batch.
+    assert!(
+        watch
+            .next(Duration::from_millis(50))
+            .await
+            .expect("next")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn concurrent_compare_and_set_loses_no_update() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    store
+        .put("counter", b"0".to_vec(), Expect::Absent)
+        .await
+        .expect("create");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                loop {
+                    let e = store.get("counter").await.expect("get").expect("present");
+                    let n: u64 = String::from_utf8_lossy(&e.value).parse().expect("number");
+                    match store
+                        .put(
+                            "counter",
+                            (n + 1).to_string().into_bytes(),
+                            Expect::Revision(e.revision),
+                        )
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(StoreError::Conflict { .. }) => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let e = store.get("counter").await.expect("get").expect("present");
+    assert_eq!(e.value, b"200");
+}
+
+#[tokio::test]
+async fn state_and_revisions_survive_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = {
+        let store = open(&dir);
+        store
+            .put("a", b"1".to_vec(), Expect::Any)
+            .await
+            .expect("put");
+        store.delete("a", Expect::Any).await.expect("delete")
+    };
+    let store = open(&dir);
+    assert_eq!(store.revision().await.expect("revision"), r);
+    assert_eq!(store.get("a").await.expect("get"), None);
+    let next = store.put("b", Vec::new(), Expect::Any).await.expect("put");
+    assert!(next > r, "revisions never go back after a restart");
+}
+
+#[test]
+fn a_database_from_a_newer_verge_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.db");
+    drop(SqliteStore::open(&path).expect("opens"));
+    let conn = rusqlite::Connection::open(&path).expect("raw open");
+    conn.pragma_update(None, "user_version", 99).expect("bump");
+    drop(conn);
+    let Err(err) = SqliteStore::open(&path) else {
+        panic!("a newer schema must be refused");
+    };
+    assert!(err.to_string().contains("newer than this Verge"), "{err}");
+}
