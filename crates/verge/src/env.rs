@@ -32,6 +32,33 @@ pub(crate) fn default_cache_dir(env: &dyn Env) -> Option<PathBuf> {
     Some(base.join("verge").join("compiled"))
 }
 
+/// Where `verge login` keeps the control-plane URL and token:
+/// `VERGE_CONFIG_DIR`, else `$XDG_CONFIG_HOME/verge`, else
+/// `$HOME/.config/verge`.
+pub(crate) fn config_dir(env: &dyn Env) -> Option<PathBuf> {
+    let non_empty = |k: &str| env.var(k).filter(|v| !v.is_empty());
+    if let Some(dir) = non_empty("VERGE_CONFIG_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = non_empty("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| non_empty("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("verge"))
+}
+
+/// Where `verge server` keeps its state by default: `VERGE_DATA_DIR`, else
+/// `$XDG_DATA_HOME/verge`, else `$HOME/.local/share/verge`.
+pub(crate) fn default_data_dir(env: &dyn Env) -> Option<PathBuf> {
+    let non_empty = |k: &str| env.var(k).filter(|v| !v.is_empty());
+    if let Some(dir) = non_empty("VERGE_DATA_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = non_empty("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| non_empty("HOME").map(|h| PathBuf::from(h).join(".local/share")))?;
+    Some(base.join("verge"))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

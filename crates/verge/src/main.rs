@@ -6,8 +6,12 @@
 //! (manifest, component, flags), reported before any port is bound.
 
 mod build;
+mod client;
+mod deploy;
 mod env;
+mod manage;
 mod new;
+mod server;
 mod up;
 mod watch;
 
@@ -29,6 +33,29 @@ enum Command {
     Up(up::UpArgs),
     /// Create a new app from a template.
     New(new::NewArgs),
+    /// Run a node with its control plane (apps are deployed to it).
+    Server(server::ServerArgs),
+    /// Save a server URL and token for the commands below.
+    Login(manage::LoginArgs),
+    /// Build an app and deploy it as a new version.
+    Deploy(deploy::DeployArgs),
+    /// Show the server and the token in use.
+    Status(manage::Output),
+    /// List your apps.
+    Apps(manage::Output),
+    /// List an app's versions, newest first.
+    Versions(manage::AppArg),
+    /// Split an app's traffic between versions, e.g. `v3=90 v4=10`.
+    Traffic(manage::TrafficArgs),
+    /// Serve an earlier version again, at once.
+    Rollback(manage::RollbackArgs),
+    /// Stop serving an app and forget it.
+    Delete(manage::DeleteArgs),
+    /// Create, list and revoke tokens.
+    #[command(subcommand)]
+    Tokens(manage::TokensCommand),
+    /// Read the audit log, or verify its hash chain.
+    Audit(manage::AuditArgs),
 }
 
 /// An error with the exit code it should produce.
@@ -69,6 +96,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => up::run(args, &env),
         Command::New(args) => new::run(&args),
+        Command::Server(args) => server::run(args, &env),
+        Command::Login(args) => manage::login(args, &env),
+        Command::Deploy(args) => deploy::run(args, &env),
+        Command::Status(args) => manage::status(args, &env),
+        Command::Apps(args) => manage::apps(args, &env),
+        Command::Versions(args) => manage::versions(args, &env),
+        Command::Traffic(args) => manage::traffic(args, &env),
+        Command::Rollback(args) => manage::rollback(args, &env),
+        Command::Delete(args) => manage::delete(args, &env),
+        Command::Tokens(args) => manage::tokens(args, &env),
+        Command::Audit(args) => manage::audit(args, &env),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

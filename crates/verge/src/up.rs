@@ -105,7 +105,7 @@ pub(crate) struct UpArgs {
     max_instances: u32,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     const DAY: Duration = Duration::from_secs(24 * 3600);
     verge_manifest::parse_duration(s).and_then(|d| {
         if d.is_zero() || d > DAY {
@@ -116,7 +116,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     verge_manifest::parse_size(s)
 }
 
@@ -244,7 +244,7 @@ impl UpArgs {
 }
 
 /// A component name derived from a file name: `My_Api.wasm` → `my-api`.
-fn component_name(path: &Path) -> String {
+pub(crate) fn component_name(path: &Path) -> String {
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().to_ascii_lowercase())
@@ -358,7 +358,7 @@ async fn serve(
 }
 
 /// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

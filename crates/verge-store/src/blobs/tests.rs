@@ -25,7 +25,7 @@ async fn blobs_are_named_by_content_and_verified_on_read() {
     assert_eq!(store(&blobs, bytes, None).await.expect("store"), id);
     let path = blobs.local_path(&id).await.expect("read");
     assert_eq!(std::fs::read(&path).expect("file"), bytes);
-    assert_eq!(blobs.list().await.expect("list"), [id.clone()]);
+    assert_eq!(blobs.list().await.expect("list"), std::slice::from_ref(&id));
 
     // Edited on disk: refused from then on.
     let mut perms = std::fs::metadata(&path).expect("meta").permissions();

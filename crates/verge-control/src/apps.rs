@@ -1,0 +1,339 @@
+//! Reading and changing apps: list, show, versions, traffic splits,
+//! rollback and delete. Every change is one compare-and-set of the app's
+//! record and is audited.
+//!
+//! **Invariant**: apps are looked up under the caller's tenant only, so a
+//! foreign app is indistinguishable from a missing one (404).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use verge_router::Route;
+use verge_store::{Expect, Revision, StoreError};
+
+use crate::audit::{Outcome, Record};
+use crate::deploy::{check_app_name, check_claims, read_json};
+use crate::model::{APPS_PREFIX, AppRecord, RouteRecord, TrafficShare, app_key, parse_version};
+use crate::{ApiError, Caller, Control};
+
+async fn load(
+    control: &Control,
+    caller: &Caller,
+    app: &str,
+) -> Result<(AppRecord, Revision), ApiError> {
+    check_app_name(app)?;
+    let entry = control
+        .store
+        .get(&app_key(caller.tenant(), app))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no app named `{app}`")))?;
+    let record = serde_json::from_slice(&entry.value).map_err(ApiError::internal)?;
+    Ok((record, entry.revision))
+}
+
+fn summary(record: &AppRecord) -> Value {
+    let mut routes: Vec<String> = Vec::new();
+    for (v, _) in record.live() {
+        for r in v.routes.iter().filter_map(RouteRecord::route) {
+            let r = r.to_string();
+            if !routes.contains(&r) {
+                routes.push(r);
+            }
+        }
+    }
+    json!({
+        "name": record.name,
+        "tenant": record.tenant,
+        "created": record.created,
+        "versions": record.versions.len(),
+        "traffic": record.traffic.iter()
+            .map(|s| json!({"version": format!("v{}", s.version), "weight": s.weight}))
+            .collect::<Vec<_>>(),
+        "routes": routes,
+    })
+}
+
+pub(crate) async fn status(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    let prefix = format!("{APPS_PREFIX}{}/", caller.tenant());
+    let apps = control.store.list(&prefix).await?.len();
+    Ok(Json(json!({
+        "server": {"version": env!("CARGO_PKG_VERSION"), "revision": control.store.revision().await?},
+        "token": {"id": caller.token.id, "tenant": caller.tenant(), "scopes": caller.token.scopes},
+        "apps": apps,
+    })))
+}
+
+pub(crate) async fn list(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    caller.require("apps:read", caller.tenant()).await?;
+    let prefix = format!("{APPS_PREFIX}{}/", caller.tenant());
+    let mut apps = Vec::new();
+    for entry in control.store.list(&prefix).await? {
+        let record: AppRecord = serde_json::from_slice(&entry.value).map_err(ApiError::internal)?;
+        apps.push(summary(&record));
+    }
+    Ok(Json(json!({ "apps": apps })))
+}
+
+pub(crate) async fn show(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+    UrlPath(app): UrlPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require("apps:read", caller.tenant()).await?;
+    let (record, _) = load(&control, &caller, &app).await?;
+    Ok(Json(summary(&record)))
+}
+
+pub(crate) async fn versions(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+    UrlPath(app): UrlPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require("apps:read", caller.tenant()).await?;
+    let (record, _) = load(&control, &caller, &app).await?;
+    let versions: Vec<Value> = record
+        .versions
+        .iter()
+        .rev()
+        .map(|v| {
+            let weight = record
+                .traffic
+                .iter()
+                .find(|s| s.version == v.number)
+                .map_or(0, |s| s.weight);
+            json!({
+                "version": format!("v{}", v.number),
+                "digest": v.digest,
+                "created": v.created,
+                "created_by": v.created_by,
+                "components": v.components,
+                "routes": v.routes.iter().filter_map(RouteRecord::route).map(|r| r.to_string()).collect::<Vec<_>>(),
+                "weight": weight,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "app": app, "versions": versions })))
+}
+
+/// Body of `PUT /v1/apps/{app}/traffic`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TrafficRequest {
+    /// Versions and weights, summing to 100.
+    split: Vec<SplitEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SplitEntry {
+    version: String,
+    weight: u32,
+}
+
+/// Body of `POST /v1/apps/{app}/rollback`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RollbackRequest {
+    /// The version to serve; default: the one before the current.
+    #[serde(default)]
+    version: Option<String>,
+}
+
+const MAX_SMALL_REQUEST: usize = 64 * 1024;
+
+pub(crate) async fn set_traffic(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+    UrlPath(app): UrlPath<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let target = format!("{}/{app}", caller.tenant());
+    caller.require("apps:deploy", &target).await?;
+    let request: TrafficRequest = read_json(body, MAX_SMALL_REQUEST).await?;
+    let mut split = Vec::new();
+    for e in &request.split {
+        let version = parse_version(&e.version)
+            .ok_or_else(|| ApiError::BadRequest(format!("`{}` is not a version", e.version)))?;
+        if split.iter().any(|s: &TrafficShare| s.version == version) {
+            return Err(ApiError::BadRequest(format!("v{version} is listed twice")));
+        }
+        if e.weight > 0 {
+            split.push(TrafficShare {
+                version,
+                weight: e.weight,
+            });
+        }
+    }
+    let total: u32 = split.iter().map(|s| s.weight).sum();
+    if total != 100 {
+        return Err(ApiError::BadRequest(format!(
+            "the weights add up to {total}; they must add up to 100"
+        )));
+    }
+    change(&control, &caller, &app, "app.traffic", split).await
+}
+
+pub(crate) async fn rollback(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+    UrlPath(app): UrlPath<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let target = format!("{}/{app}", caller.tenant());
+    caller.require("apps:deploy", &target).await?;
+    let bytes =
+        http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_SMALL_REQUEST))
+            .await
+            .map_err(|_| ApiError::TooLarge("the request body is too large".to_string()))?
+            .to_bytes();
+    let request: RollbackRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        RollbackRequest::default()
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON request: {e}")))?
+    };
+    let (record, _) = load(&control, &caller, &app).await?;
+    let version = match &request.version {
+        Some(v) => parse_version(v)
+            .ok_or_else(|| ApiError::BadRequest(format!("`{v}` is not a version")))?,
+        None => {
+            let current = record.primary().unwrap_or(0);
+            record
+                .versions
+                .iter()
+                .map(|v| v.number)
+                .filter(|n| *n < current)
+                .max()
+                .ok_or_else(|| {
+                    ApiError::Conflict(format!("`{app}` has no version before v{current}"))
+                })?
+        }
+    };
+    change(
+        &control,
+        &caller,
+        &app,
+        "app.rollback",
+        vec![TrafficShare {
+            version,
+            weight: 100,
+        }],
+    )
+    .await
+}
+
+/// Records a new traffic split and waits until the node serves it.
+async fn change(
+    control: &Control,
+    caller: &Caller,
+    app: &str,
+    action: &str,
+    split: Vec<TrafficShare>,
+) -> Result<Json<Value>, ApiError> {
+    let target = format!("{}/{app}", caller.tenant());
+    let result = async {
+        let _serial = control.deploy_lock.lock().await;
+        let (mut record, revision) = load(control, caller, app).await?;
+        for share in &split {
+            if record.version(share.version).is_none() {
+                return Err(ApiError::NotFound(format!(
+                    "`{app}` has no version v{}",
+                    share.version
+                )));
+            }
+        }
+        record.traffic = split.clone();
+        let routes: Vec<Route> = record
+            .live()
+            .flat_map(|(v, _)| v.routes.iter().filter_map(RouteRecord::route))
+            .collect();
+        check_claims(control, caller.tenant(), app, &routes).await?;
+        let value = serde_json::to_vec(&record).map_err(ApiError::internal)?;
+        let revision = control
+            .store
+            .put(
+                &app_key(caller.tenant(), app),
+                value,
+                Expect::Revision(revision),
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict { .. } => {
+                    ApiError::Conflict("the app changed meanwhile; try again".into())
+                }
+                other => other.into(),
+            })?;
+        Ok((record, revision))
+    }
+    .await;
+    let detail = split
+        .iter()
+        .map(|s| format!("v{}={}", s.version, s.weight))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let outcome = match &result {
+        Ok(_) => Record::new(action, &target, Outcome::Ok).detail(detail),
+        Err(e) => {
+            Record::new(action, &target, Outcome::Failed).detail(format!("{detail}: {}", e.code()))
+        }
+    };
+    control
+        .audit(outcome.actor(&caller.token.id, caller.tenant()))
+        .await;
+    let (record, revision) = result?;
+    let serving = control
+        .data_plane
+        .wait_applied(revision, control.config.apply_timeout)
+        .await;
+    let mut body = summary(&record);
+    body["serving"] = Value::Bool(serving);
+    Ok(Json(body))
+}
+
+pub(crate) async fn delete(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+    UrlPath(app): UrlPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let target = format!("{}/{app}", caller.tenant());
+    caller.require("apps:delete", &target).await?;
+    let result = async {
+        let _serial = control.deploy_lock.lock().await;
+        let (_, revision) = load(&control, &caller, &app).await?;
+        control
+            .store
+            .delete(&app_key(caller.tenant(), &app), Expect::Revision(revision))
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict { .. } => {
+                    ApiError::Conflict("the app changed meanwhile; try again".into())
+                }
+                other => other.into(),
+            })
+    }
+    .await;
+    let outcome = if result.is_ok() {
+        Outcome::Ok
+    } else {
+        Outcome::Failed
+    };
+    control
+        .audit(Record::new("app.delete", &target, outcome).actor(&caller.token.id, caller.tenant()))
+        .await;
+    let revision = result?;
+    control
+        .data_plane
+        .wait_applied(revision, control.config.apply_timeout)
+        .await;
+    Ok(Json(json!({ "deleted": app })))
+}

@@ -1,0 +1,187 @@
+//! The control plane's HTTP API, under `/v1`: apps and their immutable
+//! versions, traffic splits and rollback, scoped tokens of tenants, and the
+//! audit log. Described by `/v1/openapi.json`.
+//!
+//! The API never sits in the request path of apps. It writes desired state
+//! to the [`Store`]; nodes watch the store and serve what it says. Before a
+//! version is recorded, the [`DataPlane`] compiles it, so a version that is
+//! stored can always be served.
+//!
+//! **Invariants**
+//! - Every route except `/v1/health` and `/v1/openapi.json` needs a valid
+//!   bearer token ([`Caller`]).
+//! - A tenant sees only its own apps: another tenant's app answers 404,
+//!   exactly as a missing one does.
+//! - Every mutation is appended to the audit log with its outcome.
+//!
+//! **API boundary**: no wasmtime and no data-plane types; compilation and
+//! serving are behind [`DataPlane`].
+
+mod apps;
+pub mod audit;
+pub mod auth;
+mod deploy;
+mod error;
+pub mod model;
+mod tokens;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::routing::{get, post, put};
+use verge_store::{BlobStore, Revision, Store};
+
+pub use auth::{Caller, Issued};
+pub use error::ApiError;
+pub use model::{AppRecord, VersionRecord};
+
+/// Where the data plane is asked to compile and confirms it serves.
+#[async_trait]
+pub trait DataPlane: Send + Sync + 'static {
+    /// Compiles and checks `version` of `app` before it is recorded. The
+    /// error is a message for the deployer (which component, why).
+    async fn prepare(&self, app: &AppRecord, version: &VersionRecord) -> Result<(), String>;
+
+    /// Waits until the node serves the store as of `revision`; `false` on
+    /// timeout.
+    async fn wait_applied(&self, revision: Revision, timeout: Duration) -> bool;
+}
+
+/// Settings of the control API.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// Largest component upload accepted; larger ones get 413.
+    pub max_upload: u64,
+    /// How long a deploy waits for the node to serve the new version.
+    pub apply_timeout: Duration,
+    /// Makes deploys stop forever at this stage (`validated`, `prepared`,
+    /// `recorded`) so a crash test can kill the process there.
+    pub pause_deploys_at: Option<String>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            max_upload: 64 * 1024 * 1024,
+            apply_timeout: Duration::from_secs(30),
+            pause_deploys_at: None,
+        }
+    }
+}
+
+/// The shared state of the API.
+pub struct Control {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) blobs: Arc<dyn BlobStore>,
+    pub(crate) data_plane: Arc<dyn DataPlane>,
+    pub(crate) config: ControlConfig,
+    pub(crate) guard: auth::Guard,
+    /// Serialises audit appends.
+    audit_lock: tokio::sync::Mutex<()>,
+    /// Serialises deploys and traffic changes, so route claims are checked
+    /// and recorded as one step.
+    pub(crate) deploy_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    /// The API state.
+    pub fn new(
+        store: Arc<dyn Store>,
+        blobs: Arc<dyn BlobStore>,
+        data_plane: Arc<dyn DataPlane>,
+        config: ControlConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            blobs,
+            data_plane,
+            config,
+            guard: auth::Guard::new(),
+            audit_lock: tokio::sync::Mutex::new(()),
+            deploy_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Appends to the audit log. A failure is logged as an error: the
+    /// action has already happened and must not be reported as failed.
+    pub async fn audit(&self, record: audit::Record) {
+        let _serial = self.audit_lock.lock().await;
+        if let Err(e) = audit::append(self.store.as_ref(), record).await {
+            tracing::error!("cannot append to the audit log: {e}");
+        }
+    }
+
+    pub(crate) async fn pause_if(&self, stage: &str) {
+        if self.config.pause_deploys_at.as_deref() == Some(stage) {
+            tracing::warn!("deploy paused at stage `{stage}` (test hook)");
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Creates the first admin token if the store has no token at all.
+    pub async fn bootstrap(&self) -> Result<Option<Issued>, ApiError> {
+        if !self.store.list("tokens/").await?.is_empty() {
+            return Ok(None);
+        }
+        let issued = auth::issue(
+            self.store.as_ref(),
+            auth::DEFAULT_TENANT,
+            auth::ADMIN_SCOPES.iter().map(|s| s.to_string()).collect(),
+            "admin (created at first start)",
+            None,
+        )
+        .await?;
+        self.audit(
+            audit::Record::new("token.create", auth::DEFAULT_TENANT, audit::Outcome::Ok)
+                .actor("-", auth::DEFAULT_TENANT)
+                .detail(format!("first admin token {}", issued.record.id)),
+        )
+        .await;
+        Ok(Some(issued))
+    }
+}
+
+/// The OpenAPI document describing this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The API's routes, all under `/v1`.
+pub fn router(control: Arc<Control>) -> Router {
+    Router::new()
+        .route("/v1/health", get(|| async { "ok\n" }))
+        .route(
+            "/v1/openapi.json",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    OPENAPI,
+                )
+            }),
+        )
+        .route("/v1/status", get(apps::status))
+        .route("/v1/apps", get(apps::list))
+        .route("/v1/apps/{app}", get(apps::show).delete(apps::delete))
+        .route(
+            "/v1/apps/{app}/versions",
+            get(apps::versions).post(deploy::create_version),
+        )
+        .route("/v1/apps/{app}/traffic", put(apps::set_traffic))
+        .route("/v1/apps/{app}/rollback", post(apps::rollback))
+        .route("/v1/blobs/{digest}", put(deploy::upload_blob))
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/v1/audit", get(tokens::audit_list))
+        .route("/v1/audit/verify", get(tokens::audit_verify))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".to_string()) })
+        .with_state(control)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,568 @@
+//! The API through its router (`oneshot`), on a real SQLite store and blob
+//! folder. The data plane here accepts every version: compiling and
+//! serving are covered by the end-to-end tests against the real binary.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use verge_store::{FsBlobs, Revision, SqliteStore};
+
+use super::*;
+
+struct AcceptAll;
+
+#[async_trait]
+impl DataPlane for AcceptAll {
+    async fn prepare(&self, _: &AppRecord, _: &VersionRecord) -> Result<(), String> {
+        Ok(())
+    }
+    async fn wait_applied(&self, _: Revision, _: Duration) -> bool {
+        true
+    }
+}
+
+struct Api {
+    _dir: tempfile::TempDir,
+    router: Router,
+    admin: String,
+}
+
+async fn api_with(config: ControlConfig) -> Api {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(&dir.path().join("state.db")).expect("store"));
+    let blobs = Arc::new(FsBlobs::open(&dir.path().join("blobs")).expect("blobs"));
+    let control = Control::new(store, blobs, Arc::new(AcceptAll), config);
+    let admin = control
+        .bootstrap()
+        .await
+        .expect("bootstrap")
+        .expect("first token")
+        .text;
+    assert!(
+        control.bootstrap().await.expect("bootstrap").is_none(),
+        "only once"
+    );
+    Api {
+        _dir: dir,
+        router: router(control),
+        admin,
+    }
+}
+
+async fn api() -> Api {
+    api_with(ControlConfig::default()).await
+}
+
+impl Api {
+    async fn call_from(
+        &self,
+        peer: [u8; 4],
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Body,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            request = request.header("authorization", format!("Bearer {t}"));
+        }
+        let mut request = request.body(body).expect("request");
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from((peer, 40000))));
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let body = if body.is_null() {
+            Body::empty()
+        } else {
+            Body::from(body.to_string())
+        };
+        self.call_from([10, 0, 0, 1], method, path, Some(token), body)
+            .await
+    }
+
+    async fn token(&self, tenant: &str, scopes: &[&str]) -> String {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/v1/tokens",
+                &self.admin,
+                json!({"tenant": tenant, "scopes": scopes, "name": "test"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["token"].as_str().expect("token text").to_string()
+    }
+
+    async fn upload(&self, token: &str, bytes: &'static [u8]) -> String {
+        let digest = verge_store::BlobId::of(bytes).to_string();
+        let (status, body) = self
+            .call_from(
+                [10, 0, 0, 1],
+                Method::PUT,
+                &format!("/v1/blobs/{digest}"),
+                Some(token),
+                Body::from(bytes),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        digest
+    }
+
+    async fn deploy(&self, token: &str, app: &str, route: &str) -> (StatusCode, Value) {
+        let digest = self.upload(token, b"component bytes").await;
+        let manifest = format!("[component.web]\nsource = \"web.wasm\"\nroutes = [\"{route}\"]\n");
+        self.call(
+            Method::POST,
+            &format!("/v1/apps/{app}/versions"),
+            token,
+            json!({"manifest": manifest, "components": {"web": digest}}),
+        )
+        .await
+    }
+}
+
+fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+}
+
+/// Every documented operation, with the path parameters filled in.
+fn documented_operations() -> Vec<(Method, String)> {
+    let doc: Value = serde_json::from_str(OPENAPI).expect("the OpenAPI document is JSON");
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in ["get", "put", "post", "delete"] {
+            if item.get(method).is_some() {
+                let path = path
+                    .replace("{app}", "shop")
+                    .replace("{digest}", &"a".repeat(64))
+                    .replace("{id}", &"b".repeat(16));
+                ops.push((
+                    Method::from_bytes(method.to_uppercase().as_bytes()).expect("method"),
+                    path,
+                ));
+            }
+        }
+    }
+    ops
+}
+
+#[tokio::test]
+async fn nothing_but_health_and_the_document_is_reachable_without_a_token() {
+    let api = api().await;
+    let ops = documented_operations();
+    assert!(
+        ops.len() >= 15,
+        "the document lists every operation: {ops:?}"
+    );
+    for (i, (method, path)) in ops.into_iter().enumerate() {
+        // One source per call: the failures must not hit the rate limit.
+        let peer = [10, 0, 1, u8::try_from(i).expect("few operations")];
+        let (status, body) = api
+            .call_from(peer, method.clone(), &path, None, Body::empty())
+            .await;
+        if path == "/v1/health" || path == "/v1/openapi.json" {
+            assert_eq!(status, StatusCode::OK, "{method} {path}");
+        } else {
+            assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
+        }
+    }
+    let (status, body) = api
+        .call(Method::GET, "/v1/no-such-thing", &api.admin, Value::Null)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_see_or_touch_another_tenants_apps() {
+    let api = api().await;
+    let a = api
+        .token("acme", &["apps:read", "apps:deploy", "apps:delete"])
+        .await;
+    let b = api
+        .token("bravo", &["apps:read", "apps:deploy", "apps:delete"])
+        .await;
+    let (status, body) = api.deploy(&a, "shop", "/shop").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, body) = api.deploy(&a, "shop", "/shop/v2").await;
+    assert_eq!(body["version"], "v2");
+
+    let (status, body) = api.call(Method::GET, "/v1/apps", &b, Value::Null).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["apps"], json!([]), "bravo sees no app of acme");
+    for (method, path, payload) in [
+        (Method::GET, "/v1/apps/shop", Value::Null),
+        (Method::GET, "/v1/apps/shop/versions", Value::Null),
+        (
+            Method::PUT,
+            "/v1/apps/shop/traffic",
+            json!({"split": [{"version": "v1", "weight": 100}]}),
+        ),
+        (Method::POST, "/v1/apps/shop/rollback", json!({})),
+        (Method::DELETE, "/v1/apps/shop", Value::Null),
+    ] {
+        let (status, body) = api.call(method.clone(), path, &b, payload).await;
+        assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+        assert!(
+            !body.to_string().contains("acme"),
+            "{method} {path}: {body}"
+        );
+    }
+    // Bravo's own app of the same name is a different app.
+    let (status, body) = api.deploy(&b, "shop", "/bravo-shop").await;
+    assert_eq!(
+        (status, body["version"].clone()),
+        (StatusCode::CREATED, json!("v1"))
+    );
+    let (_, body) = api
+        .call(Method::GET, "/v1/apps/shop", &a, Value::Null)
+        .await;
+    assert_eq!(body["traffic"], json!([{"version": "v2", "weight": 100}]));
+
+    // Bravo cannot claim a route overlapping acme's.
+    for route in ["/shop/v2", "/shop/v2/cart", "/"] {
+        let (status, body) = api.deploy(&b, "grab", route).await;
+        assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    }
+    // Bravo's audit view holds only bravo's entries.
+    let audit_b = api.token("bravo", &["audit:read"]).await;
+    let (_, page) = api
+        .call(Method::GET, "/v1/audit", &audit_b, Value::Null)
+        .await;
+    let entries = page["entries"].as_array().expect("entries");
+    assert!(!entries.is_empty());
+    assert!(entries.iter().all(|e| e["tenant"] == "bravo"), "{page}");
+}
+
+#[tokio::test]
+async fn scopes_are_enforced_and_cannot_be_escalated() {
+    let api = api().await;
+    let reader = api.token("acme", &["apps:read"]).await;
+    let (status, body) = api.deploy_without_upload(&reader).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    let admin_a = api.token("acme", &["tokens:admin", "apps:read"]).await;
+    for request in [
+        json!({"scopes": ["apps:deploy"]}),
+        json!({"scopes": ["apps:read"], "tenant": "bravo"}),
+    ] {
+        let (status, body) = api
+            .call(Method::POST, "/v1/tokens", &admin_a, request)
+            .await;
+        assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    }
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            &admin_a,
+            json!({"scopes": ["apps:write"]}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    // A tenant's token admin sees only its tenant's tokens.
+    let (_, list) = api
+        .call(Method::GET, "/v1/tokens", &admin_a, Value::Null)
+        .await;
+    let tokens = list["tokens"].as_array().expect("tokens");
+    assert!(tokens.iter().all(|t| t["tenant"] == "acme"), "{list}");
+    assert!(!list.to_string().contains("secret"), "{list}");
+    let (_, audit) = api
+        .call(Method::GET, "/v1/audit", &api.admin, Value::Null)
+        .await;
+    let text = audit.to_string();
+    assert!(text.contains("auth.forbidden"), "{text}");
+    assert!(
+        !text.contains(&reader[..]),
+        "token text never reaches the audit log"
+    );
+}
+
+impl Api {
+    async fn deploy_without_upload(&self, token: &str) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            "/v1/apps/shop/versions",
+            token,
+            json!({"manifest": "", "components": {}}),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn revoked_expired_and_malformed_tokens_are_refused() {
+    let api = api().await;
+    let token = api.token("acme", &["apps:read"]).await;
+    let (status, _) = api.call(Method::GET, "/v1/apps", &token, Value::Null).await;
+    assert_eq!(status, StatusCode::OK);
+    let id = &token["verge_".len().."verge_".len() + 16];
+    let (status, body) = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/tokens/{id}"),
+            &api.admin,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        (status, body["state"].clone()),
+        (StatusCode::OK, json!("revoked"))
+    );
+    let (status, body) = api.call(Method::GET, "/v1/apps", &token, Value::Null).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
+
+    let (_, created) = api
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            &api.admin,
+            json!({"scopes": ["apps:read"], "expires_in": "1s"}),
+        )
+        .await;
+    let short = created["token"].as_str().expect("token").to_string();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, _) = api.call(Method::GET, "/v1/apps", &short, Value::Null).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Right shape, wrong secret.
+    let forged = format!("{}{}", &api.admin[..api.admin.len() - 1], "0");
+    for bad in [forged.as_str(), "verge_x", "Basic abc", ""] {
+        let (status, _) = api.call(Method::GET, "/v1/apps", bad, Value::Null).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{bad}");
+    }
+    let (_, audit) = api
+        .call(Method::GET, "/v1/audit", &api.admin, Value::Null)
+        .await;
+    let text = audit.to_string();
+    assert!(text.contains("revoked token"), "{text}");
+    assert!(text.contains("expired token"), "{text}");
+}
+
+#[tokio::test]
+async fn failed_authentication_is_rate_limited_per_source() {
+    let api = api().await;
+    let attacker = [10, 0, 0, 66];
+    let mut limited = None;
+    for i in 0..20 {
+        let (status, body) = api
+            .call_from(
+                attacker,
+                Method::GET,
+                "/v1/apps",
+                Some("verge_nope"),
+                Body::empty(),
+            )
+            .await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_error(status, &body, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+            limited = Some(i);
+            break;
+        }
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        limited,
+        Some(10),
+        "the 11th failure within a minute is refused"
+    );
+    // Another source is not affected.
+    let (status, _) = api
+        .call_from(
+            [10, 0, 0, 67],
+            Method::GET,
+            "/v1/apps",
+            Some(&api.admin),
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // The audit log records the failures that were let through, not the flood.
+    let (_, audit) = api
+        .call(Method::GET, "/v1/audit?limit=1000", &api.admin, Value::Null)
+        .await;
+    let failures = audit["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["action"] == "auth.failed")
+        .count();
+    assert_eq!(failures, 10);
+}
+
+#[tokio::test]
+async fn bad_deploys_store_nothing() {
+    let api = api_with(ControlConfig {
+        max_upload: 1024,
+        ..ControlConfig::default()
+    })
+    .await;
+    let token = &api.admin.clone();
+    let (status, _) = api.deploy(token, "shop", "/shop").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let digest = api.upload(token, b"component bytes").await;
+    let cases = [
+        (
+            json!({"manifest": "[component.web]\nsource = 3\n", "components": {"web": digest}}),
+            "verge.toml:2:10",
+        ),
+        (
+            json!({"manifest": "[component.web]\nsource = \"w.wasm\"\nroutes = [\"/shop\"]\n", "components": {}}),
+            "no uploaded digest",
+        ),
+        (
+            json!({"manifest": "[component.web]\nsource = \"w.wasm\"\nroutes = [\"/shop\"]\n", "components": {"web": "c".repeat(64)}}),
+            "was not uploaded",
+        ),
+        (
+            json!({"manifest": "[component.web]\nsource = \"w.wasm\"\nroutes = [\"/v1/x\"]\n", "components": {"web": digest}}),
+            "reserved",
+        ),
+        (
+            json!({"manifest": "[component.web]\nsource = \"w.wasm\"\nroutes = [\"/shop\"]\n", "components": {"web": digest}, "extra": 1}),
+            "unknown field",
+        ),
+        (
+            json!({"manifest": "[component.web]\nsource = \"w.wasm\"\nroutes = [\"/shop\"]\n", "components": {"web": digest}, "expect_version": "v7"}),
+            "no longer serves v7",
+        ),
+    ];
+    for (request, needle) in cases {
+        let (status, body) = api
+            .call(Method::POST, "/v1/apps/shop/versions", token, request)
+            .await;
+        assert!(
+            status == StatusCode::BAD_REQUEST || status == StatusCode::CONFLICT,
+            "{status} {body}"
+        );
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(message.contains(needle), "{needle:?} not in {message}");
+    }
+    let (status, body) = api
+        .call(Method::POST, "/v1/apps/Bad_Name/versions", token, json!({}))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    let (_, versions) = api
+        .call(Method::GET, "/v1/apps/shop/versions", token, Value::Null)
+        .await;
+    assert_eq!(
+        versions["versions"].as_array().map(Vec::len),
+        Some(1),
+        "{versions}"
+    );
+
+    // Uploads: too large, and bytes that do not match their name.
+    let big: &'static [u8] = Box::leak(vec![7u8; 2048].into_boxed_slice());
+    let digest = verge_store::BlobId::of(big).to_string();
+    let (status, body) = api
+        .call_from(
+            [10, 0, 0, 1],
+            Method::PUT,
+            &format!("/v1/blobs/{digest}"),
+            Some(token),
+            Body::from(big),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    let (status, body) = api
+        .call_from(
+            [10, 0, 0, 1],
+            Method::PUT,
+            &format!("/v1/blobs/{}", "d".repeat(64)),
+            Some(token),
+            Body::from("other bytes"),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+}
+
+#[tokio::test]
+async fn traffic_splits_and_rollback() {
+    let api = api().await;
+    let token = &api.admin.clone();
+    api.deploy(token, "shop", "/shop").await;
+    api.deploy(token, "shop", "/shop2").await;
+    let (status, body) = api.deploy(token, "shop", "/shop2").await;
+    assert_eq!(
+        (status, body["unchanged"].clone()),
+        (StatusCode::OK, json!(true)),
+        "same content, same version"
+    );
+    let split = |a: u32, b: u32| json!({"split": [{"version": "v1", "weight": a}, {"version": "v2", "weight": b}]});
+    let (status, body) = api
+        .call(Method::PUT, "/v1/apps/shop/traffic", token, split(90, 10))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["traffic"],
+        json!([{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}])
+    );
+    let (status, body) = api
+        .call(Method::PUT, "/v1/apps/shop/traffic", token, split(90, 20))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    let (status, body) = api
+        .call(
+            Method::PUT,
+            "/v1/apps/shop/traffic",
+            token,
+            json!({"split": [{"version": "v9", "weight": 100}]}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/apps/shop/rollback",
+            token,
+            json!({"version": "v2"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["traffic"].clone()),
+        (StatusCode::OK, json!([{"version": "v2", "weight": 100}]))
+    );
+    let (_, body) = api
+        .call(Method::POST, "/v1/apps/shop/rollback", token, Value::Null)
+        .await;
+    assert_eq!(body["traffic"], json!([{"version": "v1", "weight": 100}]));
+    let (status, body) = api
+        .call(Method::POST, "/v1/apps/shop/rollback", token, Value::Null)
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    let (_, report) = api
+        .call(Method::GET, "/v1/audit/verify", token, Value::Null)
+        .await;
+    assert_eq!(report["ok"], true, "{report}");
+}

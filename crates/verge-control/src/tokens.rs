@@ -1,0 +1,245 @@
+//! Tokens (create, list, revoke) and reading the audit log.
+//!
+//! **Invariants**
+//! - A token can only grant scopes its creator holds, for the creator's own
+//!   tenant unless the creator holds `tenants:admin`.
+//! - A tenant's token admin sees and revokes only that tenant's tokens; a
+//!   foreign token id answers 404.
+//! - The secret of a token is returned once, by create; list never shows it.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use verge_store::Expect;
+
+use crate::audit::{self, Outcome, Record};
+use crate::auth::{self, SCOPES};
+use crate::deploy::read_json;
+use crate::model::{TokenRecord, now, rfc3339, token_key, unix_now};
+use crate::{ApiError, Caller, Control};
+
+/// Body of `POST /v1/tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateToken {
+    /// Tenant the token acts for; default: the caller's.
+    #[serde(default)]
+    tenant: Option<String>,
+    /// Scopes to grant.
+    scopes: Vec<String>,
+    /// What the token is for.
+    #[serde(default)]
+    name: String,
+    /// Lifetime, e.g. `30days` or `12h`; default: no expiry.
+    #[serde(default)]
+    expires_in: Option<String>,
+}
+
+fn visible(caller: &Caller, record: &TokenRecord) -> bool {
+    record.tenant == caller.tenant() || caller.has("tenants:admin")
+}
+
+fn describe(record: &TokenRecord) -> Value {
+    let state = if record.revoked.is_some() {
+        "revoked"
+    } else if record.expires_at.is_some_and(|t| t <= unix_now()) {
+        "expired"
+    } else {
+        "active"
+    };
+    json!({
+        "id": record.id,
+        "tenant": record.tenant,
+        "scopes": record.scopes,
+        "name": record.name,
+        "created": record.created,
+        "expires": record.expires_at.map(rfc3339),
+        "revoked": record.revoked,
+        "state": state,
+    })
+}
+
+pub(crate) async fn create(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require("tokens:admin", caller.tenant()).await?;
+    let request: CreateToken = read_json(body, 64 * 1024).await?;
+    let tenant = request
+        .tenant
+        .clone()
+        .unwrap_or_else(|| caller.tenant().to_string());
+    let result = async {
+        verge_manifest::check_name(&tenant).map_err(|hint| {
+            ApiError::BadRequest(format!("invalid tenant name `{tenant}`: {hint}"))
+        })?;
+        if tenant != caller.tenant() && !caller.has("tenants:admin") {
+            return Err(ApiError::Forbidden("tenants:admin".to_string()));
+        }
+        if request.scopes.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "give at least one scope: {}",
+                SCOPES.join(", ")
+            )));
+        }
+        for scope in &request.scopes {
+            if !SCOPES.contains(&scope.as_str()) {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown scope `{scope}`; scopes are {}",
+                    SCOPES.join(", ")
+                )));
+            }
+            if !caller.has(scope) {
+                return Err(ApiError::Forbidden(scope.clone()));
+            }
+        }
+        if request.name.len() > 200 || request.name.chars().any(char::is_control) {
+            return Err(ApiError::BadRequest(
+                "the token name must be at most 200 printable characters".to_string(),
+            ));
+        }
+        let expires_at = match &request.expires_in {
+            None => None,
+            Some(text) => {
+                let d = humantime::parse_duration(text).map_err(|e| {
+                    ApiError::BadRequest(format!("invalid `expires_in` `{text}`: {e}"))
+                })?;
+                Some(unix_now().saturating_add(d.as_secs().max(1)))
+            }
+        };
+        let mut scopes = request.scopes.clone();
+        scopes.sort();
+        scopes.dedup();
+        auth::issue(
+            control.store.as_ref(),
+            &tenant,
+            scopes,
+            &request.name,
+            expires_at,
+        )
+        .await
+    }
+    .await;
+    let record = match &result {
+        Ok(issued) => Record::new("token.create", &tenant, Outcome::Ok).detail(format!(
+            "token {} scopes {}",
+            issued.record.id,
+            issued.record.scopes.join(",")
+        )),
+        Err(e) => Record::new("token.create", &tenant, Outcome::Failed).detail(e.code()),
+    };
+    control
+        .audit(record.actor(&caller.token.id, caller.tenant()))
+        .await;
+    let issued = result?;
+    let mut body = describe(&issued.record);
+    body["token"] = Value::String(issued.text);
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+pub(crate) async fn list(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    caller.require("tokens:admin", caller.tenant()).await?;
+    let mut tokens = Vec::new();
+    for entry in control.store.list("tokens/").await? {
+        let record: TokenRecord =
+            serde_json::from_slice(&entry.value).map_err(ApiError::internal)?;
+        if visible(&caller, &record) {
+            tokens.push(describe(&record));
+        }
+    }
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+pub(crate) async fn revoke(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require("tokens:admin", caller.tenant()).await?;
+    let not_found = || ApiError::NotFound(format!("no token with id `{id}`"));
+    if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(not_found());
+    }
+    let key = token_key(&id);
+    let entry = control.store.get(&key).await?.ok_or_else(not_found)?;
+    let mut record: TokenRecord =
+        serde_json::from_slice(&entry.value).map_err(ApiError::internal)?;
+    if !visible(&caller, &record) {
+        return Err(not_found());
+    }
+    if record.revoked.is_none() {
+        record.revoked = Some(now());
+        let value = serde_json::to_vec(&record).map_err(ApiError::internal)?;
+        control
+            .store
+            .put(&key, value, Expect::Revision(entry.revision))
+            .await
+            .map_err(|e| match e {
+                verge_store::StoreError::Conflict { .. } => {
+                    ApiError::Conflict("the token changed meanwhile; try again".into())
+                }
+                other => other.into(),
+            })?;
+        control
+            .audit(
+                Record::new("token.revoke", &record.tenant, Outcome::Ok)
+                    .actor(&caller.token.id, caller.tenant())
+                    .detail(format!("token {id}")),
+            )
+            .await;
+    }
+    Ok(Json(describe(&record)))
+}
+
+/// Query of `GET /v1/audit`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct AuditQuery {
+    /// Only entries after this sequence number.
+    #[serde(default)]
+    after: u64,
+    /// At most this many entries (default 100, at most 1000).
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+pub(crate) async fn audit_list(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require("audit:read", caller.tenant()).await?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let all = caller.has("tenants:admin");
+    let entries: Vec<_> = audit::entries(control.store.as_ref())
+        .await?
+        .into_iter()
+        .filter(|e| e.seq > query.after && (all || e.tenant == caller.tenant()))
+        .take(limit)
+        .collect();
+    let next = (entries.len() == limit).then(|| entries.last().map(|e| e.seq));
+    Ok(Json(
+        json!({ "entries": entries, "next_after": next.flatten() }),
+    ))
+}
+
+pub(crate) async fn audit_verify(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    caller.require("audit:read", caller.tenant()).await?;
+    let report = audit::verify(control.store.as_ref()).await?;
+    Ok(Json(
+        serde_json::to_value(report).map_err(ApiError::internal)?,
+    ))
+}

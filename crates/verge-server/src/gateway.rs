@@ -1,0 +1,105 @@
+//! One listener for both planes: `/v1` and below go to the control API,
+//! everything else to the node's pipeline.
+//!
+//! **Invariant**: apps can never serve under `/v1` on this listener; the
+//! control API refuses such routes at deploy time.
+
+use std::sync::Arc;
+
+use axum::extract::ConnectInfo;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tower::ServiceExt;
+use verge_control::Control;
+use verge_executor::HandleError;
+use verge_ingress::{Conn, Handler};
+use verge_node::{Node, NodeBody};
+
+/// The combined handler.
+pub struct Gateway {
+    node: Arc<Node>,
+    api: axum::Router,
+}
+
+impl Gateway {
+    /// Serves `control`'s API and `node`'s apps.
+    pub fn new(node: Arc<Node>, control: Arc<Control>) -> Self {
+        Self {
+            node,
+            api: verge_control::router(control),
+        }
+    }
+}
+
+/// A response body from either plane.
+pub enum GatewayBody {
+    /// From the node.
+    Node(NodeBody),
+    /// From the control API.
+    Api(axum::body::Body),
+}
+
+/// An error from either body.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayBodyError {
+    /// The guest's body failed.
+    #[error(transparent)]
+    Node(#[from] HandleError),
+    /// The API's body failed.
+    #[error(transparent)]
+    Api(#[from] axum::Error),
+}
+
+impl http_body::Body for GatewayBody {
+    type Data = bytes::Bytes;
+    type Error = GatewayBodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, GatewayBodyError>>> {
+        match self.get_mut() {
+            GatewayBody::Node(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+            GatewayBody::Api(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            GatewayBody::Node(b) => b.is_end_stream(),
+            GatewayBody::Api(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            GatewayBody::Node(b) => b.size_hint(),
+            GatewayBody::Api(b) => b.size_hint(),
+        }
+    }
+}
+
+fn is_api(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
+}
+
+impl Handler for Gateway {
+    type Body = GatewayBody;
+    type BodyError = GatewayBodyError;
+
+    async fn handle(&self, mut request: Request<Incoming>, conn: Conn) -> Response<GatewayBody> {
+        if is_api(request.uri().path()) {
+            request.extensions_mut().insert(ConnectInfo(conn.peer));
+            let request = request.map(axum::body::Body::new);
+            let Ok(response) = self.api.clone().oneshot(request).await;
+            return response.map(GatewayBody::Api);
+        }
+        Handler::handle(self.node.as_ref(), request, conn)
+            .await
+            .map(GatewayBody::Node)
+    }
+}

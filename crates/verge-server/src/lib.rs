@@ -1,0 +1,155 @@
+//! A node and its control plane in one process (`verge server`).
+//!
+//! [`Server::start`] opens the data folder (the SQLite store, the blob
+//! folder and the compile cache), loads every app the store describes,
+//! and keeps the node in step with the store through a watch of the store.
+//! The [`Gateway`] answers `/v1/...` with the control API and everything
+//! else with the node.
+//!
+//! **Invariants**
+//! - The node only ever serves what the store records; the API never
+//!   changes the node directly, it asks the node plane to compile
+//!   a version and then waits until the sync has applied the store.
+//! - One process owns a data folder at a time (an exclusive lock).
+//!
+//! **API boundary**: no argument parsing or printing; the CLI wires flags
+//! to a [`ServerConfig`].
+
+mod gateway;
+mod plane;
+mod sync;
+
+use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use verge_control::{Control, ControlConfig, Issued};
+use verge_executor::{Executor, ExecutorConfig};
+use verge_node::Node;
+use verge_store::{FsBlobs, SqliteStore, Store};
+
+pub use gateway::{Gateway, GatewayBody, GatewayBodyError};
+
+/// Where the state lives and how the server behaves.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The data folder: `state.db`, `blobs/`, and by default `compiled/`.
+    pub data_dir: PathBuf,
+    /// Compile cache folder; `None` for `DATA/compiled`.
+    pub cache_dir: Option<PathBuf>,
+    /// Instances that may exist at once across all apps.
+    pub max_instances: u32,
+    /// Control API settings.
+    pub control: ControlConfig,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The data folder cannot be used.
+    #[error("data folder `{path}`: {message}")]
+    DataDir {
+        /// The folder.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] verge_store::StoreError),
+    /// The blob store failed.
+    #[error(transparent)]
+    Blobs(#[from] verge_store::BlobError),
+    /// The executor could not start.
+    #[error(transparent)]
+    Executor(#[from] verge_executor::ExecutorError),
+    /// The first admin token could not be created.
+    #[error("cannot create the first admin token: {0}")]
+    Bootstrap(String),
+}
+
+/// A running server.
+pub struct Server {
+    /// The data plane.
+    pub node: Arc<Node>,
+    /// The control plane.
+    pub control: Arc<Control>,
+    /// What the ingress serves.
+    pub gateway: Arc<Gateway>,
+    _lock: File,
+}
+
+fn private_dir(path: &Path) -> Result<(), ServerError> {
+    let err = |message: String| ServerError::DataDir {
+        path: path.to_path_buf(),
+        message,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| err(format!("cannot create it: {e}")))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| err(format!("cannot make it private (mode 0700): {e}")))
+}
+
+impl Server {
+    /// Opens the data folder, loads every app, and starts following the
+    /// store. Returns the first admin token when the store had none.
+    pub async fn start(config: ServerConfig) -> Result<(Self, Option<Issued>), ServerError> {
+        let data = &config.data_dir;
+        private_dir(data)?;
+        let lock = lock(data)?;
+        let store = Arc::new(SqliteStore::open(&data.join("state.db"))?);
+        let blobs = Arc::new(FsBlobs::open(&data.join("blobs"))?);
+        let cache_dir = config
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| data.join("compiled"));
+        private_dir(&cache_dir)?;
+        let executor = Executor::new(&ExecutorConfig {
+            cache_dir: Some(cache_dir),
+            max_instances: config.max_instances,
+            ..ExecutorConfig::default()
+        })?;
+        let node = Node::new(executor);
+        let store_dyn: Arc<dyn Store> = store;
+        sync::collect_garbage(store_dyn.as_ref(), blobs.as_ref()).await?;
+        let plane = plane::NodePlane::new(node.clone(), blobs.clone());
+        sync::start(store_dyn.clone(), plane.clone()).await?;
+        let control = Control::new(store_dyn, blobs, plane, config.control.clone());
+        let issued = control
+            .bootstrap()
+            .await
+            .map_err(|e| ServerError::Bootstrap(e.to_string()))?;
+        let gateway = Arc::new(Gateway::new(node.clone(), control.clone()));
+        Ok((
+            Self {
+                node,
+                control,
+                gateway,
+                _lock: lock,
+            },
+            issued,
+        ))
+    }
+}
+
+fn lock(data: &Path) -> Result<File, ServerError> {
+    let path = data.join("lock");
+    let file = File::create(&path).map_err(|e| ServerError::DataDir {
+        path: data.to_path_buf(),
+        message: format!("cannot create `lock`: {e}"),
+    })?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+        |_| ServerError::DataDir {
+            path: data.to_path_buf(),
+            message: "another verge server is using it; stop that one first or choose another \
+                      --data folder"
+                .to_string(),
+        },
+    )?;
+    Ok(file)
+}

@@ -1,0 +1,154 @@
+//! The node as the control API sees it ([`DataPlane`]): compile a version
+//! before it is recorded, and tell when the store has been applied.
+//!
+//! Compiled versions are kept by app, version number and digest, so the
+//! sync that follows a deploy swaps in the very runtime the deploy
+//! compiled: traffic moves only to a version that is ready.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use verge_control::{AppRecord, DataPlane, VersionRecord};
+use verge_manifest::Manifest;
+use verge_node::{AppConfig, AppRuntime, ComponentConfig, Node};
+use verge_store::{BlobId, BlobStore, Revision};
+
+type PreparedKey = (String, u32, String);
+
+/// The node behind the control API.
+pub(crate) struct NodePlane {
+    pub(crate) node: Arc<Node>,
+    blobs: Arc<dyn BlobStore>,
+    prepared: Mutex<HashMap<PreparedKey, Arc<AppRuntime>>>,
+    applied: watch::Sender<Revision>,
+}
+
+/// The node's key for an app: `tenant/app`.
+pub(crate) fn node_key(record: &AppRecord) -> String {
+    format!("{}/{}", record.tenant, record.name)
+}
+
+impl NodePlane {
+    pub(crate) fn new(node: Arc<Node>, blobs: Arc<dyn BlobStore>) -> Arc<Self> {
+        Arc::new(Self {
+            node,
+            blobs,
+            prepared: Mutex::new(HashMap::new()),
+            applied: watch::Sender::new(0),
+        })
+    }
+
+    /// The runtime of `version`, compiling it unless already prepared.
+    pub(crate) async fn runtime(
+        &self,
+        record: &AppRecord,
+        version: &VersionRecord,
+    ) -> Result<Arc<AppRuntime>, String> {
+        let key = node_key(record);
+        let cache_key = (key.clone(), version.number, version.digest.clone());
+        if let Some(rt) = self.lock().get(&cache_key) {
+            return Ok(rt.clone());
+        }
+        let (config, paths) = self.app_config(record, version).await?;
+        let node = self.node.clone();
+        let label = format!("v{}", version.number);
+        let runtime = tokio::task::spawn_blocking(move || {
+            let apps = node.apps();
+            let previous = apps
+                .get(&key)
+                .and_then(|slot| slot.versions().first().map(|(rt, _)| rt.clone()));
+            node.prepare_version(&config, Some(label), previous.as_deref())
+        })
+        .await
+        .map_err(|e| format!("compiling failed: {e}"))?
+        .map_err(|e| {
+            // Blob paths are internal; name the component files instead.
+            let mut message = e.to_string();
+            for (path, name) in &paths {
+                message = message.replace(&path.display().to_string(), &format!("{name}.wasm"));
+            }
+            message
+        })?;
+        let runtime = Arc::new(runtime);
+        self.lock().insert(cache_key, runtime.clone());
+        Ok(runtime)
+    }
+
+    /// Forgets prepared runtimes of `key` that are not in `keep`.
+    pub(crate) fn retain(&self, key: &str, keep: &[(u32, String)]) {
+        self.lock()
+            .retain(|(k, n, d), _| k != key || keep.iter().any(|(kn, kd)| kn == n && kd == d));
+    }
+
+    pub(crate) fn set_applied(&self, revision: Revision) {
+        self.applied.send_if_modified(|r| {
+            let newer = revision > *r;
+            if newer {
+                *r = revision;
+            }
+            newer
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PreparedKey, Arc<AppRuntime>>> {
+        self.prepared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn app_config(
+        &self,
+        record: &AppRecord,
+        version: &VersionRecord,
+    ) -> Result<(AppConfig, Vec<(PathBuf, String)>), String> {
+        let manifest = Manifest::parse(&version.manifest, Path::new("verge.toml"))
+            .map_err(|e| e.to_string())?;
+        let mut components = Vec::new();
+        let mut paths = Vec::new();
+        for c in &manifest.components {
+            let digest = version
+                .components
+                .get(&c.name)
+                .ok_or_else(|| format!("component `{}` has no blob", c.name))?;
+            let id: BlobId = digest
+                .parse()
+                .map_err(|e| format!("component `{}`: {e}", c.name))?;
+            let wasm = self
+                .blobs
+                .local_path(&id)
+                .await
+                .map_err(|e| format!("component `{}`: {e}", c.name))?;
+            paths.push((wasm.clone(), c.name.clone()));
+            components.push(ComponentConfig {
+                name: c.name.clone(),
+                wasm,
+                routes: c.routes.clone(),
+                capabilities: c.capabilities.clone(),
+                limits: c.limits,
+            });
+        }
+        Ok((
+            AppConfig {
+                name: record.name.clone(),
+                components,
+            },
+            paths,
+        ))
+    }
+}
+
+#[async_trait]
+impl DataPlane for NodePlane {
+    async fn prepare(&self, app: &AppRecord, version: &VersionRecord) -> Result<(), String> {
+        self.runtime(app, version).await.map(|_| ())
+    }
+
+    async fn wait_applied(&self, revision: Revision, timeout: Duration) -> bool {
+        let mut applied = self.applied.subscribe();
+        tokio::time::timeout(timeout, applied.wait_for(|r| *r >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}

@@ -1,0 +1,131 @@
+//! Keeps the node serving what the store records.
+//!
+//! At start the sync loads every app from one listing of the store, marks
+//! the node ready, and then follows the store's watch from the revision of
+//! that listing, so no change is missed in between. Each change to an app
+//! builds (or reuses) the runtimes of the versions taking traffic and swaps
+//! them in at once; a version that fails to load leaves the app as it was.
+//!
+//! **Invariant**: the applied revision only moves forward, after the node
+//! reflects every change up to it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use verge_control::AppRecord;
+use verge_control::model::APPS_PREFIX;
+use verge_store::{BlobStore, Change, Store, StoreError};
+
+use crate::ServerError;
+use crate::plane::{NodePlane, node_key};
+
+/// Loads every app, then follows the store in a background task.
+pub(crate) async fn start(store: Arc<dyn Store>, plane: Arc<NodePlane>) -> Result<(), ServerError> {
+    let revision = store.revision().await?;
+    let entries = store.list(APPS_PREFIX).await?;
+    for entry in &entries {
+        apply_put(&plane, &entry.key, &entry.value).await;
+    }
+    plane.set_applied(revision);
+    plane.node.mark_ready();
+    tracing::info!(
+        apps = entries.len(),
+        revision,
+        "node in step with the store"
+    );
+    let mut watch = store.watch(APPS_PREFIX, revision).await?;
+    tokio::spawn(async move {
+        loop {
+            match watch.next(Duration::from_secs(30)).await {
+                Ok(changes) => {
+                    for change in &changes {
+                        match change {
+                            Change::Put(e) => apply_put(&plane, &e.key, &e.value).await,
+                            Change::Delete { key, .. } => {
+                                if let Some(k) = key.strip_prefix(APPS_PREFIX) {
+                                    plane.node.remove_app(k);
+                                    plane.retain(k, &[]);
+                                    tracing::info!(app = k, "app removed");
+                                }
+                            }
+                        }
+                    }
+                    if let Some(last) = changes.last() {
+                        plane.set_applied(last.revision());
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("cannot follow the state store: {e}; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn apply_put(plane: &NodePlane, store_key: &str, value: &[u8]) {
+    let record: AppRecord = match serde_json::from_slice(value) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(key = store_key, "unreadable app record, not served: {e}");
+            return;
+        }
+    };
+    let key = node_key(&record);
+    let mut versions = Vec::new();
+    for (version, weight) in record.live() {
+        match plane.runtime(&record, version).await {
+            Ok(rt) => versions.push((rt, weight)),
+            Err(e) => {
+                tracing::error!(app = %key, version = version.number, "cannot load version, keeping the previous state: {e}");
+                return;
+            }
+        }
+    }
+    if let Err(e) = plane.node.set_app(&key, versions) {
+        tracing::error!(app = %key, "cannot serve app, keeping the previous state: {e}");
+        return;
+    }
+    let live: Vec<(u32, String)> = record
+        .live()
+        .map(|(v, _)| (v.number, v.digest.clone()))
+        .collect();
+    plane.retain(&key, &live);
+    let split = record
+        .traffic
+        .iter()
+        .map(|s| format!("v{}={}", s.version, s.weight))
+        .collect::<Vec<_>>()
+        .join(" ");
+    tracing::info!(app = %key, traffic = %split, "serving");
+}
+
+/// Removes blobs no version refers to (left by uploads whose deploy never
+/// happened, or by versions pruned or deleted). Runs before the API
+/// starts, so no upload is in flight.
+pub(crate) async fn collect_garbage(
+    store: &dyn Store,
+    blobs: &dyn BlobStore,
+) -> Result<(), ServerError> {
+    let mut referenced = HashSet::new();
+    for entry in store.list(APPS_PREFIX).await? {
+        let record: AppRecord = serde_json::from_slice(&entry.value)
+            .map_err(|e| StoreError::Backend(format!("`{}`: {e}", entry.key)))?;
+        for v in &record.versions {
+            referenced.extend(v.components.values().cloned());
+        }
+    }
+    let mut removed = 0;
+    for id in blobs.list().await? {
+        if !referenced.contains(id.as_str()) {
+            blobs.remove(&id).await?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, "removed blobs no version refers to");
+    }
+    Ok(())
+}

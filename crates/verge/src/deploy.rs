@@ -1,0 +1,298 @@
+//! `verge deploy`: build an app, upload its components and make the new
+//! version serve on a Verge server.
+//!
+//! Builds and manifest checks run locally first, so bad input fails before
+//! anything is sent. Components are uploaded by content digest (with a
+//! progress bar on a terminal), then the version is created; the server
+//! compiles it and answers once it serves, or says it could not.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::anyhow;
+use bytes::Bytes;
+use indicatif::{ProgressBar, ProgressStyle};
+use reqwest::Method;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use verge_manifest::{MANIFEST_FILE, Manifest};
+
+use crate::Failure;
+use crate::build;
+use crate::client::Client;
+use crate::env::Env;
+use crate::up::component_name;
+
+/// Arguments of `verge deploy`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DeployArgs {
+    /// A component (`.wasm`) to deploy alone, or a folder holding
+    /// verge.toml. Without it, ./verge.toml is deployed.
+    #[arg(value_name = "WASM_OR_DIR")]
+    target: Option<PathBuf>,
+
+    /// The app manifest to deploy.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "VERGE_TOML",
+        conflicts_with = "target"
+    )]
+    file: Option<PathBuf>,
+
+    /// App name [default: the manifest's `name`, or the component's file
+    /// name].
+    #[arg(long, value_name = "NAME")]
+    app: Option<String>,
+
+    /// Path prefix served by a single component (not with a manifest,
+    /// whose components declare their routes).
+    #[arg(long, value_name = "PREFIX", default_value = "/")]
+    route: String,
+
+    /// Skip the manifest's build commands and deploy the files as they are.
+    #[arg(long)]
+    no_build: bool,
+
+    /// Deploy only if this version (e.g. `v3`) is the one serving now.
+    #[arg(long, value_name = "VERSION")]
+    expect_version: Option<String>,
+}
+
+/// What gets sent: the manifest text and each component's bytes.
+struct Bundle {
+    app: String,
+    manifest: String,
+    components: Vec<(String, PathBuf)>,
+}
+
+fn bundle(args: &DeployArgs) -> Result<Bundle, Failure> {
+    let manifest_path = match (&args.file, &args.target) {
+        (Some(file), _) => Some(file.clone()),
+        (None, Some(t)) if t.is_dir() => Some(t.join(MANIFEST_FILE)),
+        (None, Some(t)) if t.file_name().is_some_and(|n| n == MANIFEST_FILE) => Some(t.clone()),
+        (None, Some(t)) => {
+            if !t.is_file() {
+                return Err(Failure::input(anyhow!(
+                    "`{}` does not exist; give a `.wasm` component or a folder with a {MANIFEST_FILE}",
+                    t.display()
+                )));
+            }
+            None
+        }
+        (None, None) => {
+            let path = PathBuf::from(MANIFEST_FILE);
+            if !path.exists() {
+                return Err(Failure::input(anyhow!(
+                    "no {MANIFEST_FILE} in this folder; run `verge deploy path/to/component.wasm --app NAME` \
+                     or `verge deploy -f path/to/{MANIFEST_FILE}`"
+                )));
+            }
+            Some(path)
+        }
+    };
+    if let Some(app) = &args.app {
+        verge_manifest::check_name(app)
+            .map_err(|hint| Failure::input(anyhow!("invalid app name `{app}`: {hint}")))?;
+    }
+    match manifest_path {
+        Some(path) => {
+            let manifest = Manifest::load(&path).map_err(Failure::input)?;
+            if args.route != "/" {
+                return Err(Failure::input(anyhow!(
+                    "--route is for a single component; with a manifest, set `routes` in {}",
+                    path.display()
+                )));
+            }
+            if !args.no_build {
+                for c in &manifest.components {
+                    if let Some(spec) = &c.build {
+                        build::run(&c.name, spec).map_err(Failure::input)?;
+                    }
+                }
+            }
+            manifest.check_sources().map_err(Failure::input)?;
+            let text = std::fs::read_to_string(&manifest.path).map_err(Failure::runtime)?;
+            Ok(Bundle {
+                app: args.app.clone().unwrap_or_else(|| manifest.name.clone()),
+                manifest: text,
+                components: manifest
+                    .components
+                    .iter()
+                    .map(|c| (c.name.clone(), c.source.clone()))
+                    .collect(),
+            })
+        }
+        None => {
+            let Some(wasm) = args.target.clone() else {
+                return Err(Failure::input(anyhow!("give a component to deploy")));
+            };
+            let component = component_name(&wasm);
+            let app = args.app.clone().unwrap_or_else(|| component.clone());
+            verge_router::Route::new(None, &args.route)
+                .map_err(|e| Failure::input(anyhow!("--route: {e}")))?;
+            let manifest = format!(
+                "# Generated by `verge deploy {}`.\nname = {}\n\n[component.{component}]\nsource = {}\nroutes = [{}]\n",
+                wasm.display(),
+                toml_string(&app),
+                toml_string(&format!("{component}.wasm")),
+                toml_string(&args.route),
+            );
+            Ok(Bundle {
+                app,
+                manifest,
+                components: vec![(component, wasm)],
+            })
+        }
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+pub(crate) fn run(args: DeployArgs, env: &dyn Env) -> Result<(), Failure> {
+    let client = Client::from_env(env)?;
+    let bundle = bundle(&args)?;
+    let mut files = Vec::new();
+    for (name, path) in &bundle.components {
+        let bytes = std::fs::read(path).map_err(|e| {
+            Failure::input(anyhow!(
+                "component `{name}`: cannot read `{}`: {e}",
+                path.display()
+            ))
+        })?;
+        files.push((name.clone(), path.clone(), Bytes::from(bytes)));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::runtime)?;
+    rt.block_on(upload_and_deploy(
+        &client,
+        &bundle,
+        files,
+        args.expect_version.as_deref(),
+    ))
+}
+
+async fn upload_and_deploy(
+    client: &Client,
+    bundle: &Bundle,
+    files: Vec<(String, PathBuf, Bytes)>,
+    expect_version: Option<&str>,
+) -> Result<(), Failure> {
+    let started = Instant::now();
+    let mut digests = serde_json::Map::new();
+    for (name, path, bytes) in files {
+        let digest = format!("{:x}", Sha256::digest(&bytes));
+        upload(client, &name, &path, &digest, bytes).await?;
+        digests.insert(name, json!(digest));
+    }
+    let mut body = json!({"manifest": bundle.manifest, "components": digests});
+    if let Some(v) = expect_version {
+        body["expect_version"] = json!(v);
+    }
+    let step = build::Step::start(format!(
+        "Deploying {} (compiling on the server)",
+        bundle.app
+    ));
+    let result = client
+        .send(
+            client
+                .request(Method::POST, &format!("/v1/apps/{}/versions", bundle.app))
+                .json(&body),
+        )
+        .await;
+    let answer = match result {
+        Ok(a) => {
+            step.done();
+            a
+        }
+        Err(e) => {
+            step.fail();
+            return Err(e);
+        }
+    };
+    let version = answer["version"].as_str().unwrap_or("?");
+    let digest = answer["digest"].as_str().unwrap_or("");
+    let mut out = std::io::stdout().lock();
+    let verb = if answer["unchanged"].as_bool() == Some(true) {
+        "Unchanged; now serving"
+    } else {
+        "Deployed"
+    };
+    let _ = writeln!(
+        out,
+        "{verb} {} {version} (digest {}) in {:.1}s",
+        bundle.app,
+        &digest[..digest.len().min(12)],
+        started.elapsed().as_secs_f64()
+    );
+    if answer["serving"].as_bool() != Some(true) {
+        return Err(Failure::runtime(anyhow!(
+            "the version is recorded but the node did not confirm it serves; check `verge status` and the server log"
+        )));
+    }
+    for route in answer["routes"].as_array().into_iter().flatten() {
+        let route = route.as_str().unwrap_or("/");
+        if route.starts_with('/') {
+            let _ = writeln!(out, "  {}{}", client.base, route);
+        } else {
+            let _ = writeln!(out, "  http://{route}");
+        }
+    }
+    Ok(())
+}
+
+async fn upload(
+    client: &Client,
+    name: &str,
+    path: &Path,
+    digest: &str,
+    bytes: Bytes,
+) -> Result<(), Failure> {
+    let total = bytes.len() as u64;
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("Uploading {name}"));
+        bar
+    } else {
+        tracing::info!("uploading {name} ({} bytes) from {}", total, path.display());
+        ProgressBar::hidden()
+    };
+    const CHUNK: usize = 64 * 1024;
+    let chunks: Vec<Bytes> = (0..bytes.len())
+        .step_by(CHUNK)
+        .map(|start| bytes.slice(start..(start + CHUNK).min(bytes.len())))
+        .collect();
+    let progress = bar.clone();
+    let stream = futures::stream::iter(chunks.into_iter().map(move |chunk| {
+        progress.inc(chunk.len() as u64);
+        Ok::<_, std::io::Error>(chunk)
+    }));
+    let result = client
+        .send(
+            client
+                .request(Method::PUT, &format!("/v1/blobs/{digest}"))
+                .header(reqwest::header::CONTENT_LENGTH, total)
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(reqwest::Body::wrap_stream(stream)),
+        )
+        .await;
+    bar.finish_and_clear();
+    result.map(|_| ()).map_err(|e| {
+        let message = format!("uploading component `{name}`: {e}");
+        Failure {
+            code: e.code,
+            error: anyhow!(message),
+        }
+    })
+}

@@ -1,0 +1,164 @@
+//! `verge server`: a node and its control plane in one process, with all
+//! state in a data folder (SQLite and a blob folder; no external service).
+//!
+//! On the first start it creates an admin token and shows it once: on
+//! stdout, or in `--admin-token-file` (mode 0600) for automation. Then, as
+//! with `verge up`, exactly one `Serving http://ADDR` line goes to stdout.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use verge_control::ControlConfig;
+use verge_ingress::{Ingress, IngressConfig};
+use verge_server::{Server, ServerConfig};
+
+use crate::Failure;
+use crate::client::write_private;
+use crate::env::{Env, default_data_dir};
+use crate::up::{parse_duration, parse_size, shutdown_signal};
+
+/// Arguments of `verge server`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServerArgs {
+    /// Folder for all state (SQLite database, component blobs, compile
+    /// cache) [default: $VERGE_DATA_DIR, else $XDG_DATA_HOME/verge, else
+    /// ~/.local/share/verge].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+
+    /// Address for apps and the control API (under `/v1`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// On first start, write the admin token to this file (mode 0600)
+    /// instead of printing it.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+
+    /// Largest component upload accepted, e.g. `64MiB`; larger get 413.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    max_upload: u64,
+
+    /// Compile cache folder [default: DATA/compiled].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Instances that may exist at once across all apps.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    max_instances: u32,
+
+    /// Longest time a client may take to send request headers.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+
+    /// On SIGTERM or Ctrl-C, how long in-flight requests may take to finish.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+
+    /// Test hook: make deploys stop forever at a stage (`validated`,
+    /// `prepared`, `recorded`) so crash tests can kill the server there.
+    #[arg(long, value_name = "STAGE", hide = true)]
+    pause_deploys_at: Option<String>,
+}
+
+pub(crate) fn run(args: ServerArgs, env: &dyn Env) -> Result<(), Failure> {
+    let data = args
+        .data
+        .clone()
+        .or_else(|| default_data_dir(env))
+        .ok_or_else(|| {
+            Failure::input(anyhow!(
+                "give a data folder with --data DIR (HOME is not set)"
+            ))
+        })?;
+    if let Some(file) = &args.admin_token_file
+        && file
+            .parent()
+            .is_some_and(|p| !p.as_os_str().is_empty() && !p.is_dir())
+    {
+        return Err(Failure::input(anyhow!(
+            "--admin-token-file `{}`: its folder does not exist",
+            file.display()
+        )));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("verge-worker")
+        .build()
+        .context("cannot start the async runtime")
+        .map_err(Failure::runtime)?;
+    let result = rt.block_on(serve(args, data));
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+async fn serve(args: ServerArgs, data: PathBuf) -> Result<(), Failure> {
+    let (server, issued) = Server::start(ServerConfig {
+        data_dir: data.clone(),
+        cache_dir: args.cache_dir.clone(),
+        max_instances: args.max_instances,
+        control: ControlConfig {
+            max_upload: args.max_upload,
+            pause_deploys_at: args.pause_deploys_at.clone(),
+            ..ControlConfig::default()
+        },
+    })
+    .await
+    .map_err(Failure::runtime)?;
+    let ingress = Ingress::bind(
+        args.listen,
+        IngressConfig {
+            header_read_timeout: args.header_read_timeout,
+            shutdown_grace: args.shutdown_grace,
+            ..IngressConfig::default()
+        },
+    )
+    .await
+    .with_context(|| format!("cannot listen on {}", args.listen))
+    .map_err(Failure::runtime)?;
+    let addr = ingress.local_addr().map_err(Failure::runtime)?;
+    tracing::info!(data = %data.display(), "state in {}", data.display());
+    {
+        let mut stdout = std::io::stdout().lock();
+        if let Some(issued) = &issued {
+            match &args.admin_token_file {
+                Some(file) => {
+                    write_private(file, format!("{}\n", issued.text).as_bytes())
+                        .map_err(Failure::runtime)?;
+                    tracing::info!("first admin token written to {}", file.display());
+                }
+                None => {
+                    let _ = writeln!(
+                        stdout,
+                        "Admin token (shown only once; keep it secret): {}",
+                        issued.text
+                    );
+                    tracing::info!(
+                        "log in with: verge login http://{addr} --token-stdin  (paste the token)"
+                    );
+                }
+            }
+        }
+        let _ = writeln!(stdout, "Serving http://{addr}");
+        let _ = stdout.flush();
+    }
+    let report = ingress
+        .serve(server.gateway.clone(), shutdown_signal())
+        .await;
+    if report.forced > 0 {
+        tracing::warn!(
+            "{} connection(s) were closed before their requests finished",
+            report.forced
+        );
+    }
+    let node = server.node.clone();
+    drop(server);
+    tokio::task::spawn_blocking(move || node.shutdown())
+        .await
+        .map_err(Failure::runtime)?;
+    tracing::info!("stopped");
+    Ok(())
+}
