@@ -1,11 +1,13 @@
 //! A data-plane node: the apps it serves and the request pipeline
 //! `router → guard → executor` behind the ingress.
 //!
-//! The node holds one [`AppRuntime`] behind an atomic pointer. Loading an app
-//! compiles every component first and swaps the whole runtime in one step;
-//! replacing one component (hot reload) builds a new runtime that shares the
-//! untouched components. In-flight requests keep the runtime they started
-//! with, so a swap never drops or mixes requests.
+//! The node holds its [`Apps`] behind an atomic pointer: every app with the
+//! versions that take traffic and their weights, and one route table over
+//! all of them. Loading an app version compiles every component first
+//! ([`Node::prepare`]); changing what is served swaps the whole set in one
+//! step; replacing one component (hot reload) builds a new runtime that
+//! shares the untouched components. In-flight requests keep the runtime they
+//! started with, so a swap never drops or mixes requests.
 //!
 //! **Invariants**
 //! - Requests under `/.well-known/verge/` are answered by the node itself and
@@ -16,6 +18,7 @@
 //! **API boundary**: the node does not parse manifests or run builds; the CLI
 //! (or later the control plane) hands it an [`AppConfig`].
 
+mod apps;
 mod body;
 mod pipeline;
 
@@ -23,12 +26,15 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwapOption;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
 use verge_capabilities::{Capabilities, Limits};
 use verge_executor::{Executor, LoadError, LoadedComponent};
 use verge_guard::ConcurrencyLimit;
 use verge_router::{Route, RouteError, RouteTable};
 
+pub use apps::{AppSlot, Apps};
 pub use body::NodeBody;
 
 /// Where node-internal endpoints live.
@@ -88,12 +94,17 @@ pub struct ComponentRuntime {
 /// Everything needed to route and serve one app version.
 pub struct AppRuntime {
     pub(crate) name: String,
+    pub(crate) version: Option<String>,
     pub(crate) routes: RouteTable<Arc<ComponentRuntime>>,
     pub(crate) components: HashMap<String, Arc<ComponentRuntime>>,
 }
 
 impl AppRuntime {
-    fn build(name: String, components: Vec<Arc<ComponentRuntime>>) -> Result<Self, RouteError> {
+    fn build(
+        name: String,
+        version: Option<String>,
+        components: Vec<Arc<ComponentRuntime>>,
+    ) -> Result<Self, RouteError> {
         let routes = RouteTable::new(
             components
                 .iter()
@@ -105,6 +116,7 @@ impl AppRuntime {
             .collect();
         Ok(Self {
             name,
+            version,
             routes,
             components,
         })
@@ -115,6 +127,16 @@ impl AppRuntime {
         &self.name
     }
 
+    /// The version label, when served by a control plane.
+    pub fn version(&self) -> Option<&str> {
+        self.version.as_deref()
+    }
+
+    /// Every route of the app.
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter().map(|(r, _)| r)
+    }
+
     /// Names of the app's components, sorted.
     pub fn component_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.components.keys().cloned().collect();
@@ -123,35 +145,56 @@ impl AppRuntime {
     }
 }
 
-/// The node: current app plus the executor that runs it.
+/// The node: the apps it serves plus the executor that runs them.
 pub struct Node {
     executor: Executor,
-    app: ArcSwapOption<AppRuntime>,
-    /// Serialises changes to `app` (readers never take it).
+    apps: ArcSwap<Apps>,
+    /// Serialises changes to `apps` (readers never take it).
     updating: Mutex<()>,
+    ready: AtomicBool,
 }
 
 impl Node {
-    /// A node with no app yet; it answers 503 on health until one is installed.
+    /// A node with no app yet; it answers 503 on health until it is marked
+    /// ready or an app is installed.
     pub fn new(executor: Executor) -> Arc<Self> {
         Arc::new(Self {
             executor,
-            app: ArcSwapOption::empty(),
+            apps: ArcSwap::from_pointee(Apps::default()),
             updating: Mutex::new(()),
+            ready: AtomicBool::new(false),
         })
     }
 
     /// Compiles every component of `app` (blocking; seconds on a cache miss)
-    /// and returns the runtime without installing it.
+    /// and returns the runtime without installing it. Components keep the
+    /// concurrency counts of the same-named components of the running app.
     pub fn prepare(&self, app: &AppConfig) -> Result<AppRuntime, NodeError> {
-        let mut components = Vec::with_capacity(app.components.len());
-        for c in &app.components {
-            components.push(Arc::new(self.prepare_component(c)?));
-        }
-        Ok(AppRuntime::build(app.name.clone(), components)?)
+        let current = self.current();
+        self.prepare_version(app, None, current.as_deref())
     }
 
-    fn prepare_component(&self, c: &ComponentConfig) -> Result<ComponentRuntime, NodeError> {
+    /// Like [`Node::prepare`], for one labelled version of an app served
+    /// next to others; its components share concurrency counts with those
+    /// of `previous`.
+    pub fn prepare_version(
+        &self,
+        app: &AppConfig,
+        version: Option<String>,
+        previous: Option<&AppRuntime>,
+    ) -> Result<AppRuntime, NodeError> {
+        let mut components = Vec::with_capacity(app.components.len());
+        for c in &app.components {
+            components.push(Arc::new(self.prepare_component(c, previous)?));
+        }
+        Ok(AppRuntime::build(app.name.clone(), version, components)?)
+    }
+
+    fn prepare_component(
+        &self,
+        c: &ComponentConfig,
+        previous: Option<&AppRuntime>,
+    ) -> Result<ComponentRuntime, NodeError> {
         let loaded = self
             .executor
             .load(&c.name, &c.wasm, &c.capabilities, c.limits)
@@ -162,8 +205,7 @@ impl Node {
         // A new version of a running component shares its concurrency
         // count, so requests still running on the old version keep counting
         // against the cap.
-        let limit = self
-            .current()
+        let limit = previous
             .and_then(|app| app.components.get(&c.name).map(|old| old.limit.clone()))
             .filter(|old| old.limit() == c.limits.max_concurrency)
             .unwrap_or_else(|| ConcurrencyLimit::new(c.limits.max_concurrency));
@@ -174,11 +216,48 @@ impl Node {
         })
     }
 
-    /// Makes `app` the one served, atomically. Requests already running
-    /// finish on the runtime they started with.
+    /// Makes `app` the only one served, atomically. Requests already
+    /// running finish on the runtime they started with.
     pub fn install(&self, app: AppRuntime) {
         let _updating = self.updating.lock().unwrap_or_else(|p| p.into_inner());
-        self.app.store(Some(Arc::new(app)));
+        let key = app.name.clone();
+        let apps = Apps::default()
+            .with(key, vec![(Arc::new(app), 100)])
+            .unwrap_or_default();
+        self.apps.store(Arc::new(apps));
+        self.mark_ready();
+    }
+
+    /// Serves `versions` (runtime and weight) under `key`, next to the other
+    /// apps, replacing what `key` served before. Refused, with nothing
+    /// changed, if a route would be claimed by two apps.
+    pub fn set_app(
+        &self,
+        key: &str,
+        versions: Vec<(Arc<AppRuntime>, u32)>,
+    ) -> Result<(), RouteError> {
+        let _updating = self.updating.lock().unwrap_or_else(|p| p.into_inner());
+        let apps = self.apps.load().with(key.to_string(), versions)?;
+        self.apps.store(Arc::new(apps));
+        Ok(())
+    }
+
+    /// Stops serving `key`; requests already running finish.
+    pub fn remove_app(&self, key: &str) {
+        let _updating = self.updating.lock().unwrap_or_else(|p| p.into_inner());
+        let apps = self.apps.load().without(key);
+        self.apps.store(Arc::new(apps));
+    }
+
+    /// Everything served now.
+    pub fn apps(&self) -> Arc<Apps> {
+        self.apps.load_full()
+    }
+
+    /// Declares the node ready for traffic even with no app (a server
+    /// whose apps are all loaded).
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
     }
 
     /// Reloads one component of the running app from its file (blocking),
@@ -192,7 +271,7 @@ impl Node {
             .components
             .get(name)
             .ok_or_else(|| NodeError::UnknownComponent(name.to_string()))?;
-        let fresh = Arc::new(self.prepare_component(&old.config)?);
+        let fresh = Arc::new(self.prepare_component(&old.config, Some(&current))?);
         let components = current
             .components
             .values()
@@ -204,13 +283,18 @@ impl Node {
                 }
             })
             .collect();
-        self.install(AppRuntime::build(current.name.clone(), components)?);
+        self.install(AppRuntime::build(
+            current.name.clone(),
+            current.version.clone(),
+            components,
+        )?);
         Ok(())
     }
 
-    /// The app being served, if any.
+    /// The app being served by a single-app node (`verge up`): the
+    /// heaviest version of the first app.
     pub fn current(&self) -> Option<Arc<AppRuntime>> {
-        self.app.load_full()
+        self.apps.load().first()
     }
 
     /// Stops background work (the executor's slow lane). Call it from
@@ -219,8 +303,9 @@ impl Node {
         self.executor.shutdown();
     }
 
-    /// Whether an app is installed.
+    /// Whether the node takes traffic: an app is installed or the node
+    /// was marked ready.
     pub fn is_ready(&self) -> bool {
-        self.app.load().is_some()
+        self.ready.load(Ordering::Acquire)
     }
 }

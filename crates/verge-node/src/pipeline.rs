@@ -1,4 +1,5 @@
-//! The request pipeline, in order: node endpoints, router, guard, executor.
+//! The request pipeline, in order: node endpoints, router (app, then
+//! version by weight, then component), guard, executor.
 //!
 //! Why this order: the router must pick the component before the guard can
 //! apply that component's limits; the guard runs before the executor so a
@@ -13,9 +14,11 @@ use verge_executor::{HandleError, RequestContext, RequestId};
 use verge_guard::{Rejection, check_declared_body};
 use verge_ingress::{Conn, Handler};
 
-use crate::{INTERNAL_PREFIX, Node, NodeBody};
+use crate::{ComponentRuntime, INTERNAL_PREFIX, Node, NodeBody};
 
 const REQUEST_ID: &str = "x-request-id";
+/// Names the app version that answered, when a control plane labels them.
+const VERSION: &str = "x-verge-version";
 
 impl Handler for Node {
     type Body = NodeBody;
@@ -50,20 +53,42 @@ impl Node {
         if path.starts_with(INTERNAL_PREFIX) {
             return self.internal(path);
         }
-        let Some(app) = self.current() else {
+        if !self.is_ready() {
             return plain(StatusCode::SERVICE_UNAVAILABLE, "no app is loaded yet", id);
-        };
+        }
         let host = request.uri().host().or_else(|| {
             request
                 .headers()
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
         });
+        let apps = self.apps();
+        let Some(app) = apps.lookup(host, path).map(|slot| slot.pick()) else {
+            return plain(StatusCode::NOT_FOUND, "no route matches this path", id);
+        };
         let Some((_, component)) = app.routes.lookup(host, path) else {
             return plain(StatusCode::NOT_FOUND, "no route matches this path", id);
         };
         let component = Arc::clone(component);
+        let version = app
+            .version
+            .as_deref()
+            .and_then(|v| HeaderValue::from_str(v).ok());
+        drop(apps);
+        let mut response = self.serve(request, component, id, peer).await;
+        if let Some(version) = version {
+            response.headers_mut().insert(VERSION, version);
+        }
+        response
+    }
 
+    async fn serve(
+        &self,
+        request: Request<Incoming>,
+        component: Arc<ComponentRuntime>,
+        id: RequestId,
+        peer: SocketAddr,
+    ) -> Response<NodeBody> {
         let limits = component.loaded.limits();
         let admitted = check_declared_body(request.headers(), limits.max_request_body)
             .and_then(|()| component.limit.try_acquire());

@@ -100,6 +100,24 @@ impl Route {
         &self.prefix
     }
 
+    /// Whether some request could match both routes: their hosts can
+    /// coincide (a host-less route matches every host) and one prefix
+    /// contains the other. Owners of different routes that overlap would
+    /// take each other's traffic.
+    pub fn overlaps(&self, other: &Route) -> bool {
+        let hosts = match (self.host.as_deref(), other.host.as_deref()) {
+            (None, _) | (_, None) => true,
+            (Some(a), Some(b)) => {
+                let covers = |wild: &str, name: &str| {
+                    wild.strip_prefix('*')
+                        .is_some_and(|suffix| name.ends_with(suffix))
+                };
+                a == b || covers(a, b) || covers(b, a)
+            }
+        };
+        hosts && (self.matches_path(&other.prefix) || other.matches_path(&self.prefix))
+    }
+
     fn matches_path(&self, path: &str) -> bool {
         if self.prefix == "/" {
             return true;
@@ -151,6 +169,16 @@ pub struct RouteTable<T> {
     wildcard: Vec<(Route, T)>,
     /// Host-less routes, longest prefix first.
     any_host: Vec<(Route, T)>,
+}
+
+impl<T> Default for RouteTable<T> {
+    fn default() -> Self {
+        Self {
+            by_host: HashMap::new(),
+            wildcard: Vec::new(),
+            any_host: Vec::new(),
+        }
+    }
 }
 
 impl<T> RouteTable<T> {

@@ -93,3 +93,39 @@ fn invalid_routes() {
         );
     }
 }
+
+#[test]
+fn overlapping_routes() {
+    let r = |host: Option<&str>, path: &str| Route::new(host, path).expect("route");
+    let cases = [
+        (r(None, "/"), r(None, "/api"), true),
+        (r(None, "/api"), r(None, "/api/v1"), true),
+        (r(None, "/api"), r(None, "/apix"), false),
+        (r(None, "/a"), r(None, "/b"), false),
+        (r(Some("a.example.com"), "/"), r(None, "/x"), true),
+        (
+            r(Some("a.example.com"), "/"),
+            r(Some("b.example.com"), "/"),
+            false,
+        ),
+        (
+            r(Some("*.example.com"), "/"),
+            r(Some("a.example.com"), "/x"),
+            true,
+        ),
+        (
+            r(Some("*.example.com"), "/"),
+            r(Some("*.a.example.com"), "/"),
+            true,
+        ),
+        (
+            r(Some("*.example.com"), "/"),
+            r(Some("example.org"), "/"),
+            false,
+        ),
+    ];
+    for (a, b, expected) in cases {
+        assert_eq!(a.overlaps(&b), expected, "{a} vs {b}");
+        assert_eq!(b.overlaps(&a), expected, "{b} vs {a}");
+    }
+}
