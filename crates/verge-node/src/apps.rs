@@ -39,7 +39,8 @@ impl AppSlot {
 
     /// The version that serves the next request. Weights are honoured
     /// exactly over every `total` requests (a rotating counter, not a
-    /// random draw), so small splits are visible quickly.
+    /// random draw, over weights reduced by their common divisor: 50/50
+    /// alternates, 90/10 sends 9 then 1).
     pub fn pick(&self) -> &Arc<AppRuntime> {
         if self.versions.len() > 1 && self.total > 0 {
             let mut n = self.turn.fetch_add(1, Ordering::Relaxed) % self.total;
@@ -64,6 +65,10 @@ impl AppSlot {
     }
 }
 
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
 /// Every app served by a node.
 #[derive(Default)]
 pub struct Apps {
@@ -84,6 +89,11 @@ impl Apps {
         if versions.is_empty() {
             slots.remove(&key);
         } else {
+            let divisor = versions.iter().fold(0, |g, (_, w)| gcd(g, *w));
+            let versions: Vec<_> = versions
+                .into_iter()
+                .map(|(rt, w)| (rt, w / divisor.max(1)))
+                .collect();
             let total = versions.iter().map(|(_, w)| w).sum();
             // Keep the rotation where it was, so a change of weights does
             // not restart the split from the first version.

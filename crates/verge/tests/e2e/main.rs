@@ -11,6 +11,8 @@ mod support;
 
 mod bad_input;
 mod cache;
+mod control;
+mod deploys;
 mod examples;
 mod http;
 mod isolation;

@@ -91,8 +91,9 @@ pub struct Verge {
     stdout: Arc<Mutex<Vec<String>>>,
 }
 
-/// Options for starting `verge up`.
+/// Options for starting `verge up` (or another serving command).
 pub struct Up<'a> {
+    pub command: &'static str,
     pub args: Vec<String>,
     pub dir: Option<&'a Path>,
     pub cache: Option<PathBuf>,
@@ -102,6 +103,7 @@ pub struct Up<'a> {
 impl<'a> Up<'a> {
     pub fn new<S: AsRef<str>>(args: &[S]) -> Self {
         Self {
+            command: "up",
             args: args.iter().map(|s| s.as_ref().to_string()).collect(),
             dir: None,
             cache: Some(shared_cache()),
@@ -127,6 +129,14 @@ impl<'a> Up<'a> {
     pub fn start(self) -> Verge {
         Verge::start(self)
     }
+
+    /// `verge server ARGS` instead of `verge up`.
+    pub fn server<S: AsRef<str>>(args: &[S]) -> Self {
+        Self {
+            command: "server",
+            ..Self::new(args)
+        }
+    }
 }
 
 fn spawn_reader<R: Read + Send + 'static>(stream: R, sink: impl Fn(String) + Send + 'static) {
@@ -145,13 +155,14 @@ impl Verge {
 
     fn start(up: Up<'_>) -> Verge {
         let mut cmd = Command::new(verge_bin());
-        cmd.arg("up").args(&up.args);
+        cmd.arg(up.command).args(&up.args);
         if !up.args.iter().any(|a| a == "--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
         match &up.cache {
             Some(dir) => cmd.arg("--cache-dir").arg(dir),
-            None => cmd.arg("--no-cache"),
+            None if up.command == "up" => cmd.arg("--no-cache"),
+            None => &mut cmd,
         };
         if let Some(dir) = up.dir {
             cmd.current_dir(dir);
