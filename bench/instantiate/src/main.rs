@@ -23,7 +23,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?
         .unwrap_or(100_000);
     let executor = Executor::new(&ExecutorConfig::default())?;
-    let component = executor.load("hello", &wasm, &Capabilities::default(), Limits::default())?;
+    let component = executor.load(
+        "hello",
+        "hello",
+        &wasm,
+        &Capabilities::default(),
+        Limits::default(),
+    )?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -9,9 +9,15 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, State};
+use std::convert::Infallible;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path as UrlPath, Query, State};
+use bytes::Bytes;
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::broadcast;
 use verge_router::Route;
 use verge_store::{Expect, Revision, StoreError};
 
@@ -336,4 +342,66 @@ pub(crate) async fn delete(
         .wait_applied(revision, control.config.apply_timeout)
         .await;
     Ok(Json(json!({ "deleted": app })))
+}
+
+/// Query of `GET /v1/apps/{app}/logs`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct LogsQuery {
+    /// Keep the response open and stream new lines.
+    #[serde(default)]
+    follow: bool,
+    /// Recent lines to send first (default 100, at most 2000).
+    #[serde(default)]
+    tail: Option<usize>,
+}
+
+pub(crate) async fn logs(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+    UrlPath(app): UrlPath<String>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    caller.require("apps:read", caller.tenant()).await?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    load(&control, &caller, &app).await?;
+    let key = format!("{}/{app}", caller.tenant());
+    // Subscribe before reading the ring, so no line falls in between.
+    let live = query.follow.then(|| control.logs.follow());
+    let tail = query.tail.unwrap_or(100).min(crate::logs::RECENT);
+    let recent: Vec<Bytes> = control
+        .logs
+        .recent(&key, tail)
+        .iter()
+        .map(|l| ndjson(l))
+        .collect();
+    let recent = futures::stream::iter(recent.into_iter().map(Ok::<_, Infallible>));
+    let body = match live {
+        None => Body::from_stream(recent),
+        Some(rx) => {
+            let live = futures::stream::unfold((rx, key), |(mut rx, key)| async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(line) if line.app == key => return Some((Ok(ndjson(&line)), (rx, key))),
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            let note = json!({"level": "WARN", "message": format!("{n} log lines dropped: this follower fell behind")});
+                            return Some((Ok(Bytes::from(format!("{note}\n"))), (rx, key)));
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            });
+            Body::from_stream(recent.chain(live))
+        }
+    };
+    axum::response::Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(body)
+        .map_err(ApiError::internal)
+}
+
+fn ndjson(line: &crate::logs::LogLine) -> Bytes {
+    let mut text = serde_json::to_string(line).unwrap_or_default();
+    text.push('\n');
+    Bytes::from(text)
 }

@@ -22,6 +22,7 @@ pub mod audit;
 pub mod auth;
 mod deploy;
 mod error;
+pub mod logs;
 pub mod model;
 mod tokens;
 
@@ -78,6 +79,7 @@ pub struct Control {
     pub(crate) data_plane: Arc<dyn DataPlane>,
     pub(crate) config: ControlConfig,
     pub(crate) guard: auth::Guard,
+    pub(crate) logs: Arc<logs::LogHub>,
     /// Serialises audit appends.
     audit_lock: tokio::sync::Mutex<()>,
     /// Serialises deploys and traffic changes, so route claims are checked
@@ -97,12 +99,14 @@ impl Control {
         store: Arc<dyn Store>,
         blobs: Arc<dyn BlobStore>,
         data_plane: Arc<dyn DataPlane>,
+        logs: Arc<logs::LogHub>,
         config: ControlConfig,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             blobs,
             data_plane,
+            logs,
             config,
             guard: auth::Guard::new(),
             audit_lock: tokio::sync::Mutex::new(()),
@@ -174,6 +178,7 @@ pub fn router(control: Arc<Control>) -> Router {
         )
         .route("/v1/apps/{app}/traffic", put(apps::set_traffic))
         .route("/v1/apps/{app}/rollback", post(apps::rollback))
+        .route("/v1/apps/{app}/logs", get(apps::logs))
         .route("/v1/blobs/{digest}", put(deploy::upload_blob))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))

@@ -38,7 +38,13 @@ async fn api_with(config: ControlConfig) -> Api {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(SqliteStore::open(&dir.path().join("state.db")).expect("store"));
     let blobs = Arc::new(FsBlobs::open(&dir.path().join("blobs")).expect("blobs"));
-    let control = Control::new(store, blobs, Arc::new(AcceptAll), config);
+    let control = Control::new(
+        store,
+        blobs,
+        Arc::new(AcceptAll),
+        logs::LogHub::new(),
+        config,
+    );
     let admin = control
         .bootstrap()
         .await
@@ -565,4 +571,46 @@ async fn traffic_splits_and_rollback() {
         .call(Method::GET, "/v1/audit/verify", token, Value::Null)
         .await;
     assert_eq!(report["ok"], true, "{report}");
+}
+
+#[tokio::test]
+async fn concurrent_deploys_to_one_app_both_land_in_order() {
+    let api = api().await;
+    let token = api.admin.clone();
+    let (a, b) = tokio::join!(
+        api.deploy(&token, "shop", "/a"),
+        api.deploy(&token, "shop", "/b")
+    );
+    assert_eq!(
+        (a.0, b.0),
+        (StatusCode::CREATED, StatusCode::CREATED),
+        "{a:?} {b:?}"
+    );
+    let mut versions = [a.1["version"].clone(), b.1["version"].clone()];
+    versions.sort_by_key(ToString::to_string);
+    assert_eq!(versions, [json!("v1"), json!("v2")]);
+    let (_, app) = api
+        .call(Method::GET, "/v1/apps/shop", &token, Value::Null)
+        .await;
+    let last = if a.1["revision"].as_u64() > b.1["revision"].as_u64() {
+        &a.1
+    } else {
+        &b.1
+    };
+    assert_eq!(
+        app["traffic"][0]["version"], last["version"],
+        "the later deploy serves"
+    );
+    // A deploy that names a stale version is refused.
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/apps/shop/versions",
+            &token,
+            json!({"manifest": "[component.web]\nsource = \"w.wasm\"\nroutes = [\"/c\"]\n",
+                   "components": {"web": api.upload(&token, b"component bytes").await},
+                   "expect_version": "v1"}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
 }

@@ -22,6 +22,7 @@ const HANDLER_EXPORT: &str = "wasi:http/incoming-handler@0.2";
 
 /// A compiled, checked and pre-instantiated component, ready to serve.
 pub struct LoadedComponent {
+    pub(crate) app: Arc<str>,
     pub(crate) name: Arc<str>,
     pub(crate) hash: String,
     pub(crate) pre: ProxyPre<Host>,
@@ -97,10 +98,12 @@ fn describe_exports(exports: &[String]) -> String {
 }
 
 impl Executor {
-    /// Loads the component at `path`. This compiles on a cache miss (seconds
-    /// for large components), so call it from a blocking thread.
+    /// Loads the component at `path` as component `name` of `app` (both
+    /// tag its logs). This compiles on a cache miss (seconds for large
+    /// components), so call it from a blocking thread.
     pub fn load(
         &self,
+        app: &str,
         name: &str,
         path: &Path,
         capabilities: &Capabilities,
@@ -110,12 +113,13 @@ impl Executor {
             path: path.to_path_buf(),
             source,
         })?;
-        self.load_bytes(name, path, &bytes, capabilities, limits)
+        self.load_bytes(app, name, path, &bytes, capabilities, limits)
     }
 
     /// Loads a component from memory; `path` is only used in messages.
     pub fn load_bytes(
         &self,
+        app: &str,
         name: &str,
         path: &Path,
         bytes: &[u8],
@@ -168,6 +172,7 @@ impl Executor {
             reason: format!("{e:#}"),
         })?;
         Ok(Arc::new(LoadedComponent {
+            app: app.into(),
             name: name.into(),
             hash,
             pre,
@@ -219,6 +224,11 @@ fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
 }
 
 impl LoadedComponent {
+    /// The app the component belongs to.
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+
     /// The component's name within its app.
     pub fn name(&self) -> &str {
         &self.name

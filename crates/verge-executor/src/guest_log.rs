@@ -1,5 +1,5 @@
 //! Captures a guest's stdout and stderr and writes them to the node log,
-//! one record per line, tagged with component and request id.
+//! one record per line, tagged with app, component and request id.
 //!
 //! **Invariants**: a guest cannot flood the log or the host's memory: lines
 //! are cut at [`MAX_LINE`] bytes and each stream of a request writes at most
@@ -28,6 +28,7 @@ pub(crate) struct GuestOutput {
 }
 
 struct State {
+    app: Arc<str>,
     component: Arc<str>,
     request_id: RequestId,
     stream: &'static str,
@@ -37,9 +38,15 @@ struct State {
 }
 
 impl GuestOutput {
-    pub(crate) fn new(component: Arc<str>, request_id: RequestId, stream: &'static str) -> Self {
+    pub(crate) fn new(
+        app: Arc<str>,
+        component: Arc<str>,
+        request_id: RequestId,
+        stream: &'static str,
+    ) -> Self {
         Self {
             state: Arc::new(Mutex::new(State {
+                app,
                 component,
                 request_id,
                 stream,
@@ -59,6 +66,7 @@ impl GuestOutput {
                     tracing::warn!(
                         target: "verge::guest",
                         request_id = %s.request_id,
+                        app = %s.app,
                         component = %s.component,
                         stream = s.stream,
                         "guest output exceeded {MAX_BYTES} bytes for this request; the rest is dropped"
@@ -100,6 +108,7 @@ impl State {
         tracing::info!(
             target: "verge::guest",
             request_id = %self.request_id,
+            app = %self.app,
             component = %self.component,
             stream = self.stream,
             "{text}"

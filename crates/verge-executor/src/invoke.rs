@@ -298,8 +298,18 @@ impl LoadedComponent {
     ) -> Store<Host> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.envs(&self.env)
-            .stdout(GuestOutput::new(self.name.clone(), id, "stdout"))
-            .stderr(GuestOutput::new(self.name.clone(), id, "stderr"))
+            .stdout(GuestOutput::new(
+                self.app.clone(),
+                self.name.clone(),
+                id,
+                "stdout",
+            ))
+            .stderr(GuestOutput::new(
+                self.app.clone(),
+                self.name.clone(),
+                id,
+                "stderr",
+            ))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);

@@ -185,19 +185,20 @@ impl Node {
     ) -> Result<AppRuntime, NodeError> {
         let mut components = Vec::with_capacity(app.components.len());
         for c in &app.components {
-            components.push(Arc::new(self.prepare_component(c, previous)?));
+            components.push(Arc::new(self.prepare_component(&app.name, c, previous)?));
         }
         Ok(AppRuntime::build(app.name.clone(), version, components)?)
     }
 
     fn prepare_component(
         &self,
+        app: &str,
         c: &ComponentConfig,
         previous: Option<&AppRuntime>,
     ) -> Result<ComponentRuntime, NodeError> {
         let loaded = self
             .executor
-            .load(&c.name, &c.wasm, &c.capabilities, c.limits)
+            .load(app, &c.name, &c.wasm, &c.capabilities, c.limits)
             .map_err(|source| NodeError::Load {
                 component: c.name.clone(),
                 source,
@@ -271,7 +272,7 @@ impl Node {
             .components
             .get(name)
             .ok_or_else(|| NodeError::UnknownComponent(name.to_string()))?;
-        let fresh = Arc::new(self.prepare_component(&old.config, Some(&current))?);
+        let fresh = Arc::new(self.prepare_component(&current.name, &old.config, Some(&current))?);
         let components = current
             .components
             .values()

@@ -94,7 +94,7 @@ impl Node {
             .and_then(|()| component.limit.try_acquire());
         let permit = match admitted {
             Ok(p) => p,
-            Err(rejection) => return rejected(&rejection, &component.config.name, id, peer),
+            Err(rejection) => return rejected(&rejection, &component, id, peer),
         };
 
         match component
@@ -109,7 +109,7 @@ impl Node {
             .await
         {
             Ok(response) => response.map(NodeBody::Guest),
-            Err(error) => failed(&error, &component.config.name, id, limits.timeout),
+            Err(error) => failed(&error, &component, id, limits.timeout),
         }
     }
 
@@ -124,11 +124,12 @@ impl Node {
 
 fn rejected(
     rejection: &Rejection,
-    component: &str,
+    runtime: &ComponentRuntime,
     id: RequestId,
     peer: SocketAddr,
 ) -> Response<NodeBody> {
-    tracing::info!(request_id = %id, component, %peer, "request rejected: {rejection}");
+    let (app, component) = (runtime.loaded.app(), runtime.loaded.name());
+    tracing::info!(request_id = %id, app, component, %peer, "request rejected: {rejection}");
     let mut response = plain(rejection.status(), &rejection.to_string(), id);
     if let Some(secs) = rejection.retry_after_secs() {
         response
@@ -140,38 +141,39 @@ fn rejected(
 
 fn failed(
     error: &HandleError,
-    component: &str,
+    runtime: &ComponentRuntime,
     id: RequestId,
     timeout: std::time::Duration,
 ) -> Response<NodeBody> {
+    let (app, component) = (runtime.loaded.app(), runtime.loaded.name());
     let reason = match error {
         HandleError::Timeout(_) => {
-            tracing::warn!(request_id = %id, component, "request cut off: no response within {timeout:?}");
+            tracing::warn!(request_id = %id, app, component, "request cut off: no response within {timeout:?}");
             format!("the function did not finish within {timeout:?}")
         }
         HandleError::MemoryLimit { limit, detail } => {
-            tracing::warn!(request_id = %id, component, "guest exceeded its memory limit of {limit} bytes: {detail}");
+            tracing::warn!(request_id = %id, app, component, "guest exceeded its memory limit of {limit} bytes: {detail}");
             "the function exceeded its memory limit".to_string()
         }
         HandleError::Trap { message, detail } => {
-            tracing::warn!(request_id = %id, component, "guest trapped: {message}");
-            tracing::debug!(request_id = %id, component, "trap detail: {detail}");
+            tracing::warn!(request_id = %id, app, component, "guest trapped: {message}");
+            tracing::debug!(request_id = %id, app, component, "trap detail: {detail}");
             "the function failed".to_string()
         }
         HandleError::BodyTooLarge(limit) => {
-            tracing::info!(request_id = %id, component, "request body exceeded {limit} bytes");
+            tracing::info!(request_id = %id, app, component, "request body exceeded {limit} bytes");
             format!("request body larger than {limit} bytes")
         }
         HandleError::Overloaded(detail) => {
-            tracing::warn!(request_id = %id, component, "no instance slot: {detail}");
+            tracing::warn!(request_id = %id, app, component, "no instance slot: {detail}");
             "the node is at capacity".to_string()
         }
         HandleError::BadRequest(detail) => {
-            tracing::info!(request_id = %id, component, "request cannot be passed to the guest: {detail}");
+            tracing::info!(request_id = %id, app, component, "request cannot be passed to the guest: {detail}");
             "the request cannot be passed to the function".to_string()
         }
         other => {
-            tracing::warn!(request_id = %id, component, "{other}");
+            tracing::warn!(request_id = %id, app, component, "{other}");
             "the function failed".to_string()
         }
     };

@@ -24,6 +24,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use verge_control::logs::LogHub;
 use verge_control::{Control, ControlConfig, Issued};
 use verge_executor::{Executor, ExecutorConfig};
 use verge_node::Node;
@@ -42,6 +43,9 @@ pub struct ServerConfig {
     pub max_instances: u32,
     /// Control API settings.
     pub control: ControlConfig,
+    /// Where app log lines are collected for `verge logs` (install its
+    /// layer in the process's `tracing` subscriber).
+    pub logs: Arc<LogHub>,
 }
 
 /// Why the server could not start.
@@ -119,7 +123,13 @@ impl Server {
         sync::collect_garbage(store_dyn.as_ref(), blobs.as_ref()).await?;
         let plane = plane::NodePlane::new(node.clone(), blobs.clone());
         sync::start(store_dyn.clone(), plane.clone()).await?;
-        let control = Control::new(store_dyn, blobs, plane, config.control.clone());
+        let control = Control::new(
+            store_dyn,
+            blobs,
+            plane,
+            config.logs.clone(),
+            config.control.clone(),
+        );
         let issued = control
             .bootstrap()
             .await

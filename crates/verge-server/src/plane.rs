@@ -131,7 +131,8 @@ impl NodePlane {
         }
         Ok((
             AppConfig {
-                name: record.name.clone(),
+                // The node's key; it also tags the app's log lines.
+                name: node_key(record),
                 components,
             },
             paths,

@@ -51,6 +51,8 @@ enum Command {
     Rollback(manage::RollbackArgs),
     /// Stop serving an app and forget it.
     Delete(manage::DeleteArgs),
+    /// Show an app's log lines (guest output, failed requests); `-f` follows.
+    Logs(manage::LogsArgs),
     /// Create, list and revoke tokens.
     #[command(subcommand)]
     Tokens(manage::TokensCommand),
@@ -92,11 +94,12 @@ impl std::fmt::Display for Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = env::ProcessEnv;
-    init_logging(&env);
+    let logs = verge_control::logs::LogHub::new();
+    init_logging(&env, &logs);
     let result = match cli.command {
         Command::Up(args) => up::run(args, &env),
         Command::New(args) => new::run(&args),
-        Command::Server(args) => server::run(args, &env),
+        Command::Server(args) => server::run(args, &env, logs),
         Command::Login(args) => manage::login(args, &env),
         Command::Deploy(args) => deploy::run(args, &env),
         Command::Status(args) => manage::status(args, &env),
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
         Command::Traffic(args) => manage::traffic(args, &env),
         Command::Rollback(args) => manage::rollback(args, &env),
         Command::Delete(args) => manage::delete(args, &env),
+        Command::Logs(args) => manage::logs(args, &env),
         Command::Tokens(args) => manage::tokens(args, &env),
         Command::Audit(args) => manage::audit(args, &env),
     };
@@ -119,16 +123,25 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr (stdout is reserved for the `Serving ...` line and
 /// command output). `VERGE_LOG` takes a tracing filter, default `info`.
-fn init_logging(env: &dyn env::Env) {
-    use tracing_subscriber::EnvFilter;
+/// Whatever the filter, app-tagged lines at info and above also reach
+/// `logs`, for `verge logs`.
+fn init_logging(env: &dyn env::Env, logs: &std::sync::Arc<verge_control::logs::LogHub>) {
+    use tracing_subscriber::filter::{EnvFilter, LevelFilter, filter_fn};
+    use tracing_subscriber::prelude::*;
     let filter = env
         .var("VERGE_LOG")
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new("info,wasmtime=warn,cranelift=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        .with_filter(filter);
+    let apps = logs.layer().with_filter(filter_fn(|meta| {
+        *meta.level() <= LevelFilter::INFO && meta.target().starts_with("verge")
+    }));
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(apps)
         .init();
 }

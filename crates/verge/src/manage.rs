@@ -60,6 +60,21 @@ pub(crate) struct RollbackArgs {
     version: Option<String>,
 }
 
+/// Arguments of `verge logs`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct LogsArgs {
+    /// The app.
+    app: String,
+    /// Keep streaming new lines until interrupted.
+    #[arg(short, long)]
+    follow: bool,
+    /// Recent lines to show first.
+    #[arg(long, default_value_t = 100)]
+    tail: usize,
+    #[command(flatten)]
+    output: Output,
+}
+
 /// Arguments of `verge delete`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DeleteArgs {
@@ -454,4 +469,58 @@ pub(crate) fn audit(args: AuditArgs, env: &dyn Env) -> Result<(), Failure> {
         rows,
     ));
     Ok(())
+}
+
+pub(crate) fn logs(args: LogsArgs, env: &dyn Env) -> Result<(), Failure> {
+    use futures::StreamExt;
+    let client = Client::from_env(env)?;
+    block_on(async {
+        let path = format!(
+            "/v1/apps/{}/logs?tail={}&follow={}",
+            args.app, args.tail, args.follow
+        );
+        let response = client
+            .request(Method::GET, &path)
+            .send()
+            .await
+            .map_err(|e| {
+                Failure::runtime(anyhow!(
+                    "cannot reach the Verge server at {}: {e}",
+                    client.base
+                ))
+            })?;
+        if !response.status().is_success() {
+            // Let the shared helper turn the error body into a message.
+            return client
+                .send(client.request(Method::GET, &path))
+                .await
+                .map(|_| ());
+        }
+        let mut stream = response.bytes_stream();
+        let mut pending = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| Failure::runtime(anyhow!("the log stream broke: {e}")))?;
+            pending.extend_from_slice(&chunk);
+            while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=i).collect();
+                if args.output.json {
+                    print(&String::from_utf8_lossy(&line));
+                    continue;
+                }
+                let Ok(v) = serde_json::from_slice::<Value>(&line) else {
+                    continue;
+                };
+                print(&format!(
+                    "{} {:5} {} {} {}\n",
+                    str_of(&v["time"]),
+                    str_of(&v["level"]),
+                    str_of(&v["component"]),
+                    str_of(&v["request_id"]),
+                    str_of(&v["message"]),
+                ));
+            }
+        }
+        Ok(())
+    })
 }

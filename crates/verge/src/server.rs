@@ -11,7 +11,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use std::sync::Arc;
+
 use verge_control::ControlConfig;
+use verge_control::logs::LogHub;
 use verge_ingress::{Ingress, IngressConfig};
 use verge_server::{Server, ServerConfig};
 
@@ -64,7 +67,7 @@ pub(crate) struct ServerArgs {
     pause_deploys_at: Option<String>,
 }
 
-pub(crate) fn run(args: ServerArgs, env: &dyn Env) -> Result<(), Failure> {
+pub(crate) fn run(args: ServerArgs, env: &dyn Env, logs: Arc<LogHub>) -> Result<(), Failure> {
     let data = args
         .data
         .clone()
@@ -90,12 +93,12 @@ pub(crate) fn run(args: ServerArgs, env: &dyn Env) -> Result<(), Failure> {
         .build()
         .context("cannot start the async runtime")
         .map_err(Failure::runtime)?;
-    let result = rt.block_on(serve(args, data));
+    let result = rt.block_on(serve(args, data, logs));
     rt.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
-async fn serve(args: ServerArgs, data: PathBuf) -> Result<(), Failure> {
+async fn serve(args: ServerArgs, data: PathBuf, logs: Arc<LogHub>) -> Result<(), Failure> {
     let (server, issued) = Server::start(ServerConfig {
         data_dir: data.clone(),
         cache_dir: args.cache_dir.clone(),
@@ -105,6 +108,7 @@ async fn serve(args: ServerArgs, data: PathBuf) -> Result<(), Failure> {
             pause_deploys_at: args.pause_deploys_at.clone(),
             ..ControlConfig::default()
         },
+        logs,
     })
     .await
     .map_err(Failure::runtime)?;

@@ -448,3 +448,84 @@ fn a_hand_edited_audit_log_is_detected() {
     assert_eq!(run.status.code(), Some(1), "{}", run.stdout);
     assert!(run.stderr.contains("TAMPERED at entry 2"), "{}", run.stderr);
 }
+
+#[test]
+fn logs_follow_an_app_and_only_that_app() {
+    use std::io::BufRead;
+    let g = guests();
+    let plane = Plane::start();
+    let acme = plane.token("acme", "apps:read,apps:deploy");
+    let bravo = plane.token("bravo", "apps:read,apps:deploy");
+    plane.deploy_file(&acme, &g.test_programs, "api", "/acme");
+    plane.deploy_file(&bravo, &g.test_programs, "api", "/bravo");
+
+    let mut follow = Command::new(verge_bin())
+        .args(["logs", "api", "-f", "--json"])
+        .env("VERGE_URL", plane.url())
+        .env("VERGE_TOKEN", &acme)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("logs -f starts");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = follow.stdout.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // The follower is connected once a request's lines reach it; keep
+    // sending until then.
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !lines
+        .iter()
+        .any(|l: &String| l.contains("guest-stderr-marker"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line arrived: {lines:?}"
+        );
+        get(&plane.url(), "/bravo/stdio");
+        get(&plane.url(), "/acme/stdio");
+        get(&plane.url(), "/acme/trap");
+        while let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            lines.push(line);
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let text = lines.join("\n");
+    assert!(text.contains("guest-stdout-marker"), "{text}");
+    assert!(text.contains("\"component\":\"test-programs\""), "{text}");
+    let bravo_requests: Vec<String> = plane
+        .verge
+        .log()
+        .lines()
+        .filter(|l| l.contains("app=bravo/api"))
+        .filter_map(|l| l.split("request_id=").nth(1))
+        .map(|r| r.split_whitespace().next().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        !bravo_requests.is_empty(),
+        "bravo's requests are logged by the node"
+    );
+    for id in &bravo_requests {
+        assert!(
+            !text.contains(id.as_str()),
+            "bravo's line {id} reached acme's follower:\n{text}"
+        );
+    }
+    // Without -f: the recent lines, including the trap.
+    let run = plane.cli_as(&acme, &["logs", "api"]);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(run.stdout.contains("guest trapped"), "{}", run.stdout);
+    assert!(run.stdout.contains("guest-stdout-marker"), "{}", run.stdout);
+    // Another tenant's app of the same name is not visible.
+    let outsider = plane.token("other", "apps:read");
+    let run = plane.cli_as(&outsider, &["logs", "api"]);
+    assert!(run.stderr.contains("no app named `api`"), "{}", run.stderr);
+}
