@@ -62,7 +62,9 @@ impl Node {
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
         });
-        let apps = self.apps();
+        // A guard, not a counted reference: no shared counter is touched
+        // per request. It is dropped before the guest runs.
+        let apps = self.apps.load();
         let Some(app) = apps.lookup(host, path).map(|slot| slot.pick()) else {
             return plain(StatusCode::NOT_FOUND, "no route matches this path", id);
         };

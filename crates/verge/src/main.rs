@@ -137,9 +137,11 @@ fn init_logging(env: &dyn env::Env, logs: &std::sync::Arc<verge_control::logs::L
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .with_filter(filter);
-    let apps = logs.layer().with_filter(filter_fn(|meta| {
-        *meta.level() <= LevelFilter::INFO && meta.target().starts_with("verge")
-    }));
+    // The level hint keeps debug and trace call sites statically off.
+    let apps = logs.layer().with_filter(
+        filter_fn(|meta| *meta.level() <= LevelFilter::INFO && meta.target().starts_with("verge"))
+            .with_max_level_hint(LevelFilter::INFO),
+    );
     tracing_subscriber::registry()
         .with(stderr)
         .with(apps)
