@@ -22,7 +22,7 @@ use verge_router::Route;
 use verge_store::{Expect, Revision, StoreError};
 
 use crate::audit::{Outcome, Record};
-use crate::deploy::{check_app_name, check_claims, read_json};
+use crate::deploy::{check_app_name, check_claims, read_json, read_optional_json};
 use crate::model::{APPS_PREFIX, AppRecord, RouteRecord, TrafficShare, app_key, parse_version};
 use crate::{ApiError, Caller, Control};
 
@@ -197,17 +197,7 @@ pub(crate) async fn rollback(
 ) -> Result<Json<Value>, ApiError> {
     let target = format!("{}/{app}", caller.tenant());
     caller.require("apps:deploy", &target).await?;
-    let bytes =
-        http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_SMALL_REQUEST))
-            .await
-            .map_err(|_| ApiError::TooLarge("the request body is too large".to_string()))?
-            .to_bytes();
-    let request: RollbackRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
-        RollbackRequest::default()
-    } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON request: {e}")))?
-    };
+    let request: RollbackRequest = read_optional_json(body, MAX_SMALL_REQUEST).await?;
     let (record, _) = load(&control, &caller, &app).await?;
     let version = match &request.version {
         Some(v) => parse_version(v)

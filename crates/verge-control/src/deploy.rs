@@ -102,11 +102,24 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     body: Body,
     limit: usize,
 ) -> Result<T, ApiError> {
+    read_optional_json::<Option<T>>(body, limit)
+        .await?
+        .ok_or_else(|| ApiError::BadRequest("the request needs a JSON body".to_string()))
+}
+
+/// Reads a JSON body of at most `limit` bytes; an empty body is `T::default()`.
+pub(crate) async fn read_optional_json<T: serde::de::DeserializeOwned + Default>(
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
     let bytes = http_body_util::Limited::new(body, limit)
         .collect()
         .await
         .map_err(|_| ApiError::TooLarge(format!("the request body is larger than {limit} bytes")))?
         .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON request: {e}")))
 }

@@ -3,9 +3,9 @@
 //! Two traits, shaped after NATS JetStream so that a cluster backend can
 //! implement them later without changing any caller:
 //! - [`Store`]: keys with values and **revisions**, compare-and-set on
-//!   revision ([`Expect`]), prefix listing, and a lossless [`Watch`] of
-//!   changes from a given revision (JetStream KV: revisions, `update`,
-//!   `watch`).
+//!   revision ([`Expect`]), prefix listing, and a [`Watch`] that never
+//!   misses a key's latest state after a given revision (JetStream KV:
+//!   revisions, `update`, `watch`).
 //! - [`BlobStore`]: content-addressed immutable blobs named by their sha256,
 //!   verified on write and on read (JetStream Object Store).
 //!
@@ -16,8 +16,11 @@
 //!
 //! **Invariants**
 //! - Revisions are global to a store and strictly increase; every put or
-//!   delete gets a new one, and a watcher sees every change after the
-//!   revision it started from, in order, exactly once.
+//!   delete gets a new one.
+//! - A watcher sees, in revision order, the latest change of every key
+//!   changed after the revision it started from. A key written twice before
+//!   the watcher reads it shows only its second write (as a JetStream KV
+//!   watch with a history of one): watchers follow state, not a log.
 //! - A deleted key leaves a tombstone so that watchers can learn of it.
 //! - A blob is readable under a name only if its bytes hash to that name.
 //!
@@ -139,7 +142,8 @@ pub trait Store: Send + Sync + 'static {
     async fn watch(&self, prefix: &str, after: Revision) -> Result<Box<dyn Watch>, StoreError>;
 }
 
-/// A stream of changes, in revision order.
+/// A stream of changes, in revision order; intermediate writes of a key
+/// may be folded into its latest one.
 #[async_trait]
 pub trait Watch: Send {
     /// The next batch of changes (never empty). Waits until there is one,

@@ -117,6 +117,22 @@ impl fmt::Display for BuildError {
     }
 }
 
+/// Runs every build command of `manifest` (unless `build` is false), then
+/// checks that every component file exists.
+pub(crate) fn prepare(
+    manifest: &verge_manifest::Manifest,
+    build: bool,
+) -> Result<(), crate::Failure> {
+    if build {
+        for c in &manifest.components {
+            if let Some(spec) = &c.build {
+                run(&c.name, spec).map_err(crate::Failure::input)?;
+            }
+        }
+    }
+    manifest.check_sources().map_err(crate::Failure::input)
+}
+
 /// Runs `spec` for `component`, blocking until it finishes or times out.
 pub(crate) fn run(component: &str, spec: &BuildSpec) -> Result<(), BuildError> {
     let step = Step::start(format!("Building {component} (`{}`)", spec.command));

@@ -186,11 +186,23 @@ fn str_of(v: &Value) -> String {
     }
 }
 
+/// The elements of the array `v[key]`.
+fn items<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+    v[key].as_array().into_iter().flatten()
+}
+
+/// The array `v[key]` as text, elements separated by `sep`.
+fn joined(v: &Value, key: &str, sep: &str) -> String {
+    items(v, key).map(str_of).collect::<Vec<_>>().join(sep)
+}
+
+/// The fields `keys` of `v`, as table cells.
+fn cells(v: &Value, keys: &[&str]) -> Vec<String> {
+    keys.iter().map(|k| str_of(&v[*k])).collect()
+}
+
 fn traffic_text(app: &Value) -> String {
-    app["traffic"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    items(app, "traffic")
         .map(|s| format!("{}={}", str_of(&s["version"]), str_of(&s["weight"])))
         .collect::<Vec<_>>()
         .join(" ")
@@ -227,13 +239,7 @@ pub(crate) fn status(output: Output, env: &dyn Env) -> Result<(), Failure> {
             str_of(&status["server"]["version"]),
             str_of(&status["token"]["id"]),
             str_of(&status["token"]["tenant"]),
-            status["token"]["scopes"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(str_of)
-                .collect::<Vec<_>>()
-                .join(","),
+            joined(&status["token"], "scopes", ","),
             str_of(&status["apps"]),
         ));
     }
@@ -247,22 +253,13 @@ pub(crate) fn apps(output: Output, env: &dyn Env) -> Result<(), Failure> {
         print_json(&apps);
         return Ok(());
     }
-    let rows = apps["apps"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows = items(&apps, "apps")
         .map(|a| {
             vec![
                 str_of(&a["name"]),
                 traffic_text(a),
                 str_of(&a["versions"]),
-                a["routes"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(str_of)
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                joined(a, "routes", " "),
             ]
         })
         .collect();
@@ -277,10 +274,7 @@ pub(crate) fn versions(args: AppArg, env: &dyn Env) -> Result<(), Failure> {
         print_json(&versions);
         return Ok(());
     }
-    let rows = versions["versions"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows = items(&versions, "versions")
         .map(|v| {
             let digest = str_of(&v["digest"]);
             vec![
@@ -385,24 +379,12 @@ pub(crate) fn tokens(command: TokensCommand, env: &dyn Env) -> Result<(), Failur
                 print_json(&tokens);
                 return Ok(());
             }
-            let rows = tokens["tokens"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            let rows = items(&tokens, "tokens")
                 .map(|t| {
-                    vec![
-                        str_of(&t["id"]),
-                        str_of(&t["tenant"]),
-                        str_of(&t["state"]),
-                        t["scopes"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(str_of)
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        str_of(&t["name"]),
-                    ]
+                    let mut row = cells(t, &["id", "tenant", "state"]);
+                    row.push(joined(t, "scopes", ","));
+                    row.push(str_of(&t["name"]));
+                    row
                 })
                 .collect();
             print(&table(&["ID", "TENANT", "STATE", "SCOPES", "NAME"], rows));
@@ -446,20 +428,14 @@ pub(crate) fn audit(args: AuditArgs, env: &dyn Env) -> Result<(), Failure> {
         print_json(&page);
         return Ok(());
     }
-    let rows = page["entries"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows = items(&page, "entries")
         .map(|e| {
-            vec![
-                str_of(&e["seq"]),
-                str_of(&e["time"]),
-                str_of(&e["actor"]),
-                str_of(&e["action"]),
-                str_of(&e["target"]),
-                str_of(&e["outcome"]),
-                str_of(&e["detail"]),
-            ]
+            cells(
+                e,
+                &[
+                    "seq", "time", "actor", "action", "target", "outcome", "detail",
+                ],
+            )
         })
         .collect();
     print(&table(

@@ -15,13 +15,12 @@ use std::sync::Arc;
 
 use verge_control::ControlConfig;
 use verge_control::logs::LogHub;
-use verge_ingress::{Ingress, IngressConfig};
 use verge_server::{Server, ServerConfig};
 
 use crate::Failure;
 use crate::client::write_private;
 use crate::env::{Env, default_data_dir};
-use crate::up::{parse_duration, parse_size, shutdown_signal};
+use crate::up::{bind, parse_duration, parse_size, serve_until_signal};
 
 /// Arguments of `verge server`.
 #[derive(Debug, clap::Args)]
@@ -112,17 +111,7 @@ async fn serve(args: ServerArgs, data: PathBuf, logs: Arc<LogHub>) -> Result<(),
     })
     .await
     .map_err(Failure::runtime)?;
-    let ingress = Ingress::bind(
-        args.listen,
-        IngressConfig {
-            header_read_timeout: args.header_read_timeout,
-            shutdown_grace: args.shutdown_grace,
-            ..IngressConfig::default()
-        },
-    )
-    .await
-    .with_context(|| format!("cannot listen on {}", args.listen))
-    .map_err(Failure::runtime)?;
+    let ingress = bind(args.listen, args.header_read_timeout, args.shutdown_grace).await?;
     let addr = ingress.local_addr().map_err(Failure::runtime)?;
     tracing::info!(data = %data.display(), "state in {}", data.display());
     {
@@ -149,15 +138,7 @@ async fn serve(args: ServerArgs, data: PathBuf, logs: Arc<LogHub>) -> Result<(),
         let _ = writeln!(stdout, "Serving http://{addr}");
         let _ = stdout.flush();
     }
-    let report = ingress
-        .serve(server.gateway.clone(), shutdown_signal())
-        .await;
-    if report.forced > 0 {
-        tracing::warn!(
-            "{} connection(s) were closed before their requests finished",
-            report.forced
-        );
-    }
+    serve_until_signal(ingress, server.gateway.clone()).await;
     let node = server.node.clone();
     drop(server);
     tokio::task::spawn_blocking(move || node.shutdown())

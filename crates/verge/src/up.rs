@@ -151,34 +151,51 @@ pub(crate) enum Target {
     App(Box<Manifest>),
 }
 
+/// Resolves what a command was pointed at: `-f FILE`, a folder holding a
+/// manifest, a manifest, a `.wasm` component, or `./verge.toml`. `usage`
+/// ends the message shown when there is nothing to find.
+pub(crate) fn resolve_target(
+    file: Option<&Path>,
+    target: Option<&Path>,
+    usage: &str,
+) -> Result<Target, Failure> {
+    let manifest_path = match (file, target) {
+        (Some(file), _) => file.to_path_buf(),
+        (None, Some(t)) if t.is_dir() => t.join(MANIFEST_FILE),
+        (None, Some(t)) => {
+            if !t.exists() {
+                return Err(Failure::input(anyhow::anyhow!(
+                    "`{}` does not exist; give a `.wasm` component or a folder with a {MANIFEST_FILE}",
+                    t.display()
+                )));
+            }
+            if t.file_name().is_some_and(|n| n == MANIFEST_FILE) {
+                t.to_path_buf()
+            } else {
+                return Ok(Target::Component(t.to_path_buf()));
+            }
+        }
+        (None, None) => PathBuf::from(MANIFEST_FILE),
+    };
+    if !manifest_path.exists() && file.is_none() && target.is_none() {
+        return Err(Failure::input(anyhow::anyhow!(
+            "no {MANIFEST_FILE} in this folder; {usage}"
+        )));
+    }
+    let manifest = Manifest::load(&manifest_path).map_err(Failure::input)?;
+    Ok(Target::App(Box::new(manifest)))
+}
+
 impl UpArgs {
     fn target(&self) -> Result<Target, Failure> {
-        let manifest_path = match (&self.file, &self.target) {
-            (Some(file), _) => file.clone(),
-            (None, Some(t)) if t.is_dir() => t.join(MANIFEST_FILE),
-            (None, Some(t)) => {
-                if !t.exists() {
-                    return Err(Failure::input(anyhow::anyhow!(
-                        "`{}` does not exist; give a `.wasm` component or a folder with a {MANIFEST_FILE}",
-                        t.display()
-                    )));
-                }
-                if t.file_name().is_some_and(|n| n == MANIFEST_FILE) {
-                    t.clone()
-                } else {
-                    return Ok(Target::Component(t.clone()));
-                }
-            }
-            (None, None) => PathBuf::from(MANIFEST_FILE),
-        };
-        if !manifest_path.exists() && self.file.is_none() && self.target.is_none() {
-            return Err(Failure::input(anyhow::anyhow!(
-                "no {MANIFEST_FILE} in this folder; run `verge up path/to/component.wasm`, \
-                 `verge up -f path/to/{MANIFEST_FILE}`, or create an app with `verge new NAME`"
-            )));
-        }
-        let manifest = Manifest::load(&manifest_path).map_err(Failure::input)?;
-        Ok(Target::App(Box::new(manifest)))
+        resolve_target(
+            self.file.as_deref(),
+            self.target.as_deref(),
+            &format!(
+                "run `verge up path/to/component.wasm`, `verge up -f path/to/{MANIFEST_FILE}`, \
+                 or create an app with `verge new NAME`"
+            ),
+        )
     }
 
     /// Applies command-line limits: explicit flags win over the manifest.
@@ -216,14 +233,7 @@ impl UpArgs {
                 }],
             }),
             Target::App(manifest) => {
-                if build {
-                    for c in &manifest.components {
-                        if let Some(spec) = &c.build {
-                            build::run(&c.name, spec).map_err(Failure::input)?;
-                        }
-                    }
-                }
-                manifest.check_sources().map_err(Failure::input)?;
+                build::prepare(manifest, build)?;
                 Ok(AppConfig {
                     name: manifest.name.clone(),
                     components: manifest
@@ -318,17 +328,7 @@ async fn serve(
     app: AppConfig,
     node: Arc<Node>,
 ) -> Result<(), Failure> {
-    let ingress = Ingress::bind(
-        args.listen,
-        IngressConfig {
-            header_read_timeout: args.header_read_timeout,
-            shutdown_grace: args.shutdown_grace,
-            ..IngressConfig::default()
-        },
-    )
-    .await
-    .with_context(|| format!("cannot listen on {}", args.listen))
-    .map_err(Failure::runtime)?;
+    let ingress = bind(args.listen, args.header_read_timeout, args.shutdown_grace).await?;
     let addr = ingress.local_addr().map_err(Failure::runtime)?;
     for c in &app.components {
         let routes: Vec<String> = c.routes.iter().map(ToString::to_string).collect();
@@ -346,19 +346,46 @@ async fn serve(
         None
     };
 
-    let report = ingress.serve(node, shutdown_signal()).await;
+    serve_until_signal(ingress, node).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Binds the listener of `verge up` and `verge server`.
+pub(crate) async fn bind(
+    listen: SocketAddr,
+    header_read_timeout: Duration,
+    shutdown_grace: Duration,
+) -> Result<Ingress, Failure> {
+    Ingress::bind(
+        listen,
+        IngressConfig {
+            header_read_timeout,
+            shutdown_grace,
+            ..IngressConfig::default()
+        },
+    )
+    .await
+    .with_context(|| format!("cannot listen on {listen}"))
+    .map_err(Failure::runtime)
+}
+
+/// Serves until SIGTERM or SIGINT, then drains.
+pub(crate) async fn serve_until_signal<H: verge_ingress::Handler>(
+    ingress: Ingress,
+    handler: Arc<H>,
+) {
+    let report = ingress.serve(handler, shutdown_signal()).await;
     if report.forced > 0 {
         tracing::warn!(
             "{} connection(s) were closed before their requests finished",
             report.forced
         );
     }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT.
-pub(crate) async fn shutdown_signal() {
+async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
