@@ -157,6 +157,42 @@ fn check_dns_name(name: &str) -> Result<(), &'static str> {
 }
 
 impl HostPattern {
+    /// Whether the pattern names the machine's own or a private network
+    /// directly: any host, `localhost`, or a loopback, private, link-local,
+    /// shared or unspecified address. (A DNS name can still resolve to
+    /// such an address; this looks at the pattern only.)
+    pub fn names_internal(&self) -> bool {
+        let host = match &self.host {
+            HostMatch::Any => return true,
+            HostMatch::Exact(h) => h.as_str(),
+            HostMatch::Subdomains(suffix) => suffix.trim_start_matches('.'),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host == "localhost" || host.ends_with(".localhost") {
+            return true;
+        }
+        match host.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => {
+                let [a, b, ..] = ip.octets();
+                ip.is_loopback()
+                    || ip.is_private()
+                    || ip.is_link_local()
+                    || ip.is_unspecified()
+                    || ip.is_broadcast()
+                    || (a == 100 && (64..128).contains(&b))
+            }
+            Ok(std::net::IpAddr::V6(ip)) => {
+                let first = ip.segments()[0];
+                ip.is_loopback()
+                    || ip.is_unspecified()
+                    || (first & 0xfe00) == 0xfc00
+                    || (first & 0xffc0) == 0xfe80
+                    || ip.to_ipv4_mapped().is_some()
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Whether a request to `scheme://host:port` matches this pattern.
     /// `scheme` is `http` or `https`; `port` is `None` for the scheme's default.
     pub fn allows(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {

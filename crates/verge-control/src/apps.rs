@@ -173,6 +173,12 @@ pub(crate) async fn set_traffic(
         if split.iter().any(|s: &TrafficShare| s.version == version) {
             return Err(ApiError::BadRequest(format!("v{version} is listed twice")));
         }
+        if e.weight > 100 {
+            return Err(ApiError::BadRequest(format!(
+                "the weight of v{version} is {}; weights are percentages, 0 to 100",
+                e.weight
+            )));
+        }
         if e.weight > 0 {
             split.push(TrafficShare {
                 version,
@@ -249,6 +255,16 @@ async fn change(
             }
         }
         record.traffic = split.clone();
+        // Every version that will take traffic is compiled before the
+        // change is recorded (usually a cache hit), so a version that
+        // cannot load is refused here instead of failing on the node.
+        for (version, _) in record.live() {
+            control
+                .data_plane
+                .prepare(&record, version)
+                .await
+                .map_err(|e| ApiError::BadRequest(format!("v{}: {e}", version.number)))?;
+        }
         let routes: Vec<Route> = record
             .live()
             .flat_map(|(v, _)| v.routes.iter().filter_map(RouteRecord::route))
@@ -287,12 +303,12 @@ async fn change(
         .audit(outcome.actor(&caller.token.id, caller.tenant()))
         .await;
     let (record, revision) = result?;
-    let serving = control
+    let applied = control
         .data_plane
-        .wait_applied(revision, control.config.apply_timeout)
+        .wait_applied(&target, revision, control.config.apply_timeout)
         .await;
     let mut body = summary(&record);
-    body["serving"] = Value::Bool(serving);
+    applied.describe(&mut body);
     Ok(Json(body))
 }
 
@@ -329,7 +345,7 @@ pub(crate) async fn delete(
     let revision = result?;
     control
         .data_plane
-        .wait_applied(revision, control.config.apply_timeout)
+        .wait_applied(&target, revision, control.config.apply_timeout)
         .await;
     Ok(Json(json!({ "deleted": app })))
 }
@@ -368,20 +384,20 @@ pub(crate) async fn logs(
     let body = match live {
         None => Body::from_stream(recent),
         Some(rx) => {
-            let live = futures::stream::unfold((rx, key), |(mut rx, key)| async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(line) if line.app == key => return Some((Ok(ndjson(&line)), (rx, key))),
-                        Ok(_) => continue,
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            let note = json!({"level": "WARN", "message": format!("{n} log lines dropped: this follower fell behind")});
-                            return Some((Ok(Bytes::from(format!("{note}\n"))), (rx, key)));
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            });
-            Body::from_stream(recent.chain(live))
+            let Some(slot) = FollowerSlot::take(&control) else {
+                return Err(ApiError::Unavailable(format!(
+                    "{MAX_FOLLOWERS} log streams are open on this server; try again later"
+                )));
+            };
+            let follow = Follow {
+                rx,
+                key,
+                control: control.clone(),
+                token: caller.token.id.clone(),
+                check: tokio::time::interval(control.config.log_recheck),
+                _slot: slot,
+            };
+            Body::from_stream(recent.chain(futures::stream::unfold(follow, Follow::next)))
         }
     };
     axum::response::Response::builder()
@@ -394,4 +410,79 @@ fn ndjson(line: &crate::logs::LogLine) -> Bytes {
     let mut text = serde_json::to_string(line).unwrap_or_default();
     text.push('\n');
     Bytes::from(text)
+}
+
+/// Most `logs?follow=true` streams open at once on a server.
+const MAX_FOLLOWERS: usize = 256;
+
+/// A place among the open followers, given back when the stream ends.
+struct FollowerSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl FollowerSlot {
+    fn take(control: &Control) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        let count = control.followers.clone();
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_FOLLOWERS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(count))
+    }
+}
+
+impl Drop for FollowerSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A live log stream. It ends when the token is revoked or expires, or
+/// when the app is deleted (checked every `log_recheck`).
+struct Follow {
+    rx: broadcast::Receiver<Arc<crate::logs::LogLine>>,
+    key: String,
+    control: Arc<Control>,
+    token: String,
+    check: tokio::time::Interval,
+    _slot: FollowerSlot,
+}
+
+impl Follow {
+    async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
+        loop {
+            tokio::select! {
+                received = self.rx.recv() => match received {
+                    Ok(line) if line.app == self.key => return Some((Ok(ndjson(&line)), self)),
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let note = json!({"level": "WARN", "message": format!("{n} log lines dropped: this follower fell behind")});
+                        return Some((Ok(Bytes::from(format!("{note}\n"))), self));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = self.check.tick() => {
+                    if !self.still_allowed().await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn still_allowed(&self) -> bool {
+        let store = self.control.store.as_ref();
+        let token_ok = match store.get(&crate::model::token_key(&self.token)).await {
+            Ok(Some(entry)) => serde_json::from_slice::<crate::model::TokenRecord>(&entry.value)
+                .is_ok_and(|t| {
+                    t.revoked.is_none() && t.expires_at.is_none_or(|e| e > crate::model::unix_now())
+                }),
+            _ => false,
+        };
+        let app_ok = matches!(
+            store.get(&format!("{APPS_PREFIX}{}", self.key)).await,
+            Ok(Some(_))
+        );
+        token_ok && app_ok
+    }
 }

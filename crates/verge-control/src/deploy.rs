@@ -36,6 +36,9 @@ use crate::{ApiError, Caller, Control};
 /// Largest deploy request (the manifest and digests), in bytes.
 const MAX_DEPLOY_REQUEST: usize = 1024 * 1024;
 
+/// Largest manifest accepted, in bytes.
+const MAX_MANIFEST: usize = 64 * 1024;
+
 /// Path prefixes apps may not claim: the control API and node endpoints.
 const RESERVED: &[&str] = &["/v1", "/.well-known/verge"];
 
@@ -75,10 +78,16 @@ pub(crate) async fn upload_blob(
     }
     let size = writer.len();
     match writer.finish(Some(&id)).await {
-        Ok(id) => Ok((
-            StatusCode::CREATED,
-            Json(json!({"digest": id.to_string(), "size": size})),
-        )),
+        Ok(id) => {
+            control
+                .store
+                .put(&upload_key(caller.tenant(), &id), Vec::new(), Expect::Any)
+                .await?;
+            Ok((
+                StatusCode::CREATED,
+                Json(json!({"digest": id.to_string(), "size": size})),
+            ))
+        }
         Err(e @ BlobError::Mismatch { .. }) => Err(ApiError::BadRequest(e.to_string())),
         Err(e) => Err(ApiError::internal(e)),
     }
@@ -151,17 +160,17 @@ pub(crate) async fn create_version(
     let (status, body) = result?;
     // Stopping here leaves the version recorded but maybe not yet served.
     control.pause_if("recorded").await;
-    let serving = match body["revision"].as_u64() {
+    let applied = match body["revision"].as_u64() {
         Some(revision) => {
             control
                 .data_plane
-                .wait_applied(revision, control.config.apply_timeout)
+                .wait_applied(&target, revision, control.config.apply_timeout)
                 .await
         }
-        None => false,
+        None => crate::Applied::TimedOut,
     };
     let mut body = body;
-    body["serving"] = Value::Bool(serving);
+    applied.describe(&mut body);
     Ok((status, Json(body)))
 }
 
@@ -173,6 +182,11 @@ async fn deploy(
 ) -> Result<(StatusCode, Value), ApiError> {
     check_app_name(app)?;
     let request: DeployRequest = read_json(body, MAX_DEPLOY_REQUEST).await?;
+    if request.manifest.len() > MAX_MANIFEST {
+        return Err(ApiError::TooLarge(format!(
+            "the manifest is larger than {MAX_MANIFEST} bytes"
+        )));
+    }
     let manifest = Manifest::parse(&request.manifest, Path::new("verge.toml"))
         .map_err(|e: ManifestError| ApiError::BadRequest(e.to_string()))?;
     let mut components = BTreeMap::new();
@@ -186,9 +200,14 @@ async fn deploy(
         let id: BlobId = digest
             .parse()
             .map_err(|e: BlobError| ApiError::BadRequest(format!("component `{}`: {e}", c.name)))?;
+        let uploaded = control
+            .store
+            .get(&upload_key(caller.tenant(), &id))
+            .await?
+            .is_some();
         match control.blobs.local_path(&id).await {
-            Ok(_) => {}
-            Err(BlobError::Missing(_)) => {
+            Ok(_) if uploaded => {}
+            Ok(_) | Err(BlobError::Missing(_)) => {
                 return Err(ApiError::BadRequest(format!(
                     "component `{}`: blob {id} was not uploaded; PUT it to /v1/blobs/{id} first",
                     c.name
@@ -223,29 +242,38 @@ async fn deploy(
             )));
         }
     }
+    check_operator_grants(caller, &manifest, &routes)?;
     let digest = version_digest(&request.manifest, &components);
     control.pause_if("validated").await;
 
-    let _serial = control.deploy_lock.lock().await;
+    // Compile before taking the lock, so a slow compile of one tenant
+    // never holds up everyone's deploys; under the lock the version
+    // number is confirmed (a concurrent deploy may have taken it, then
+    // compiling again hits the compile cache).
     let key = app_key(caller.tenant(), app);
-    let existing = control.store.get(&key).await?;
-    let (mut record, expect) = match &existing {
-        Some(entry) => (
-            serde_json::from_slice::<AppRecord>(&entry.value).map_err(ApiError::internal)?,
-            Expect::Revision(entry.revision),
-        ),
-        None => (
-            AppRecord {
-                tenant: caller.tenant().to_string(),
-                name: app.to_string(),
-                created: now(),
-                next_version: 1,
-                versions: Vec::new(),
-                traffic: Vec::new(),
-            },
-            Expect::Absent,
-        ),
+    let draft = |record: &AppRecord| VersionRecord {
+        number: record.next_version,
+        digest: digest.clone(),
+        manifest: request.manifest.clone(),
+        components: components.clone(),
+        routes: routes.iter().map(RouteRecord::from).collect(),
+        created: now(),
+        created_by: caller.token.id.clone(),
     };
+    let (early, _) = read_record(control, &key, caller.tenant(), app).await?;
+    let mut prepared = None;
+    if !early.versions.iter().any(|v| v.digest == digest) {
+        let v = draft(&early);
+        control
+            .data_plane
+            .prepare(&early, &v)
+            .await
+            .map_err(ApiError::BadRequest)?;
+        prepared = Some(v.number);
+    }
+
+    let _serial = control.deploy_lock.lock().await;
+    let (mut record, expect) = read_record(control, &key, caller.tenant(), app).await?;
     if let Some(expected) = &request.expect_version {
         let expected = parse_version(expected)
             .ok_or_else(|| ApiError::BadRequest(format!("`{expected}` is not a version")))?;
@@ -265,20 +293,14 @@ async fn deploy(
     let version = match reused {
         Some(v) => v,
         None => {
-            let v = VersionRecord {
-                number: record.next_version,
-                digest: digest.clone(),
-                manifest: request.manifest.clone(),
-                components,
-                routes: routes.iter().map(RouteRecord::from).collect(),
-                created: now(),
-                created_by: caller.token.id.clone(),
-            };
-            control
-                .data_plane
-                .prepare(&record, &v)
-                .await
-                .map_err(ApiError::BadRequest)?;
+            let v = draft(&record);
+            if prepared != Some(v.number) {
+                control
+                    .data_plane
+                    .prepare(&record, &v)
+                    .await
+                    .map_err(ApiError::BadRequest)?;
+            }
             record.next_version += 1;
             record.versions.push(v.clone());
             v
@@ -318,6 +340,76 @@ async fn deploy(
             "revision": revision,
         }),
     ))
+}
+
+/// The app's record, or a new empty one, with the precondition to write it.
+async fn read_record(
+    control: &Control,
+    key: &str,
+    tenant: &str,
+    app: &str,
+) -> Result<(AppRecord, Expect), ApiError> {
+    Ok(match control.store.get(key).await? {
+        Some(entry) => (
+            serde_json::from_slice::<AppRecord>(&entry.value).map_err(ApiError::internal)?,
+            Expect::Revision(entry.revision),
+        ),
+        None => (
+            AppRecord {
+                tenant: tenant.to_string(),
+                name: app.to_string(),
+                created: now(),
+                next_version: 1,
+                versions: Vec::new(),
+                traffic: Vec::new(),
+            },
+            Expect::Absent,
+        ),
+    })
+}
+
+/// What only an operator (`tenants:admin`) may grant an app: the
+/// catch-all route (`/` on every host), and outbound calls to this
+/// machine or a private network.
+fn check_operator_grants(
+    caller: &Caller,
+    manifest: &Manifest,
+    routes: &[Route],
+) -> Result<(), ApiError> {
+    if caller.has("tenants:admin") {
+        return Ok(());
+    }
+    if routes
+        .iter()
+        .any(|r| r.host().is_none() && r.prefix() == "/")
+    {
+        return Err(ApiError::BadRequest(
+            "route `/` on every host would take all of this server's traffic; only an operator \
+             may claim it. Deploy under a prefix (e.g. `--route /NAME`) or on a host"
+                .to_string(),
+        ));
+    }
+    for c in &manifest.components {
+        if let Some(p) = c
+            .capabilities
+            .outbound
+            .patterns()
+            .iter()
+            .find(|p| p.names_internal())
+        {
+            return Err(ApiError::BadRequest(format!(
+                "component `{}` may call `{p}`, which names this server or a private network; \
+                 only an operator may grant that",
+                c.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The store key recording that `tenant` uploaded blob `id`.
+pub(crate) fn upload_key(tenant: &str, id: &BlobId) -> String {
+    format!("uploads/{tenant}/{id}")
 }
 
 /// Refuses routes another app already serves: any overlap with another

@@ -33,6 +33,9 @@ pub enum ApiError {
     /// Too many failed attempts from this source (429).
     #[error("too many failed authentication attempts; retry in {0} s")]
     RateLimited(u64),
+    /// The server is at a limit for this kind of request (503).
+    #[error("{0}")]
+    Unavailable(String),
     /// Something failed inside the server (500); details are logged.
     #[error("internal error")]
     Internal(String),
@@ -49,6 +52,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -63,6 +67,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::TooLarge(_) => "too_large",
             ApiError::RateLimited(_) => "rate_limited",
+            ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
     }

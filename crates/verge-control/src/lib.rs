@@ -45,9 +45,34 @@ pub trait DataPlane: Send + Sync + 'static {
     /// error is a message for the deployer (which component, why).
     async fn prepare(&self, app: &AppRecord, version: &VersionRecord) -> Result<(), String>;
 
-    /// Waits until the node serves the store as of `revision`; `false` on
-    /// timeout.
-    async fn wait_applied(&self, revision: Revision, timeout: Duration) -> bool;
+    /// Waits until the node has applied the store as of `revision`, and
+    /// says whether app `key` (`tenant/app`) is served as recorded.
+    async fn wait_applied(&self, key: &str, revision: Revision, timeout: Duration) -> Applied;
+}
+
+/// What the node did with a recorded change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// It serves the change.
+    Serving,
+    /// It could not (the reason is for the operator's log and the caller).
+    Failed(String),
+    /// It did not confirm within the time allowed.
+    TimedOut,
+}
+
+impl Applied {
+    /// The `serving` field of a response, and the reason when not.
+    pub(crate) fn describe(&self, body: &mut serde_json::Value) {
+        body["serving"] = serde_json::Value::Bool(*self == Applied::Serving);
+        match self {
+            Applied::Serving => {}
+            Applied::Failed(reason) => body["problem"] = reason.clone().into(),
+            Applied::TimedOut => {
+                body["problem"] = "the node did not confirm in time; it may still be loading".into()
+            }
+        }
+    }
 }
 
 /// Settings of the control API.
@@ -57,6 +82,9 @@ pub struct ControlConfig {
     pub max_upload: u64,
     /// How long a deploy waits for the node to serve the new version.
     pub apply_timeout: Duration,
+    /// How often a `logs?follow=true` stream checks that its token and
+    /// app still exist.
+    pub log_recheck: Duration,
     /// Makes deploys stop forever at this stage (`validated`, `prepared`,
     /// `recorded`) so a crash test can kill the process there.
     pub pause_deploys_at: Option<String>,
@@ -67,6 +95,7 @@ impl Default for ControlConfig {
         Self {
             max_upload: 64 * 1024 * 1024,
             apply_timeout: Duration::from_secs(30),
+            log_recheck: Duration::from_secs(15),
             pause_deploys_at: None,
         }
     }
@@ -80,6 +109,8 @@ pub struct Control {
     pub(crate) config: ControlConfig,
     pub(crate) guard: auth::Guard,
     pub(crate) logs: Arc<logs::LogHub>,
+    /// Open `logs?follow=true` streams.
+    pub(crate) followers: Arc<std::sync::atomic::AtomicUsize>,
     /// Serialises audit appends.
     audit_lock: tokio::sync::Mutex<()>,
     /// Serialises deploys and traffic changes, so route claims are checked
@@ -107,6 +138,7 @@ impl Control {
             blobs,
             data_plane,
             logs,
+            followers: Arc::default(),
             config,
             guard: auth::Guard::new(),
             audit_lock: tokio::sync::Mutex::new(()),
@@ -130,23 +162,33 @@ impl Control {
         }
     }
 
-    /// Creates the first admin token if the store has no token at all.
-    pub async fn bootstrap(&self) -> Result<Option<Issued>, ApiError> {
-        if !self.store.list("tokens/").await?.is_empty() {
+    /// Creates the first admin token if the store has no token at all,
+    /// or a new one anyway with `force` (the recovery path of an operator
+    /// who lost it: whoever can start the server owns its data already).
+    pub async fn bootstrap(&self, force: bool) -> Result<Option<Issued>, ApiError> {
+        let first = self.store.list("tokens/").await?.is_empty();
+        if !first && !force {
             return Ok(None);
         }
         let issued = auth::issue(
             self.store.as_ref(),
             auth::DEFAULT_TENANT,
             auth::ADMIN_SCOPES.iter().map(|s| s.to_string()).collect(),
-            "admin (created at first start)",
+            if first {
+                "admin (created at first start)"
+            } else {
+                "admin (issued at start by --issue-admin-token)"
+            },
             None,
         )
         .await?;
         self.audit(
             audit::Record::new("token.create", auth::DEFAULT_TENANT, audit::Outcome::Ok)
                 .actor("-", auth::DEFAULT_TENANT)
-                .detail(format!("first admin token {}", issued.record.id)),
+                .detail(format!(
+                    "admin token {} issued at server start",
+                    issued.record.id
+                )),
         )
         .await;
         Ok(Some(issued))

@@ -176,7 +176,15 @@ pub fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-/// An RFC 3339 time for seconds since the epoch.
+/// An RFC 3339 time for seconds since the epoch (`-` if out of range).
 pub fn rfc3339(unix: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(unix)).to_string()
+    use std::fmt::Write;
+    let Some(time) = UNIX_EPOCH.checked_add(std::time::Duration::from_secs(unix)) else {
+        return "-".to_string();
+    };
+    let mut out = String::new();
+    match write!(out, "{}", humantime::format_rfc3339_seconds(time)) {
+        Ok(()) => out,
+        Err(_) => "-".to_string(),
+    }
 }

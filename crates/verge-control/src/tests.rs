@@ -23,8 +23,8 @@ impl DataPlane for AcceptAll {
     async fn prepare(&self, _: &AppRecord, _: &VersionRecord) -> Result<(), String> {
         Ok(())
     }
-    async fn wait_applied(&self, _: Revision, _: Duration) -> bool {
-        true
+    async fn wait_applied(&self, _: &str, _: Revision, _: Duration) -> Applied {
+        Applied::Serving
     }
 }
 
@@ -46,13 +46,13 @@ async fn api_with(config: ControlConfig) -> Api {
         config,
     );
     let admin = control
-        .bootstrap()
+        .bootstrap(false)
         .await
         .expect("bootstrap")
         .expect("first token")
         .text;
     assert!(
-        control.bootstrap().await.expect("bootstrap").is_none(),
+        control.bootstrap(false).await.expect("bootstrap").is_none(),
         "only once"
     );
     Api {
@@ -257,11 +257,27 @@ async fn a_tenant_cannot_see_or_touch_another_tenants_apps() {
         .await;
     assert_eq!(body["traffic"], json!([{"version": "v2", "weight": 100}]));
 
-    // Bravo cannot claim a route overlapping acme's.
-    for route in ["/shop/v2", "/shop/v2/cart", "/"] {
+    // Bravo cannot claim a route overlapping acme's, nor the catch-all.
+    for route in ["/shop/v2", "/shop/v2/cart"] {
         let (status, body) = api.deploy(&b, "grab", route).await;
         assert_error(status, &body, StatusCode::CONFLICT, "conflict");
     }
+    let (status, body) = api.deploy(&b, "grab", "/").await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    assert!(body.to_string().contains("only an operator"), "{body}");
+    // Nor deploy a component only acme uploaded.
+    let acme_digest = api.upload(&a, b"acme-only component").await;
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/apps/copy/versions",
+            &b,
+            json!({"manifest": "[component.web]\nsource = \"w.wasm\"\nroutes = [\"/copy\"]\n",
+                   "components": {"web": acme_digest}}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    assert!(body.to_string().contains("was not uploaded"), "{body}");
     // Bravo's audit view holds only bravo's entries.
     let audit_b = api.token("bravo", &["audit:read"]).await;
     let (_, page) = api
@@ -613,4 +629,146 @@ async fn concurrent_deploys_to_one_app_both_land_in_order() {
         )
         .await;
     assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+}
+
+#[tokio::test]
+async fn token_lifetimes_and_revocation_cannot_be_abused() {
+    let api = api().await;
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            &api.admin,
+            json!({"scopes": ["apps:read"], "expires_in": "10000years"}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    // A short-lived token admin cannot mint a longer-lived token.
+    let (_, short) = api
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            &api.admin,
+            json!({"tenant": "acme", "scopes": ["tokens:admin", "apps:read"], "expires_in": "1h"}),
+        )
+        .await;
+    let short_expiry = short["expires"].clone();
+    let short = short["token"].as_str().expect("token").to_string();
+    let (status, child) = api
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            &short,
+            json!({"scopes": ["apps:read"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{child}");
+    assert_eq!(child["expires"], short_expiry, "{child}");
+    // It cannot revoke a token holding scopes it lacks.
+    let deployer = api.token("acme", &["apps:deploy"]).await;
+    let deployer_id = &deployer["verge_".len().."verge_".len() + 16];
+    let (status, body) = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/tokens/{deployer_id}"),
+            &short,
+            Value::Null,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    // The last operator token cannot be revoked.
+    let admin_id = &api.admin["verge_".len().."verge_".len() + 16];
+    let (status, body) = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/tokens/{admin_id}"),
+            &api.admin,
+            Value::Null,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    // Verifying the whole chain is an operator's task.
+    let auditor = api.token("acme", &["audit:read"]).await;
+    let (status, body) = api
+        .call(Method::GET, "/v1/audit/verify", &auditor, Value::Null)
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+}
+
+#[tokio::test]
+async fn operator_only_grants_and_weights_out_of_range_are_refused() {
+    let api = api().await;
+    let tenant = api.token("acme", &["apps:deploy", "apps:read"]).await;
+    let digest = api.upload(&tenant, b"component bytes").await;
+    let manifest = "[component.web]\nsource = \"w.wasm\"\nroutes = [\"/web\"]\nallowed_outbound_hosts = [\"http://127.0.0.1:8080\"]\n";
+    let request = json!({"manifest": manifest, "components": {"web": digest}});
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/apps/web/versions",
+            &tenant,
+            request.clone(),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    assert!(body.to_string().contains("private network"), "{body}");
+    api.upload(&api.admin, b"component bytes").await;
+    let (status, body) = api
+        .call(Method::POST, "/v1/apps/web/versions", &api.admin, request)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "an operator may grant it: {body}"
+    );
+
+    api.deploy(&tenant, "shop", "/shop").await;
+    api.deploy(&tenant, "shop", "/shop2").await;
+    let (status, body) = api
+        .call(
+            Method::PUT,
+            "/v1/apps/shop/traffic",
+            &tenant,
+            json!({"split": [{"version": "v1", "weight": 4294967295u32}, {"version": "v2", "weight": 101}]}),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+}
+
+#[tokio::test]
+async fn a_log_stream_ends_when_its_token_is_revoked() {
+    let api = api_with(ControlConfig {
+        log_recheck: Duration::from_millis(50),
+        ..ControlConfig::default()
+    })
+    .await;
+    let reader = api.token("default", &["apps:read"]).await;
+    api.deploy(&api.admin, "shop", "/shop").await;
+    let mut request = Request::builder()
+        .uri("/v1/apps/shop/logs?follow=true")
+        .header("authorization", format!("Bearer {reader}"))
+        .body(Body::empty())
+        .expect("request");
+    request
+        .extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 1], 1))));
+    let response = api
+        .router
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    let id = &reader["verge_".len().."verge_".len() + 16];
+    let (status, _) = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/tokens/{id}"),
+            &api.admin,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let ended = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect()).await;
+    assert!(ended.is_ok(), "the stream must end after the revocation");
 }

@@ -41,6 +41,9 @@ pub(crate) struct CreateToken {
     expires_in: Option<String>,
 }
 
+/// Longest lifetime a token may be given (10 years).
+const MAX_LIFETIME_SECS: u64 = 10 * 366 * 24 * 3600;
+
 fn visible(caller: &Caller, record: &TokenRecord) -> bool {
     record.tenant == caller.tenant() || caller.has("tenants:admin")
 }
@@ -105,14 +108,25 @@ pub(crate) async fn create(
                 "the token name must be at most 200 printable characters".to_string(),
             ));
         }
-        let expires_at = match &request.expires_in {
+        let requested = match &request.expires_in {
             None => None,
             Some(text) => {
                 let d = humantime::parse_duration(text).map_err(|e| {
                     ApiError::BadRequest(format!("invalid `expires_in` `{text}`: {e}"))
                 })?;
+                if d.as_secs() > MAX_LIFETIME_SECS {
+                    return Err(ApiError::BadRequest(format!(
+                        "`expires_in` `{text}` is longer than 10 years; leave it out for a token \
+                         that does not expire"
+                    )));
+                }
                 Some(unix_now().saturating_add(d.as_secs().max(1)))
             }
+        };
+        // A token never outlives the token that created it.
+        let expires_at = match (requested, caller.token.expires_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         let mut scopes = request.scopes.clone();
         scopes.sort();
@@ -177,6 +191,29 @@ pub(crate) async fn revoke(
     if !visible(&caller, &record) {
         return Err(not_found());
     }
+    // Revoking is as powerful as what the token could do: only a caller
+    // holding every scope of the token may revoke it.
+    if let Some(scope) = record.scopes.iter().find(|s| !caller.has(s)) {
+        return Err(ApiError::Forbidden(scope.clone()));
+    }
+    if record.revoked.is_none() && record.scopes.iter().any(|s| s == "tenants:admin") {
+        let mut admins = 0;
+        for entry in control.store.list("tokens/").await? {
+            let other: TokenRecord =
+                serde_json::from_slice(&entry.value).map_err(ApiError::internal)?;
+            let active = other.revoked.is_none() && other.expires_at.is_none_or(|t| t > unix_now());
+            if active && other.scopes.iter().any(|s| s == "tenants:admin") {
+                admins += 1;
+            }
+        }
+        if admins <= 1 {
+            return Err(ApiError::Conflict(
+                "this is the last token with `tenants:admin`; create another one first (or \
+                 issue a new one with `verge server --issue-admin-token`)"
+                    .to_string(),
+            ));
+        }
+    }
     if record.revoked.is_none() {
         record.revoked = Some(now());
         let value = serde_json::to_vec(&record).map_err(ApiError::internal)?;
@@ -237,7 +274,9 @@ pub(crate) async fn audit_verify(
     State(control): State<Arc<Control>>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
+    // The chain spans every tenant: verifying it is an operator's task.
     caller.require("audit:read", caller.tenant()).await?;
+    caller.require("tenants:admin", caller.tenant()).await?;
     let report = audit::verify(control.store.as_ref()).await?;
     Ok(Json(
         serde_json::to_value(report).map_err(ApiError::internal)?,

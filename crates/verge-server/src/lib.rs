@@ -43,6 +43,9 @@ pub struct ServerConfig {
     pub max_instances: u32,
     /// Control API settings.
     pub control: ControlConfig,
+    /// Issue a new admin token even if tokens exist (the first start
+    /// always issues one).
+    pub issue_admin_token: bool,
     /// Where app log lines are collected for `verge logs` (install its
     /// layer in the process's `tracing` subscriber).
     pub logs: Arc<LogHub>,
@@ -131,7 +134,7 @@ impl Server {
             config.control.clone(),
         );
         let issued = control
-            .bootstrap()
+            .bootstrap(config.issue_admin_token)
             .await
             .map_err(|e| ServerError::Bootstrap(e.to_string()))?;
         let gateway = Arc::new(Gateway::new(node.clone(), control.clone()));

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
-use verge_control::{AppRecord, DataPlane, VersionRecord};
+use verge_control::{AppRecord, Applied, DataPlane, VersionRecord};
 use verge_manifest::Manifest;
 use verge_node::{AppConfig, AppRuntime, ComponentConfig, Node};
 use verge_store::{BlobId, BlobStore, Revision};
@@ -25,6 +25,9 @@ pub(crate) struct NodePlane {
     blobs: Arc<dyn BlobStore>,
     prepared: Mutex<HashMap<PreparedKey, Arc<AppRuntime>>>,
     applied: watch::Sender<Revision>,
+    /// Per app, the revision of its last change and why it failed, if it
+    /// did.
+    outcomes: Mutex<HashMap<String, (Revision, Option<String>)>>,
 }
 
 /// The node's key for an app: `tenant/app`.
@@ -39,6 +42,7 @@ impl NodePlane {
             blobs,
             prepared: Mutex::new(HashMap::new()),
             applied: watch::Sender::new(0),
+            outcomes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -78,10 +82,23 @@ impl NodePlane {
         Ok(runtime)
     }
 
-    /// Forgets prepared runtimes of `key` that are not in `keep`.
+    /// Forgets prepared runtimes of `key` that are not in `keep`, except
+    /// versions newer than all of them: a deploy may have compiled one
+    /// that the store does not record yet.
     pub(crate) fn retain(&self, key: &str, keep: &[(u32, String)]) {
-        self.lock()
-            .retain(|(k, n, d), _| k != key || keep.iter().any(|(kn, kd)| kn == n && kd == d));
+        let newest = keep.iter().map(|(n, _)| *n).max().unwrap_or(u32::MAX);
+        self.lock().retain(|(k, n, d), _| {
+            k != key || *n > newest || keep.iter().any(|(kn, kd)| kn == n && kd == d)
+        });
+    }
+
+    /// Records how applying app `key` at `revision` went.
+    pub(crate) fn set_outcome(&self, key: &str, revision: Revision, error: Option<String>) {
+        let mut outcomes = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        match error {
+            None => outcomes.remove(key),
+            Some(e) => outcomes.insert(key.to_string(), (revision, Some(e))),
+        };
     }
 
     pub(crate) fn set_applied(&self, revision: Revision) {
@@ -146,10 +163,18 @@ impl DataPlane for NodePlane {
         self.runtime(app, version).await.map(|_| ())
     }
 
-    async fn wait_applied(&self, revision: Revision, timeout: Duration) -> bool {
+    async fn wait_applied(&self, key: &str, revision: Revision, timeout: Duration) -> Applied {
         let mut applied = self.applied.subscribe();
-        tokio::time::timeout(timeout, applied.wait_for(|r| *r >= revision))
+        let reached = tokio::time::timeout(timeout, applied.wait_for(|r| *r >= revision))
             .await
-            .is_ok_and(|r| r.is_ok())
+            .is_ok_and(|r| r.is_ok());
+        if !reached {
+            return Applied::TimedOut;
+        }
+        let outcomes = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        match outcomes.get(key) {
+            Some((r, Some(error))) if *r >= revision => Applied::Failed(error.clone()),
+            _ => Applied::Serving,
+        }
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use verge_control::AppRecord;
 use verge_control::model::APPS_PREFIX;
-use verge_store::{BlobStore, Change, Store, StoreError};
+use verge_store::{BlobStore, Change, Revision, Store, StoreError};
 
 use crate::ServerError;
 use crate::plane::{NodePlane, node_key};
@@ -25,7 +25,7 @@ pub(crate) async fn start(store: Arc<dyn Store>, plane: Arc<NodePlane>) -> Resul
     let revision = store.revision().await?;
     let entries = store.list(APPS_PREFIX).await?;
     for entry in &entries {
-        apply_put(&plane, &entry.key, &entry.value).await;
+        apply_put(&plane, &entry.key, &entry.value, entry.revision).await;
     }
     plane.set_applied(revision);
     plane.node.mark_ready();
@@ -41,11 +41,12 @@ pub(crate) async fn start(store: Arc<dyn Store>, plane: Arc<NodePlane>) -> Resul
                 Ok(changes) => {
                     for change in &changes {
                         match change {
-                            Change::Put(e) => apply_put(&plane, &e.key, &e.value).await,
+                            Change::Put(e) => apply_put(&plane, &e.key, &e.value, e.revision).await,
                             Change::Delete { key, .. } => {
                                 if let Some(k) = key.strip_prefix(APPS_PREFIX) {
                                     plane.node.remove_app(k);
                                     plane.retain(k, &[]);
+                                    plane.set_outcome(k, change.revision(), None);
                                     tracing::info!(app = k, "app removed");
                                 }
                             }
@@ -65,11 +66,16 @@ pub(crate) async fn start(store: Arc<dyn Store>, plane: Arc<NodePlane>) -> Resul
     Ok(())
 }
 
-async fn apply_put(plane: &NodePlane, store_key: &str, value: &[u8]) {
+/// Serves the app recorded under `store_key`; on failure the node keeps
+/// what it served before, and the failure is recorded for the API.
+async fn apply_put(plane: &NodePlane, store_key: &str, value: &[u8], revision: Revision) {
     let record: AppRecord = match serde_json::from_slice(value) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(key = store_key, "unreadable app record, not served: {e}");
+            if let Some(k) = store_key.strip_prefix(APPS_PREFIX) {
+                plane.set_outcome(k, revision, Some("the app record is unreadable".into()));
+            }
             return;
         }
     };
@@ -80,14 +86,17 @@ async fn apply_put(plane: &NodePlane, store_key: &str, value: &[u8]) {
             Ok(rt) => versions.push((rt, weight)),
             Err(e) => {
                 tracing::error!(app = %key, version = version.number, "cannot load version, keeping the previous state: {e}");
+                plane.set_outcome(&key, revision, Some(format!("v{}: {e}", version.number)));
                 return;
             }
         }
     }
     if let Err(e) = plane.node.set_app(&key, versions) {
         tracing::error!(app = %key, "cannot serve app, keeping the previous state: {e}");
+        plane.set_outcome(&key, revision, Some(e.to_string()));
         return;
     }
+    plane.set_outcome(&key, revision, None);
     let live: Vec<(u32, String)> = record
         .live()
         .map(|(v, _)| (v.number, v.digest.clone()))
@@ -122,6 +131,13 @@ pub(crate) async fn collect_garbage(
         if !referenced.contains(id.as_str()) {
             blobs.remove(&id).await?;
             removed += 1;
+        }
+    }
+    // A tenant's record of an upload goes with the blob.
+    for entry in store.list("uploads/").await? {
+        let digest = entry.key.rsplit('/').next().unwrap_or("");
+        if !referenced.contains(digest) {
+            store.delete(&entry.key, verge_store::Expect::Any).await?;
         }
     }
     if removed > 0 {

@@ -251,19 +251,29 @@ impl BlobWriter for FsWriter {
         let target = blobs.path(&actual);
         let shard = target.parent().map(Path::to_path_buf);
         let id = actual.clone();
+        let checked = actual.clone();
         tokio::task::spawn_blocking(move || -> Result<(), BlobError> {
-            if let Some(shard) = &shard {
-                std::fs::create_dir_all(shard)?;
+            let Some(shard) = shard else {
+                return Err(std::io::Error::other("blob path without a folder").into());
+            };
+            if !shard.exists() {
+                std::fs::create_dir_all(&shard)?;
+                // The new shard folder itself must survive a power loss.
+                if let Some(root) = shard.parent() {
+                    std::fs::File::open(root)?.sync_all()?;
+                }
             }
-            // Same bytes already stored: keep the existing file.
+            // Same bytes already stored: keep the existing file, unless it
+            // was damaged on disk, then the upload repairs it.
             if target.exists() {
-                return Ok(());
+                if BlobId::of(&std::fs::read(&target)?) == checked {
+                    return Ok(());
+                }
+                tracing::warn!(blob = %checked, "replacing a damaged stored blob with uploaded bytes");
             }
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o400))?;
             path.persist(&target).map_err(|e| e.error)?;
-            if let Some(shard) = &shard {
-                std::fs::File::open(shard)?.sync_all()?;
-            }
+            std::fs::File::open(&shard)?.sync_all()?;
             Ok(())
         })
         .await

@@ -122,6 +122,12 @@ impl Client {
                 self.base
             ))
         })?;
+        self.answer(response).await
+    }
+
+    /// The JSON body of a successful response, or the API's error as a
+    /// failure (exit 2 for what the user must fix, 1 otherwise).
+    pub(crate) async fn answer(&self, response: reqwest::Response) -> Result<Value, Failure> {
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success() {

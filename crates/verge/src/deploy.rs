@@ -43,7 +43,7 @@ pub(crate) struct DeployArgs {
 
     /// App name [default: the manifest's `name`, or the component's file
     /// name].
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = crate::manage::app_name)]
     app: Option<String>,
 
     /// Path prefix served by a single component [default: /] (not with a
@@ -68,10 +68,6 @@ struct Bundle {
 }
 
 fn bundle(args: &DeployArgs) -> Result<Bundle, Failure> {
-    if let Some(app) = &args.app {
-        verge_manifest::check_name(app)
-            .map_err(|hint| Failure::input(anyhow!("invalid app name `{app}`: {hint}")))?;
-    }
     let target = resolve_target(
         args.file.as_deref(),
         args.target.as_deref(),

@@ -36,6 +36,7 @@ pub(crate) struct Output {
 #[derive(Debug, clap::Args)]
 pub(crate) struct AppArg {
     /// The app.
+    #[arg(value_parser = app_name)]
     app: String,
     #[command(flatten)]
     output: Output,
@@ -45,6 +46,7 @@ pub(crate) struct AppArg {
 #[derive(Debug, clap::Args)]
 pub(crate) struct TrafficArgs {
     /// The app.
+    #[arg(value_parser = app_name)]
     app: String,
     /// Versions and weights adding up to 100, e.g. `v3=90 v4=10`.
     #[arg(required = true, value_name = "VERSION=WEIGHT")]
@@ -55,6 +57,7 @@ pub(crate) struct TrafficArgs {
 #[derive(Debug, clap::Args)]
 pub(crate) struct RollbackArgs {
     /// The app.
+    #[arg(value_parser = app_name)]
     app: String,
     /// The version to serve [default: the one before the current].
     version: Option<String>,
@@ -64,6 +67,7 @@ pub(crate) struct RollbackArgs {
 #[derive(Debug, clap::Args)]
 pub(crate) struct LogsArgs {
     /// The app.
+    #[arg(value_parser = app_name)]
     app: String,
     /// Keep streaming new lines until interrupted.
     #[arg(short, long)]
@@ -79,6 +83,7 @@ pub(crate) struct LogsArgs {
 #[derive(Debug, clap::Args)]
 pub(crate) struct DeleteArgs {
     /// The app to stop serving and forget.
+    #[arg(value_parser = app_name)]
     app: String,
 }
 
@@ -129,6 +134,13 @@ pub(crate) struct AuditArgs {
 enum AuditCommand {
     /// Recompute the hash chain and report the first tampered entry.
     Verify,
+}
+
+/// Checks an app name before it goes into a URL.
+pub(crate) fn app_name(s: &str) -> Result<String, String> {
+    verge_manifest::check_name(s)
+        .map(|()| s.to_string())
+        .map_err(|hint| format!("invalid app name: {hint}"))
 }
 
 fn block_on<T>(f: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure> {

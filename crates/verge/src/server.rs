@@ -60,6 +60,11 @@ pub(crate) struct ServerArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     shutdown_grace: Duration,
 
+    /// Issue a new admin token at this start, shown like the first one
+    /// (for an operator who lost it; tokens already issued stay valid).
+    #[arg(long)]
+    issue_admin_token: bool,
+
     /// Test hook: make deploys stop forever at a stage (`validated`,
     /// `prepared`, `recorded`) so crash tests can kill the server there.
     #[arg(long, value_name = "STAGE", hide = true)]
@@ -98,6 +103,9 @@ pub(crate) fn run(args: ServerArgs, env: &dyn Env, logs: Arc<LogHub>) -> Result<
 }
 
 async fn serve(args: ServerArgs, data: PathBuf, logs: Arc<LogHub>) -> Result<(), Failure> {
+    // Bind first: a token issued by a server that then cannot listen
+    // would never be shown.
+    let ingress = bind(args.listen, args.header_read_timeout, args.shutdown_grace).await?;
     let (server, issued) = Server::start(ServerConfig {
         data_dir: data.clone(),
         cache_dir: args.cache_dir.clone(),
@@ -107,11 +115,11 @@ async fn serve(args: ServerArgs, data: PathBuf, logs: Arc<LogHub>) -> Result<(),
             pause_deploys_at: args.pause_deploys_at.clone(),
             ..ControlConfig::default()
         },
+        issue_admin_token: args.issue_admin_token,
         logs,
     })
     .await
     .map_err(Failure::runtime)?;
-    let ingress = bind(args.listen, args.header_read_timeout, args.shutdown_grace).await?;
     let addr = ingress.local_addr().map_err(Failure::runtime)?;
     tracing::info!(data = %data.display(), "state in {}", data.display());
     {

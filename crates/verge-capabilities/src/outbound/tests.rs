@@ -91,3 +91,26 @@ fn empty_policy_denies_everything() {
     assert!(policy.is_empty());
     assert!(!policy.allows("https", "example.com", None));
 }
+
+#[test]
+fn patterns_naming_internal_networks() {
+    for (pattern, internal) in [
+        ("*", true),
+        ("*:*", true),
+        ("localhost:8080", true),
+        ("http://127.0.0.1:8080", true),
+        ("10.1.2.3", true),
+        ("192.168.0.1", true),
+        ("169.254.169.254", true),
+        ("100.64.0.1", true),
+        ("[::1]", true),
+        ("[fd00::1]", true),
+        ("[::ffff:127.0.0.1]", true),
+        ("api.example.com", false),
+        ("*.example.com", false),
+        ("8.8.8.8", false),
+    ] {
+        let p: HostPattern = pattern.parse().expect(pattern);
+        assert_eq!(p.names_internal(), internal, "{pattern}");
+    }
+}

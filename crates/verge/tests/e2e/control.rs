@@ -529,3 +529,68 @@ fn logs_follow_an_app_and_only_that_app() {
     let run = plane.cli_as(&outsider, &["logs", "api"]);
     assert!(run.stderr.contains("no app named `api`"), "{}", run.stderr);
 }
+
+#[test]
+fn the_admin_token_is_shown_once_and_can_be_reissued() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data").display().to_string();
+    let first = Up::server(&["--data", &data]).start();
+    let shown: Vec<String> = first
+        .stdout()
+        .into_iter()
+        .filter(|l| l.starts_with("Admin token"))
+        .collect();
+    assert_eq!(shown.len(), 1, "{:?}", first.stdout());
+    let token = shown[0].rsplit(' ').next().expect("token").to_string();
+    assert!(
+        !first.log().contains(&token),
+        "the token never reaches the log"
+    );
+
+    // A second server on the same folder refuses to start.
+    let second = Command::new(verge_bin())
+        .args(["server", "--data", &data, "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("runs");
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another verge server"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    drop(first);
+
+    let again = Up::server(&["--data", &data]).start();
+    assert!(!again.stdout().iter().any(|l| l.starts_with("Admin token")));
+    drop(again);
+    let reissued = Up::server(&["--data", &data, "--issue-admin-token"]).start();
+    let line = reissued
+        .stdout()
+        .into_iter()
+        .find(|l| l.starts_with("Admin token"))
+        .expect("a new token is shown");
+    let new_token = line.rsplit(' ').next().expect("token").to_string();
+    assert_ne!(new_token, token);
+    for t in [&token, &new_token] {
+        let run = Command::new(verge_bin())
+            .arg("status")
+            .env("VERGE_URL", reissued.url(""))
+            .env("VERGE_TOKEN", t)
+            .env("VERGE_CONFIG_DIR", dir.path())
+            .output()
+            .expect("status");
+        assert!(
+            run.status.success(),
+            "both tokens work: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+}
+
+#[test]
+fn app_names_are_checked_before_they_reach_a_url() {
+    let plane = Plane::start();
+    let run = plane.cli(&["delete", "x/../../tokens/0123456789abcdef"]);
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("invalid app name"), "{}", run.stderr);
+}
