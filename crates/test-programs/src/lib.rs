@@ -183,7 +183,20 @@ fn stream_then_spin(out: ResponseOutparam) -> ! {
 /// `/respond-then-trap`: answers "done" with a Content-Length, keeps working
 /// for a moment after the response is complete, then traps.
 fn respond_then_trap(out: ResponseOutparam) {
-    respond(out, 200, &[("content-length", "5")], b"done\n");
+    let fields = Fields::new();
+    fields
+        .append("content-length", b"5")
+        .expect("valid header");
+    let response = OutgoingResponse::new(fields);
+    let outgoing = response.body().expect("body");
+    ResponseOutparam::set(out, Ok(response));
+    let stream = outgoing.write().expect("stream");
+    let _ = stream.blocking_write_and_flush(b"done\n");
+    // Once the declared length is out the host may close the stream at
+    // any moment (the client has the whole response): later errors are
+    // expected and not what this route is about.
+    drop(stream);
+    let _ = OutgoingBody::finish(outgoing, None);
     wasip2::clocks::monotonic_clock::subscribe_duration(200_000_000).block();
     panic!("test-programs: trap after the response");
 }

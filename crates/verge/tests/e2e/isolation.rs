@@ -46,10 +46,10 @@ async fn guest_output_is_logged_with_the_request_id() {
     assert_eq!(r.status, 200);
     let id = r.header("x-request-id").expect("id").to_string();
     verge.wait_for_log(&format!(
-        "guest-stdout-marker request_id={id} component=test-programs stream=\"stdout\""
+        "guest-stdout-marker request_id={id} app=test-programs component=test-programs stream=\"stdout\""
     ));
     verge.wait_for_log(&format!(
-        "guest-stderr-marker request_id={id} component=test-programs stream=\"stderr\""
+        "guest-stderr-marker request_id={id} app=test-programs component=test-programs stream=\"stderr\""
     ));
     // Nothing a guest prints reaches stdout, which belongs to the `Serving` line.
     assert_eq!(verge.stdout().len(), 1);
