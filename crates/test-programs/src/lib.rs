@@ -184,9 +184,7 @@ fn stream_then_spin(out: ResponseOutparam) -> ! {
 /// for a moment after the response is complete, then traps.
 fn respond_then_trap(out: ResponseOutparam) {
     let fields = Fields::new();
-    fields
-        .append("content-length", b"5")
-        .expect("valid header");
+    fields.append("content-length", b"5").expect("valid header");
     let response = OutgoingResponse::new(fields);
     let outgoing = response.body().expect("body");
     ResponseOutparam::set(out, Ok(response));
