@@ -19,8 +19,13 @@ async fn the_starter_app_builds_and_serves() {
     ] {
         assert!(app.join(file).is_file(), "{file} missing");
     }
-    // `verge up` runs the build command from verge.toml, then serves.
-    let verge = Up::new::<&str>(&[]).dir(&app).start();
+    // `verge up` runs the build command from verge.toml, then serves, even
+    // for a developer whose CARGO_TARGET_DIR points elsewhere.
+    let elsewhere = parent.path().join("shared-target");
+    let verge = Up::new::<&str>(&[])
+        .dir(&app)
+        .env("CARGO_TARGET_DIR", elsewhere.to_str().expect("utf-8"))
+        .start();
     let r = get(verge.addr, "/greet?x=1").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "Hello from hello-app! You asked for /greet?x=1\n");
