@@ -6,6 +6,8 @@ Peers, all on loopback, all answering the same bytes:
   wasmtime          `wasmtime serve -S cli` 48.0.8, default flags
   wasmtime-pooling  the same with its best pooling flags
   verge             `verge up` (fresh isolated instance per request)
+  verge-server      `verge server` with hello deployed at `/` through its
+                    control API (the multi-app path: gateway, app, version)
 
 Each round measures every peer once, alternating, with
 `wrk -t2 -c64 -d<duration>s --latency` after a short warm-up. Medians over
@@ -63,7 +65,23 @@ def peers(cache_dir):
                                        "pooling-decommit-batch-size=64,pooling-pagemap-scan=y",
                                        "--addr", f"127.0.0.1:{p}", HELLO],
         "verge": lambda p: [verge, "up", HELLO, "--listen", f"127.0.0.1:{p}", "--cache-dir", cache_dir],
+        "verge-server": lambda p: [verge, "server", "--data", Path(cache_dir) / f"server-{p}",
+                                   "--listen", f"127.0.0.1:{p}", "--cache-dir", cache_dir,
+                                   "--admin-token-file", Path(cache_dir) / f"server-{p}.token"],
     }
+
+
+def deploy_hello(port, cache_dir):
+    """Deploys hello at `/` on the `verge server` peer, once it answers health."""
+    deadline = time.monotonic() + 60
+    while not answers(port, "/v1/health", b"ok"):
+        if time.monotonic() > deadline:
+            raise RuntimeError("verge server did not start")
+        time.sleep(0.01)
+    token = (Path(cache_dir) / f"server-{port}.token").read_text().strip()
+    env = {**os.environ, "VERGE_URL": f"http://127.0.0.1:{port}", "VERGE_TOKEN": token}
+    subprocess.run([TARGET / "release/verge", "deploy", HELLO, "--app", "hello"], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def start(cmd):
@@ -140,6 +158,8 @@ def main():
         for name, cmd_for in commands.items():
             port = free_port()
             proc = start(cmd_for(port))
+            if name == "verge-server":
+                deploy_hello(port, cache_dir)
             wait_ready(port, proc)
             running[name] = (port, proc)
         for r in range(args.rounds):
