@@ -132,17 +132,25 @@ impl Api {
 
     async fn upload(&self, token: &str, bytes: &'static [u8]) -> String {
         let digest = verge_store::BlobId::of(bytes).to_string();
-        let (status, body) = self
-            .call_from(
-                [10, 0, 0, 1],
-                Method::PUT,
-                &format!("/v1/blobs/{digest}"),
-                Some(token),
-                Body::from(bytes),
-            )
-            .await;
+        let (status, body) = self.put_blob(token, &digest, bytes).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         digest
+    }
+
+    async fn put_blob(
+        &self,
+        token: &str,
+        digest: &str,
+        bytes: &'static [u8],
+    ) -> (StatusCode, Value) {
+        self.call_from(
+            [10, 0, 0, 1],
+            Method::PUT,
+            &format!("/v1/blobs/{digest}"),
+            Some(token),
+            Body::from(bytes),
+        )
+        .await
     }
 
     async fn deploy(&self, token: &str, app: &str, route: &str) -> (StatusCode, Value) {
@@ -507,25 +515,9 @@ async fn bad_deploys_store_nothing() {
     // Uploads: too large, and bytes that do not match their name.
     let big: &'static [u8] = Box::leak(vec![7u8; 2048].into_boxed_slice());
     let digest = verge_store::BlobId::of(big).to_string();
-    let (status, body) = api
-        .call_from(
-            [10, 0, 0, 1],
-            Method::PUT,
-            &format!("/v1/blobs/{digest}"),
-            Some(token),
-            Body::from(big),
-        )
-        .await;
+    let (status, body) = api.put_blob(token, &digest, big).await;
     assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "too_large");
-    let (status, body) = api
-        .call_from(
-            [10, 0, 0, 1],
-            Method::PUT,
-            &format!("/v1/blobs/{}", "d".repeat(64)),
-            Some(token),
-            Body::from("other bytes"),
-        )
-        .await;
+    let (status, body) = api.put_blob(token, &"d".repeat(64), b"other bytes").await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
 }
 

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use std::sync::Arc;
 
 use verge_control::ControlConfig;
@@ -20,7 +20,7 @@ use verge_server::{Server, ServerConfig};
 use crate::Failure;
 use crate::client::write_private;
 use crate::env::{Env, default_data_dir};
-use crate::up::{bind, parse_duration, parse_size, serve_until_signal};
+use crate::up::{bind, parse_duration, parse_size, serve_until_signal, worker_runtime};
 
 /// Arguments of `verge server`.
 #[derive(Debug, clap::Args)]
@@ -91,12 +91,7 @@ pub(crate) fn run(args: ServerArgs, env: &dyn Env, logs: Arc<LogHub>) -> Result<
             file.display()
         )));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("verge-worker")
-        .build()
-        .context("cannot start the async runtime")
-        .map_err(Failure::runtime)?;
+    let rt = worker_runtime()?;
     let result = rt.block_on(serve(args, data, logs));
     rt.shutdown_timeout(Duration::from_secs(1));
     result

@@ -307,12 +307,7 @@ pub(crate) fn run(args: UpArgs, env: &dyn Env) -> Result<(), Failure> {
     };
     node.install(runtime);
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("verge-worker")
-        .build()
-        .context("cannot start the async runtime")
-        .map_err(Failure::runtime)?;
+    let rt = worker_runtime()?;
     let result = rt.block_on(serve(args, target, app, node.clone()));
     // Guests still on the slow lane use this runtime's timers: stop them first.
     node.shutdown();
@@ -349,6 +344,16 @@ async fn serve(
     serve_until_signal(ingress, node).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The multi-threaded runtime of `verge up` and `verge server`.
+pub(crate) fn worker_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("verge-worker")
+        .build()
+        .context("cannot start the async runtime")
+        .map_err(Failure::runtime)
 }
 
 /// Binds the listener of `verge up` and `verge server`.
