@@ -92,6 +92,12 @@ impl NodePlane {
         });
     }
 
+    /// Apps whose last change could not be applied.
+    pub(crate) fn failed(&self) -> Vec<String> {
+        let outcomes = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        outcomes.keys().cloned().collect()
+    }
+
     /// Records how applying app `key` at `revision` went.
     pub(crate) fn set_outcome(&self, key: &str, revision: Revision, error: Option<String>) {
         let mut outcomes = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());

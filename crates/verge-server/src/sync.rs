@@ -6,6 +6,9 @@
 //! builds (or reuses) the runtimes of the versions taking traffic and swaps
 //! them in at once; a version that fails to load leaves the app as it was.
 //!
+//! An app that failed to load (a damaged blob, an I/O error) is tried
+//! again whenever the store has been quiet for a few seconds.
+//!
 //! **Invariant**: the applied revision only moves forward, after the node
 //! reflects every change up to it.
 
@@ -37,7 +40,8 @@ pub(crate) async fn start(store: Arc<dyn Store>, plane: Arc<NodePlane>) -> Resul
     let mut watch = store.watch(APPS_PREFIX, revision).await?;
     tokio::spawn(async move {
         loop {
-            match watch.next(Duration::from_secs(30)).await {
+            match watch.next(RETRY_EVERY).await {
+                Ok(changes) if changes.is_empty() => retry_failed(&store, &plane).await,
                 Ok(changes) => {
                     for change in &changes {
                         match change {
@@ -64,6 +68,23 @@ pub(crate) async fn start(store: Arc<dyn Store>, plane: Arc<NodePlane>) -> Resul
         }
     });
     Ok(())
+}
+
+/// How often apps that failed to load are tried again while the store is
+/// quiet (a blob repaired on disk, a transient I/O error).
+const RETRY_EVERY: Duration = Duration::from_secs(5);
+
+async fn retry_failed(store: &Arc<dyn Store>, plane: &NodePlane) {
+    for key in plane.failed() {
+        match store.get(&format!("{APPS_PREFIX}{key}")).await {
+            Ok(Some(entry)) => {
+                tracing::info!(app = %key, "trying again to load the app");
+                apply_put(plane, &entry.key, &entry.value, entry.revision).await;
+            }
+            Ok(None) => plane.set_outcome(&key, 0, None),
+            Err(e) => tracing::warn!(app = %key, "cannot read the app record: {e}"),
+        }
+    }
 }
 
 /// Serves the app recorded under `store_key`; on failure the node keeps

@@ -166,3 +166,55 @@ impl Plane {
         verge.wait()
     }
 }
+
+#[test]
+fn a_damaged_blob_is_never_served_and_the_app_returns_once_it_is_repaired() {
+    let g = guests();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let plane = Plane::open(&data, &[]);
+    plane.deploy_file(&plane.admin, &g.hello, "app", "/app");
+    drop(plane);
+
+    // Someone edits the stored component while the server is down.
+    let shard = std::fs::read_dir(data.join("blobs/sha256"))
+        .expect("blobs")
+        .next()
+        .expect("one shard")
+        .expect("entry")
+        .path();
+    let blob = std::fs::read_dir(&shard)
+        .expect("shard")
+        .next()
+        .expect("one blob")
+        .expect("entry")
+        .path();
+    let original = std::fs::read(&blob).expect("blob");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let mut damaged = original.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0xff;
+    std::fs::write(&blob, &damaged).expect("damage");
+
+    let plane = Plane::open(&data, &[]);
+    assert_eq!(
+        plane.get("/app").0,
+        404,
+        "a damaged component is not served"
+    );
+    plane.verge.wait_for_log("is corrupt");
+
+    // Repaired on disk, with no change in the store: the node retries.
+    std::fs::write(&blob, &original).expect("repair");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while plane.get("/app").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the app never came back:\n{}",
+            plane.verge.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(plane.get("/app").1, "Hello, world!\n");
+}
