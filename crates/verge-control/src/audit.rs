@@ -200,14 +200,34 @@ pub async fn append(store: &dyn Store, record: Record) -> Result<AuditEntry, Sto
     }
 }
 
-/// Every entry, oldest first.
-pub async fn entries(store: &dyn Store) -> Result<Vec<AuditEntry>, StoreError> {
-    store
-        .list(LOG_PREFIX)
-        .await?
-        .iter()
-        .map(|e| decode(&e.value))
-        .collect()
+/// Entries read from the store per page.
+const PAGE: usize = 500;
+
+/// Up to `limit` entries after sequence number `after` that `keep`
+/// accepts, oldest first, reading the log a page at a time.
+pub async fn entries(
+    store: &dyn Store,
+    after: u64,
+    limit: usize,
+    keep: impl Fn(&AuditEntry) -> bool,
+) -> Result<Vec<AuditEntry>, StoreError> {
+    let mut out = Vec::new();
+    let mut cursor = (after > 0).then(|| log_key(after));
+    while out.len() < limit {
+        let page = store.list_page(LOG_PREFIX, cursor.as_deref(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        cursor = Some(last.key.clone());
+        for stored in &page {
+            let entry: AuditEntry = decode(&stored.value)?;
+            if keep(&entry) {
+                out.push(entry);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The result of checking the chain.
@@ -227,7 +247,6 @@ pub struct Verification {
 
 /// Recomputes the chain from the first entry to the head.
 pub async fn verify(store: &dyn Store) -> Result<Verification, StoreError> {
-    let raw = store.list(LOG_PREFIX).await?;
     let bad = |seq: u64, entries: u64, problem: String| Verification {
         entries,
         ok: false,
@@ -236,34 +255,41 @@ pub async fn verify(store: &dyn Store) -> Result<Verification, StoreError> {
     };
     let mut prev = GENESIS.to_string();
     let mut count = 0u64;
-    for (i, stored) in raw.iter().enumerate() {
-        let expected_seq = i as u64 + 1;
-        let Ok(entry) = decode::<AuditEntry>(&stored.value) else {
-            return Ok(bad(expected_seq, count, "the entry is not readable".into()));
-        };
-        if stored.key != log_key(expected_seq) || entry.seq != expected_seq {
-            return Ok(bad(
-                expected_seq,
-                count,
-                "an entry is missing or out of order".into(),
-            ));
+    let mut cursor: Option<String> = None;
+    // A page at a time: memory stays bounded however long the log is.
+    loop {
+        let page = store.list_page(LOG_PREFIX, cursor.as_deref(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        cursor = Some(last.key.clone());
+        for stored in &page {
+            let expected_seq = count + 1;
+            let Ok(entry) = decode::<AuditEntry>(&stored.value) else {
+                return Ok(bad(expected_seq, count, "the entry is not readable".into()));
+            };
+            if stored.key != log_key(expected_seq) || entry.seq != expected_seq {
+                return Ok(bad(
+                    expected_seq,
+                    count,
+                    "an entry is missing or out of order".into(),
+                ));
+            }
+            if entry.prev != prev {
+                return Ok(bad(
+                    entry.seq,
+                    count,
+                    "it does not link to the entry before it".into(),
+                ));
+            }
+            if entry.compute_hash() != entry.hash {
+                return Ok(bad(
+                    entry.seq,
+                    count,
+                    "its content does not match its hash".into(),
+                ));
+            }
+            prev = entry.hash;
+            count += 1;
         }
-        if entry.prev != prev {
-            return Ok(bad(
-                entry.seq,
-                count,
-                "it does not link to the entry before it".into(),
-            ));
-        }
-        if entry.compute_hash() != entry.hash {
-            return Ok(bad(
-                entry.seq,
-                count,
-                "its content does not match its hash".into(),
-            ));
-        }
-        prev = entry.hash;
-        count += 1;
     }
     if let Some(head) = store.get(HEAD).await? {
         let head: Head = decode(&head.value)?;

@@ -258,12 +258,11 @@ pub(crate) async fn audit_list(
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let all = caller.has("tenants:admin");
-    let entries: Vec<_> = audit::entries(control.store.as_ref())
-        .await?
-        .into_iter()
-        .filter(|e| e.seq > query.after && (all || e.tenant == caller.tenant()))
-        .take(limit)
-        .collect();
+    let tenant = caller.tenant();
+    let entries = audit::entries(control.store.as_ref(), query.after, limit, |e| {
+        all || e.tenant == tenant
+    })
+    .await?;
     let next = (entries.len() == limit).then(|| entries.last().map(|e| e.seq));
     Ok(Json(
         json!({ "entries": entries, "next_after": next.flatten() }),

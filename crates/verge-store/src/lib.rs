@@ -127,6 +127,16 @@ pub trait Store: Send + Sync + 'static {
     /// Every live key starting with `prefix`, sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError>;
 
+    /// At most `limit` live keys starting with `prefix` and sorting after
+    /// `after` (from the first with `None`), sorted by key: for reading a
+    /// long range in bounded memory.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError>;
+
     /// Writes `value` under `key` if `expect` holds; returns the new revision.
     async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<Revision, StoreError>;
 

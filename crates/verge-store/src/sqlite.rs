@@ -194,6 +194,37 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let prefix = prefix.to_string();
+        let after = after.map(str::to_string);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT key, value, revision FROM kv
+                     WHERE key >= ?1 AND key < ?2 AND (?3 IS NULL OR key > ?3) AND deleted = 0
+                     ORDER BY key LIMIT ?4",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![prefix, upper_bound(&prefix), after, limit], |row| {
+                    Ok(Entry {
+                        key: row.get(0)?,
+                        value: row.get(1)?,
+                        revision: row.get(2)?,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+    }
+
     async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<Revision, StoreError> {
         self.write(key, Some(value), expect).await
     }

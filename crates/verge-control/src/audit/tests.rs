@@ -35,7 +35,7 @@ async fn an_untouched_chain_verifies() {
     let (_dir, store) = log_with(5).await;
     let v = verify(&store).await.expect("verify");
     assert_eq!((v.ok, v.entries, v.first_bad), (true, 5, None));
-    let all = entries(&store).await.expect("entries");
+    let all = entries(&store, 0, 100, |_| true).await.expect("entries");
     assert_eq!(
         all.iter().map(|e| e.seq).collect::<Vec<_>>(),
         [1, 2, 3, 4, 5]
@@ -100,4 +100,26 @@ async fn an_entry_orphaned_by_a_crash_is_adopted() {
         .expect("append after crash");
     let v = verify(&store).await.expect("verify");
     assert_eq!((v.ok, v.entries), (true, 4), "{v:?}");
+}
+
+#[tokio::test]
+async fn long_logs_are_read_and_verified_a_page_at_a_time() {
+    let (_dir, store) = log_with(1203).await;
+    let v = verify(&store).await.expect("verify");
+    assert_eq!((v.ok, v.entries), (true, 1203), "{v:?}");
+    let tail = entries(&store, 1190, 100, |_| true).await.expect("entries");
+    assert_eq!(
+        tail.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1191..=1203).collect::<Vec<_>>()
+    );
+    let filtered = entries(&store, 0, 3, |e| e.target.ends_with('7'))
+        .await
+        .expect("entries");
+    assert_eq!(
+        filtered.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [8, 18, 28]
+    );
+    rewrite(&store, 1001, |e| e.outcome = "denied".into()).await;
+    let v = verify(&store).await.expect("verify");
+    assert_eq!((v.ok, v.first_bad), (false, Some(1001)), "{v:?}");
 }

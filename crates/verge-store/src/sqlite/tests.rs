@@ -71,6 +71,36 @@ async fn list_returns_live_keys_under_a_prefix_only() {
 }
 
 #[tokio::test]
+async fn pages_cover_a_range_once_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    for i in 0..25 {
+        store
+            .put(&format!("log/{i:04}"), Vec::new(), Expect::Any)
+            .await
+            .expect("put");
+    }
+    store
+        .put("other", Vec::new(), Expect::Any)
+        .await
+        .expect("put");
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .list_page("log/", after.as_deref(), 10)
+            .await
+            .expect("page");
+        assert!(page.len() <= 10);
+        let Some(last) = page.last() else { break };
+        after = Some(last.key.clone());
+        seen.extend(page.into_iter().map(|e| e.key));
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("log/{i:04}")).collect();
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test]
 async fn bad_keys_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(&dir);
