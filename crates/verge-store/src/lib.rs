@@ -3,7 +3,7 @@
 //! Two traits, shaped after NATS JetStream so that a cluster backend can
 //! implement them later without changing any caller:
 //! - [`Store`]: keys with values and **revisions**, compare-and-set on
-//!   revision ([`Expect`]), prefix listing, and a [`Watch`] that never
+//!   revision ([`Expect`]), prefix listing (whole or paged), and a [`Watch`] that never
 //!   misses a key's latest state after a given revision (JetStream KV:
 //!   revisions, `update`, `watch`).
 //! - [`BlobStore`]: content-addressed immutable blobs named by their sha256,
