@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use verge_router::Route;
-use verge_store::{Expect, Revision, StoreError};
+use verge_store::{Expect, Op, Revision};
 
 use crate::audit::{Outcome, Record};
 use crate::deploy::{check_app_name, check_claims, read_json, read_optional_json};
@@ -243,6 +243,11 @@ async fn change(
     split: Vec<TrafficShare>,
 ) -> Result<Json<Value>, ApiError> {
     let target = format!("{}/{app}", caller.tenant());
+    let detail = split
+        .iter()
+        .map(|s| format!("v{}={}", s.version, s.weight))
+        .collect::<Vec<_>>()
+        .join(" ");
     let result = async {
         let _serial = control.deploy_lock.lock().await;
         let (mut record, revision) = load(control, caller, app).await?;
@@ -272,36 +277,29 @@ async fn change(
         check_claims(control, caller.tenant(), app, &routes).await?;
         let value = serde_json::to_vec(&record).map_err(ApiError::internal)?;
         let revision = control
-            .store
-            .put(
-                &app_key(caller.tenant(), app),
-                value,
-                Expect::Revision(revision),
+            .audited(
+                Record::new(action, &target, Outcome::Ok)
+                    .actor(&caller.token.id, caller.tenant())
+                    .detail(detail.clone()),
+                vec![Op::put(
+                    app_key(caller.tenant(), app),
+                    value,
+                    Expect::Revision(revision),
+                )],
             )
-            .await
-            .map_err(|e| match e {
-                StoreError::Conflict { .. } => {
-                    ApiError::Conflict("the app changed meanwhile; try again".into())
-                }
-                other => other.into(),
-            })?;
+            .await?;
         Ok((record, revision))
     }
     .await;
-    let detail = split
-        .iter()
-        .map(|s| format!("v{}={}", s.version, s.weight))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let outcome = match &result {
-        Ok(_) => Record::new(action, &target, Outcome::Ok).detail(detail),
-        Err(e) => {
-            Record::new(action, &target, Outcome::Failed).detail(format!("{detail}: {}", e.code()))
-        }
-    };
-    control
-        .audit(outcome.actor(&caller.token.id, caller.tenant()))
-        .await;
+    if let Err(e) = &result {
+        control
+            .audit(
+                Record::new(action, &target, Outcome::Failed)
+                    .actor(&caller.token.id, caller.tenant())
+                    .detail(format!("{detail}: {}", e.code())),
+            )
+            .await;
+    }
     let (record, revision) = result?;
     let applied = control
         .data_plane
@@ -323,25 +321,25 @@ pub(crate) async fn delete(
         let _serial = control.deploy_lock.lock().await;
         let (_, revision) = load(&control, &caller, &app).await?;
         control
-            .store
-            .delete(&app_key(caller.tenant(), &app), Expect::Revision(revision))
+            .audited(
+                Record::new("app.delete", &target, Outcome::Ok)
+                    .actor(&caller.token.id, caller.tenant()),
+                vec![Op::delete(
+                    app_key(caller.tenant(), &app),
+                    Expect::Revision(revision),
+                )],
+            )
             .await
-            .map_err(|e| match e {
-                StoreError::Conflict { .. } => {
-                    ApiError::Conflict("the app changed meanwhile; try again".into())
-                }
-                other => other.into(),
-            })
     }
     .await;
-    let outcome = if result.is_ok() {
-        Outcome::Ok
-    } else {
-        Outcome::Failed
-    };
-    control
-        .audit(Record::new("app.delete", &target, outcome).actor(&caller.token.id, caller.tenant()))
-        .await;
+    if result.is_err() {
+        control
+            .audit(
+                Record::new("app.delete", &target, Outcome::Failed)
+                    .actor(&caller.token.id, caller.tenant()),
+            )
+            .await;
+    }
     let revision = result?;
     control
         .data_plane

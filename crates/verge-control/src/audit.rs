@@ -7,14 +7,14 @@
 //! entries by hand breaks the chain at a point [`verify`] reports.
 //!
 //! **Invariants**
-//! - Appends are serialised and each is two compare-and-set writes (entry
-//!   created only if absent, then the head); a crash between them is
-//!   repaired by the next append, which adopts the orphan entry.
+//! - An append is one atomic write of the entry (created only if absent),
+//!   the head (compare-and-set) and the change it records: a mutation is
+//!   never recorded without its entry, nor an entry without its mutation.
 //! - Entries hold token ids, never token text or secret values.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use verge_store::{Expect, Store, StoreError};
+use verge_store::{Expect, Op, Revision, Store, StoreError};
 
 use crate::model::now;
 
@@ -142,8 +142,15 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Backend(e.to_string()))
 }
 
-/// Appends `record`; callers serialise appends.
-pub async fn append(store: &dyn Store, record: Record) -> Result<AuditEntry, StoreError> {
+/// Appends `record` together with `ops`, in one atomic write: the change
+/// and its audit entry land together or not at all. Returns the entry and
+/// the revision of the write (that of the last op, when there are ops). A conflict on one of `ops` is returned as
+/// is; callers serialise appends.
+pub async fn append(
+    store: &dyn Store,
+    record: Record,
+    ops: Vec<Op>,
+) -> Result<(AuditEntry, Revision), StoreError> {
     loop {
         let head_entry = store.get(HEAD).await?;
         let (head, head_expect) = match &head_entry {
@@ -169,14 +176,23 @@ pub async fn append(store: &dyn Store, record: Record) -> Result<AuditEntry, Sto
             hash: String::new(),
         };
         entry.hash = entry.compute_hash();
-        match store
-            .put(&log_key(entry.seq), encode(&entry)?, Expect::Absent)
-            .await
-        {
-            Ok(_) => {}
-            Err(StoreError::Conflict { .. }) => {
-                // An entry written before a crash, head not yet moved:
-                // adopt it and try again after it.
+        let head = Head {
+            seq: entry.seq,
+            hash: entry.hash.clone(),
+        };
+        // The change goes last, so the returned revision is the change's
+        // own: what watchers of its keys will see.
+        let mut batch = vec![
+            Op::put(log_key(entry.seq), encode(&entry)?, Expect::Absent),
+            Op::put(HEAD, encode(&head)?, head_expect),
+        ];
+        batch.extend(ops.iter().cloned());
+        match store.apply(batch).await {
+            Ok(revision) => return Ok((entry, revision)),
+            Err(StoreError::Conflict { key, .. }) if key == log_key(entry.seq) => {
+                // An entry without its head (written by an older Verge
+                // that appended in two steps, then crashed): adopt it and
+                // try again after it.
                 if let Some(orphan) = store.get(&log_key(entry.seq)).await? {
                     let orphan: AuditEntry = decode(&orphan.value)?;
                     let head = Head {
@@ -185,16 +201,9 @@ pub async fn append(store: &dyn Store, record: Record) -> Result<AuditEntry, Sto
                     };
                     let _ = store.put(HEAD, encode(&head)?, head_expect).await;
                 }
-                continue;
             }
-            Err(e) => return Err(e),
-        }
-        let head = Head {
-            seq: entry.seq,
-            hash: entry.hash.clone(),
-        };
-        match store.put(HEAD, encode(&head)?, head_expect).await {
-            Ok(_) | Err(StoreError::Conflict { .. }) => return Ok(entry),
+            // Another append moved the head meanwhile: read it again.
+            Err(StoreError::Conflict { key, .. }) if key == HEAD => {}
             Err(e) => return Err(e),
         }
     }

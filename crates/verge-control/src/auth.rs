@@ -27,7 +27,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use verge_store::{Expect, Store};
+use verge_store::{Expect, Op, Store};
 
 use crate::Control;
 use crate::audit::{Outcome, Record};
@@ -114,9 +114,8 @@ fn sha256_hex(s: &str) -> String {
     format!("{:x}", Sha256::digest(s.as_bytes()))
 }
 
-/// Creates and stores a token.
-pub async fn issue(
-    store: &dyn Store,
+/// Creates a token (not stored yet: write [`Issued::op`]).
+pub fn mint(
     tenant: &str,
     scopes: Vec<String>,
     name: &str,
@@ -134,12 +133,18 @@ pub async fn issue(
         expires_at,
         revoked: None,
     };
-    let value = serde_json::to_vec(&record).map_err(ApiError::internal)?;
-    store.put(&token_key(&id), value, Expect::Absent).await?;
     Ok(Issued {
         text: format!("verge_{id}_{secret}"),
         record,
     })
+}
+
+impl Issued {
+    /// The write that stores the token (never its secret).
+    pub fn op(&self) -> Result<Op, ApiError> {
+        let value = serde_json::to_vec(&self.record).map_err(ApiError::internal)?;
+        Ok(Op::put(token_key(&self.record.id), value, Expect::Absent))
+    }
 }
 
 /// Why a token was refused (for the audit log; the caller only sees 401).

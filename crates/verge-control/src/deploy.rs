@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use verge_manifest::{Manifest, ManifestError};
 use verge_router::Route;
-use verge_store::{BlobError, BlobId, Expect};
+use verge_store::{BlobError, BlobId, Expect, Op};
 
 use crate::audit::{Outcome, Record};
 use crate::model::{
@@ -146,17 +146,18 @@ pub(crate) async fn create_version(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let target = format!("{}/{app}", caller.tenant());
     caller.require("apps:deploy", &target).await?;
+    // A deploy that lands is audited in the same write; one that fails
+    // is audited here.
     let result = deploy(&control, &caller, &app, body).await;
-    let record = match &result {
-        Ok((_, body)) => Record::new("app.deploy", &target, Outcome::Ok).detail(format!(
-            "version {}",
-            body["version"].as_str().unwrap_or("?")
-        )),
-        Err(e) => Record::new("app.deploy", &target, Outcome::Failed).detail(e.code()),
-    };
-    control
-        .audit(record.actor(&caller.token.id, caller.tenant()))
-        .await;
+    if let Err(e) = &result {
+        control
+            .audit(
+                Record::new("app.deploy", &target, Outcome::Failed)
+                    .actor(&caller.token.id, caller.tenant())
+                    .detail(e.code()),
+            )
+            .await;
+    }
     let (status, body) = result?;
     // Stopping here leaves the version recorded but maybe not yet served.
     control.pause_if("recorded").await;
@@ -314,15 +315,17 @@ async fn deploy(
     record.prune();
     let value = serde_json::to_vec(&record).map_err(ApiError::internal)?;
     let revision = control
-        .store
-        .put(&key, value, expect)
-        .await
-        .map_err(|e| match e {
-            verge_store::StoreError::Conflict { .. } => {
-                ApiError::Conflict("the app changed during the deploy; try again".to_string())
-            }
-            other => other.into(),
-        })?;
+        .audited(
+            Record::new(
+                "app.deploy",
+                &format!("{}/{app}", caller.tenant()),
+                Outcome::Ok,
+            )
+            .actor(&caller.token.id, caller.tenant())
+            .detail(format!("version v{}", version.number)),
+            vec![Op::put(&key, value, expect)],
+        )
+        .await?;
     tracing::info!(app = %key, version = version.number, "deployed");
     Ok((
         if unchanged {

@@ -146,12 +146,29 @@ impl Control {
         })
     }
 
-    /// Appends to the audit log. A failure is logged as an error: the
-    /// action has already happened and must not be reported as failed.
+    /// Appends an entry that records no change (a refusal, a failed
+    /// attempt). A failure to append is logged as an error.
     pub async fn audit(&self, record: audit::Record) {
         let _serial = self.audit_lock.lock().await;
-        if let Err(e) = audit::append(self.store.as_ref(), record).await {
+        if let Err(e) = audit::append(self.store.as_ref(), record, Vec::new()).await {
             tracing::error!("cannot append to the audit log: {e}");
+        }
+    }
+
+    /// Makes the change `ops` and appends `record` for it, atomically.
+    /// A precondition of `ops` that no longer holds is a 409.
+    pub(crate) async fn audited(
+        &self,
+        record: audit::Record,
+        ops: Vec<verge_store::Op>,
+    ) -> Result<Revision, ApiError> {
+        let _serial = self.audit_lock.lock().await;
+        match audit::append(self.store.as_ref(), record, ops).await {
+            Ok((_, revision)) => Ok(revision),
+            Err(verge_store::StoreError::Conflict { .. }) => Err(ApiError::Conflict(
+                "it changed meanwhile; try again".to_string(),
+            )),
+            Err(e) => Err(ApiError::internal(e)),
         }
     }
 
@@ -170,8 +187,7 @@ impl Control {
         if !first && !force {
             return Ok(None);
         }
-        let issued = auth::issue(
-            self.store.as_ref(),
+        let issued = auth::mint(
             auth::DEFAULT_TENANT,
             auth::ADMIN_SCOPES.iter().map(|s| s.to_string()).collect(),
             if first {
@@ -180,17 +196,17 @@ impl Control {
                 "admin (issued at start by --issue-admin-token)"
             },
             None,
-        )
-        .await?;
-        self.audit(
+        )?;
+        self.audited(
             audit::Record::new("token.create", auth::DEFAULT_TENANT, audit::Outcome::Ok)
                 .actor("-", auth::DEFAULT_TENANT)
                 .detail(format!(
                     "admin token {} issued at server start",
                     issued.record.id
                 )),
+            vec![issued.op()?],
         )
-        .await;
+        .await?;
         Ok(Some(issued))
     }
 }

@@ -16,7 +16,7 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use verge_store::Expect;
+use verge_store::{Expect, Op};
 
 use crate::audit::{self, Outcome, Record};
 use crate::auth::{self, SCOPES};
@@ -131,27 +131,27 @@ pub(crate) async fn create(
         let mut scopes = request.scopes.clone();
         scopes.sort();
         scopes.dedup();
-        auth::issue(
-            control.store.as_ref(),
-            &tenant,
-            scopes,
-            &request.name,
-            expires_at,
-        )
-        .await
+        let issued = auth::mint(&tenant, scopes, &request.name, expires_at)?;
+        let entry = Record::new("token.create", &tenant, Outcome::Ok)
+            .actor(&caller.token.id, caller.tenant())
+            .detail(format!(
+                "token {} scopes {}",
+                issued.record.id,
+                issued.record.scopes.join(",")
+            ));
+        control.audited(entry, vec![issued.op()?]).await?;
+        Ok(issued)
     }
     .await;
-    let record = match &result {
-        Ok(issued) => Record::new("token.create", &tenant, Outcome::Ok).detail(format!(
-            "token {} scopes {}",
-            issued.record.id,
-            issued.record.scopes.join(",")
-        )),
-        Err(e) => Record::new("token.create", &tenant, Outcome::Failed).detail(e.code()),
-    };
-    control
-        .audit(record.actor(&caller.token.id, caller.tenant()))
-        .await;
+    if let Err(e) = &result {
+        control
+            .audit(
+                Record::new("token.create", &tenant, Outcome::Failed)
+                    .actor(&caller.token.id, caller.tenant())
+                    .detail(e.code()),
+            )
+            .await;
+    }
     let issued = result?;
     let mut body = describe(&issued.record);
     body["token"] = Value::String(issued.text);
@@ -218,22 +218,13 @@ pub(crate) async fn revoke(
         record.revoked = Some(now());
         let value = serde_json::to_vec(&record).map_err(ApiError::internal)?;
         control
-            .store
-            .put(&key, value, Expect::Revision(entry.revision))
-            .await
-            .map_err(|e| match e {
-                verge_store::StoreError::Conflict { .. } => {
-                    ApiError::Conflict("the token changed meanwhile; try again".into())
-                }
-                other => other.into(),
-            })?;
-        control
-            .audit(
+            .audited(
                 Record::new("token.revoke", &record.tenant, Outcome::Ok)
                     .actor(&caller.token.id, caller.tenant())
                     .detail(format!("token {id}")),
+                vec![Op::put(&key, value, Expect::Revision(entry.revision))],
             )
-            .await;
+            .await?;
     }
     Ok(Json(describe(&record)))
 }

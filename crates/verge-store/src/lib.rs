@@ -63,6 +63,37 @@ pub enum Expect {
     Revision(Revision),
 }
 
+/// One write of an atomic [`Store::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Op {
+    /// The key.
+    pub key: String,
+    /// The new value, or `None` to delete.
+    pub value: Option<Vec<u8>>,
+    /// The precondition.
+    pub expect: Expect,
+}
+
+impl Op {
+    /// Writes `value` under `key` if `expect` holds.
+    pub fn put(key: impl Into<String>, value: Vec<u8>, expect: Expect) -> Self {
+        Self {
+            key: key.into(),
+            value: Some(value),
+            expect,
+        }
+    }
+
+    /// Deletes `key` if `expect` holds.
+    pub fn delete(key: impl Into<String>, expect: Expect) -> Self {
+        Self {
+            key: key.into(),
+            value: None,
+            expect,
+        }
+    }
+}
+
 /// One change seen by a [`Watch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -136,6 +167,12 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError>;
+
+    /// Applies every write of `ops` or none: each precondition is checked
+    /// and each write gets its own revision, in order, in one step.
+    /// Returns the revision of the last write. (JetStream: an atomic batch
+    /// publish.)
+    async fn apply(&self, ops: Vec<Op>) -> Result<Revision, StoreError>;
 
     /// Writes `value` under `key` if `expect` holds; returns the new revision.
     async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<Revision, StoreError>;

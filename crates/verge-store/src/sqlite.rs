@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::watch;
 
-use crate::{Change, Entry, Expect, Revision, Store, StoreError, Watch, check_key};
+use crate::{Change, Entry, Expect, Op, Revision, Store, StoreError, Watch, check_key};
 
 /// The SQLite-backed store.
 #[derive(Clone)]
@@ -94,39 +94,57 @@ impl SqliteStore {
         value: Option<Vec<u8>>,
         expect: Expect,
     ) -> Result<Revision, StoreError> {
-        check_key(key)?;
-        let key = key.to_string();
+        self.write_all(vec![Op {
+            key: key.to_string(),
+            value,
+            expect,
+        }])
+        .await
+    }
+
+    /// Applies `ops` in one immediate transaction: all or nothing.
+    async fn write_all(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
+        for op in &ops {
+            check_key(&op.key)?;
+        }
         let revision = self
             .with(move |conn| {
                 let tx = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(backend)?;
-                let current: Option<Revision> = tx
-                    .query_row(
-                        "SELECT revision FROM kv WHERE key = ?1 AND deleted = 0",
-                        [&key],
-                        |row| row.get(0),
+                let mut revision = current_revision(&tx)?;
+                for op in ops {
+                    let current: Option<Revision> = tx
+                        .query_row(
+                            "SELECT revision FROM kv WHERE key = ?1 AND deleted = 0",
+                            [&op.key],
+                            |row| row.get(0),
+                        )
+                        .optional()
+                        .map_err(backend)?;
+                    let holds = match op.expect {
+                        Expect::Any => true,
+                        Expect::Absent => current.is_none(),
+                        Expect::Revision(r) => current == Some(r),
+                    };
+                    if !holds {
+                        // Dropping the transaction rolls back earlier ops.
+                        return Err(StoreError::Conflict {
+                            key: op.key,
+                            current,
+                        });
+                    }
+                    if op.value.is_none() && current.is_none() {
+                        continue;
+                    }
+                    revision += 1;
+                    tx.execute(
+                        "INSERT INTO kv (key, value, revision, deleted) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT(key) DO UPDATE SET value = ?2, revision = ?3, deleted = ?4",
+                        params![op.key, op.value, revision, op.value.is_none()],
                     )
-                    .optional()
                     .map_err(backend)?;
-                let holds = match expect {
-                    Expect::Any => true,
-                    Expect::Absent => current.is_none(),
-                    Expect::Revision(r) => current == Some(r),
-                };
-                if !holds {
-                    return Err(StoreError::Conflict { key, current });
                 }
-                if value.is_none() && current.is_none() {
-                    return current_revision(&tx);
-                }
-                let revision = current_revision(&tx)? + 1;
-                tx.execute(
-                    "INSERT INTO kv (key, value, revision, deleted) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT(key) DO UPDATE SET value = ?2, revision = ?3, deleted = ?4",
-                    params![key, value, revision, value.is_none()],
-                )
-                .map_err(backend)?;
                 tx.commit().map_err(backend)?;
                 Ok(revision)
             })
@@ -223,6 +241,10 @@ impl Store for SqliteStore {
             rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })
         .await
+    }
+
+    async fn apply(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
+        self.write_all(ops).await
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<Revision, StoreError> {

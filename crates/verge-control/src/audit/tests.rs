@@ -12,6 +12,7 @@ async fn log_with(n: u64) -> (tempfile::TempDir, SqliteStore) {
         append(
             &store,
             Record::new("app.deploy", &format!("t/app{i}"), Outcome::Ok).actor("abc", "t"),
+            Vec::new(),
         )
         .await
         .expect("append");
@@ -88,16 +89,24 @@ async fn an_entry_orphaned_by_a_crash_is_adopted() {
     // As if the process died after writing entry 3 but before the head.
     let head = store.get(HEAD).await.expect("get").expect("head");
     let head_value = head.value.clone();
-    append(&store, Record::new("app.delete", "t/x", Outcome::Ok))
-        .await
-        .expect("append");
+    append(
+        &store,
+        Record::new("app.delete", "t/x", Outcome::Ok),
+        Vec::new(),
+    )
+    .await
+    .expect("append");
     store
         .put(HEAD, head_value, Expect::Any)
         .await
         .expect("rewind head");
-    append(&store, Record::new("token.create", "t", Outcome::Ok))
-        .await
-        .expect("append after crash");
+    append(
+        &store,
+        Record::new("token.create", "t", Outcome::Ok),
+        Vec::new(),
+    )
+    .await
+    .expect("append after crash");
     let v = verify(&store).await.expect("verify");
     assert_eq!((v.ok, v.entries), (true, 4), "{v:?}");
 }
@@ -122,4 +131,41 @@ async fn long_logs_are_read_and_verified_a_page_at_a_time() {
     rewrite(&store, 1001, |e| e.outcome = "denied".into()).await;
     let v = verify(&store).await.expect("verify");
     assert_eq!((v.ok, v.first_bad), (false, Some(1001)), "{v:?}");
+}
+
+#[tokio::test]
+async fn a_change_and_its_entry_land_together_or_not_at_all() {
+    let (_dir, store) = log_with(2).await;
+    let r = store
+        .put("apps/t/a", b"v1".to_vec(), Expect::Any)
+        .await
+        .expect("put");
+    // A stale precondition: neither the change nor the entry is written.
+    let err = append(
+        &store,
+        Record::new("app.deploy", "t/a", Outcome::Ok),
+        vec![Op::put(
+            "apps/t/a",
+            b"v2".to_vec(),
+            Expect::Revision(r + 50),
+        )],
+    )
+    .await
+    .expect_err("conflict");
+    assert!(matches!(err, StoreError::Conflict { .. }));
+    assert_eq!(verify(&store).await.expect("verify").entries, 2);
+    let (entry, revision) = append(
+        &store,
+        Record::new("app.deploy", "t/a", Outcome::Ok),
+        vec![Op::put("apps/t/a", b"v2".to_vec(), Expect::Revision(r))],
+    )
+    .await
+    .expect("append");
+    assert_eq!(entry.seq, 3);
+    let app = store.get("apps/t/a").await.expect("get").expect("app");
+    assert_eq!(app.value, b"v2");
+    assert_eq!(
+        revision, app.revision,
+        "the revision watchers of the app see"
+    );
 }

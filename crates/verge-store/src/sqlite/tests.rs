@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::{Change, Expect, SqliteStore, Store, StoreError};
+use crate::{Change, Expect, Op, SqliteStore, Store, StoreError};
 
 fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&dir.path().join("state.db")).expect("opens")
@@ -98,6 +98,43 @@ async fn pages_cover_a_range_once_in_order() {
     }
     let expected: Vec<String> = (0..25).map(|i| format!("log/{i:04}")).collect();
     assert_eq!(seen, expected);
+}
+
+#[tokio::test]
+async fn a_batch_applies_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    let r = store
+        .put("a", b"1".to_vec(), Expect::Any)
+        .await
+        .expect("put");
+    // The second op fails its precondition: the first is rolled back.
+    let err = store
+        .apply(vec![
+            Op::put("b", b"2".to_vec(), Expect::Absent),
+            Op::put("a", b"x".to_vec(), Expect::Revision(r + 99)),
+        ])
+        .await
+        .expect_err("conflict");
+    assert!(
+        matches!(err, StoreError::Conflict { ref key, .. } if key == "a"),
+        "{err}"
+    );
+    assert_eq!(store.get("b").await.expect("get"), None);
+    assert_eq!(store.revision().await.expect("revision"), r);
+    let last = store
+        .apply(vec![
+            Op::put("b", b"2".to_vec(), Expect::Absent),
+            Op::delete("a", Expect::Revision(r)),
+        ])
+        .await
+        .expect("batch");
+    assert_eq!(last, r + 2, "each write has its own revision");
+    assert_eq!(store.get("a").await.expect("get"), None);
+    assert_eq!(
+        store.get("b").await.expect("get").map(|e| e.revision),
+        Some(r + 1)
+    );
 }
 
 #[tokio::test]

@@ -155,6 +155,23 @@ fn kill_9_at_every_stage_of_a_deploy_leaves_one_complete_version() {
             "after a kill at `{stage}`: {}",
             run.stderr
         );
+        // The change and its audit entry landed together, or neither did.
+        let run = plane.cli_as(&admin, &["audit", "--json"]);
+        let page: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+        let v2_entries = page["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter(|e| {
+                e["action"] == "app.deploy" && e["outcome"] == "ok" && e["detail"] == "version v2"
+            })
+            .count();
+        assert_eq!(
+            v2_entries,
+            usize::from(expected == "v2"),
+            "after a kill at `{stage}`:\n{}",
+            run.stdout
+        );
         assert_blobs_consistent(&plane);
     }
 }
