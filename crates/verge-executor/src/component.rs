@@ -25,7 +25,7 @@ pub struct LoadedComponent {
     pub(crate) app: Arc<str>,
     pub(crate) name: Arc<str>,
     pub(crate) hash: String,
-    pub(crate) pre: ProxyPre<Host>,
+    pub(crate) pre: Arc<ProxyPre<Host>>,
     pub(crate) executor: Executor,
     pub(crate) outbound: Arc<OutboundPolicy>,
     pub(crate) env: Arc<[(String, String)]>,
@@ -126,15 +126,56 @@ impl Executor {
         capabilities: &Capabilities,
         limits: Limits,
     ) -> Result<Arc<LoadedComponent>, LoadError> {
-        let engine = &self.inner.engine;
         let hash = hex(&Sha256::digest(bytes));
         check_header(path, bytes)?;
+        let shared = self.shared_pre(&hash);
+        let from_cache = shared.is_some();
+        let pre = match shared {
+            Some(pre) => {
+                tracing::debug!(
+                    component = name,
+                    hash = &hash[..16],
+                    "sharing a component already loaded"
+                );
+                pre
+            }
+            None => self.link(name, path, &hash, bytes)?,
+        };
+        Ok(Arc::new(LoadedComponent {
+            app: app.into(),
+            name: name.into(),
+            hash,
+            pre,
+            executor: self.clone(),
+            outbound: Arc::new(capabilities.outbound.clone()),
+            env: capabilities.env.clone().into(),
+            limits,
+            from_cache,
+        }))
+    }
+
+    /// The linked component with this hash if one is loaded already.
+    fn shared_pre(&self, hash: &str) -> Option<Arc<ProxyPre<Host>>> {
+        let linked = self.inner.linked.lock().unwrap_or_else(|p| p.into_inner());
+        linked.get(hash).and_then(std::sync::Weak::upgrade)
+    }
+
+    /// Compiles (or reads from the cache), checks and links a component,
+    /// and remembers it for other apps with the same bytes.
+    fn link(
+        &self,
+        name: &str,
+        path: &Path,
+        hash: &str,
+        bytes: &[u8],
+    ) -> Result<Arc<ProxyPre<Host>>, LoadError> {
+        let engine = &self.inner.engine;
         let started = Instant::now();
-        let cached = self.inner.cache.as_ref().and_then(|c| c.get(engine, &hash));
+        let cached = self.inner.cache.as_ref().and_then(|c| c.get(engine, hash));
         let from_cache = cached.is_some();
         let component = match cached {
             Some(c) => c,
-            None => self.compile(path, &hash, bytes)?,
+            None => self.compile(path, hash, bytes)?,
         };
         tracing::info!(
             component = name,
@@ -167,21 +208,16 @@ impl Executor {
                     path: path.to_path_buf(),
                     reason: format!("{e:#}"),
                 })?;
-        let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::Unlinkable {
-            path: path.to_path_buf(),
-            reason: format!("{e:#}"),
-        })?;
-        Ok(Arc::new(LoadedComponent {
-            app: app.into(),
-            name: name.into(),
-            hash,
-            pre,
-            executor: self.clone(),
-            outbound: Arc::new(capabilities.outbound.clone()),
-            env: capabilities.env.clone().into(),
-            limits,
-            from_cache,
-        }))
+        let pre = Arc::new(
+            ProxyPre::new(instance_pre).map_err(|e| LoadError::Unlinkable {
+                path: path.to_path_buf(),
+                reason: format!("{e:#}"),
+            })?,
+        );
+        let mut linked = self.inner.linked.lock().unwrap_or_else(|p| p.into_inner());
+        linked.retain(|_, weak| weak.strong_count() > 0);
+        linked.insert(hash.to_string(), Arc::downgrade(&pre));
+        Ok(pre)
     }
 
     fn compile(&self, path: &Path, hash: &str, bytes: &[u8]) -> Result<Component, LoadError> {

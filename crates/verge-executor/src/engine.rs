@@ -88,6 +88,15 @@ pub(crate) struct Inner {
     /// tokio's blocking-thread limit, since each connect resolves a name on
     /// a blocking thread.
     pub(crate) outbound_slots: Arc<tokio::sync::Semaphore>,
+    /// Components already compiled and linked in this process, by content
+    /// hash: many apps (or versions) with the same component share one
+    /// copy of its code. Weak, so unused components are freed.
+    pub(crate) linked: std::sync::Mutex<
+        std::collections::HashMap<
+            String,
+            std::sync::Weak<wasmtime_wasi_http::p2::bindings::ProxyPre<crate::host::Host>>,
+        >,
+    >,
     _ticker: EpochTicker,
 }
 
@@ -118,6 +127,7 @@ impl Executor {
                 cache,
                 slow_lane,
                 outbound_slots: Arc::new(tokio::sync::Semaphore::new(MAX_OUTBOUND_CONNECTIONS)),
+                linked: std::sync::Mutex::default(),
                 _ticker: ticker,
             }),
         })
