@@ -241,9 +241,16 @@ fn apps_with_the_same_component_share_its_loaded_code() {
     let g = guests();
     let plane = Plane::start();
     plane.deploy_file(&plane.admin, &g.hello, "one", "/one");
-    assert!(!plane.verge.log().contains("sharing a component already loaded"));
+    assert!(
+        !plane
+            .verge
+            .log()
+            .contains("sharing a component already loaded")
+    );
     plane.deploy_file(&plane.admin, &g.hello, "two", "/two");
-    plane.verge.wait_for_log("sharing a component already loaded");
+    plane
+        .verge
+        .wait_for_log("sharing a component already loaded");
     assert_eq!(plane.get("/one").1, "Hello, world!\n");
     assert_eq!(plane.get("/two").1, "Hello, world!\n");
     // Once no app uses it, a new load links it afresh.
@@ -251,5 +258,7 @@ fn apps_with_the_same_component_share_its_loaded_code() {
     assert!(plane.cli(&["delete", "two"]).status.success());
     let before = plane.verge.log().matches("component from cache").count();
     plane.deploy_file(&plane.admin, &g.hello, "three", "/three");
-    plane.verge.wait_for_log_count("component from cache", before + 1);
+    plane
+        .verge
+        .wait_for_log_count("component from cache", before + 1);
 }
