@@ -137,6 +137,13 @@ impl Api {
         digest
     }
 
+    /// Revokes the token whose text is `token`, as `by`.
+    async fn revoke(&self, token: &str, by: &str) -> (StatusCode, Value) {
+        let id = &token["verge_".len().."verge_".len() + 16];
+        self.call(Method::DELETE, &format!("/v1/tokens/{id}"), by, Value::Null)
+            .await
+    }
+
     async fn put_blob(
         &self,
         token: &str,
@@ -357,15 +364,7 @@ async fn revoked_expired_and_malformed_tokens_are_refused() {
     let token = api.token("acme", &["apps:read"]).await;
     let (status, _) = api.call(Method::GET, "/v1/apps", &token, Value::Null).await;
     assert_eq!(status, StatusCode::OK);
-    let id = &token["verge_".len().."verge_".len() + 16];
-    let (status, body) = api
-        .call(
-            Method::DELETE,
-            &format!("/v1/tokens/{id}"),
-            &api.admin,
-            Value::Null,
-        )
-        .await;
+    let (status, body) = api.revoke(&token, &api.admin).await;
     assert_eq!(
         (status, body["state"].clone()),
         (StatusCode::OK, json!("revoked"))
@@ -658,26 +657,10 @@ async fn token_lifetimes_and_revocation_cannot_be_abused() {
     assert_eq!(child["expires"], short_expiry, "{child}");
     // It cannot revoke a token holding scopes it lacks.
     let deployer = api.token("acme", &["apps:deploy"]).await;
-    let deployer_id = &deployer["verge_".len().."verge_".len() + 16];
-    let (status, body) = api
-        .call(
-            Method::DELETE,
-            &format!("/v1/tokens/{deployer_id}"),
-            &short,
-            Value::Null,
-        )
-        .await;
+    let (status, body) = api.revoke(&deployer, &short).await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
     // The last operator token cannot be revoked.
-    let admin_id = &api.admin["verge_".len().."verge_".len() + 16];
-    let (status, body) = api
-        .call(
-            Method::DELETE,
-            &format!("/v1/tokens/{admin_id}"),
-            &api.admin,
-            Value::Null,
-        )
-        .await;
+    let (status, body) = api.revoke(&api.admin, &api.admin).await;
     assert_error(status, &body, StatusCode::CONFLICT, "conflict");
     // Verifying the whole chain is an operator's task.
     let auditor = api.token("acme", &["audit:read"]).await;
@@ -751,15 +734,7 @@ async fn a_log_stream_ends_when_its_token_is_revoked() {
         .await
         .expect("infallible");
     assert_eq!(response.status(), StatusCode::OK);
-    let id = &reader["verge_".len().."verge_".len() + 16];
-    let (status, _) = api
-        .call(
-            Method::DELETE,
-            &format!("/v1/tokens/{id}"),
-            &api.admin,
-            Value::Null,
-        )
-        .await;
+    let (status, _) = api.revoke(&reader, &api.admin).await;
     assert_eq!(status, StatusCode::OK);
     let ended = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect()).await;
     assert!(ended.is_ok(), "the stream must end after the revocation");

@@ -156,7 +156,9 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
 
     /// Every live key starting with `prefix`, sorted by key.
-    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError>;
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        self.list_page(prefix, None, usize::MAX).await
+    }
 
     /// At most `limit` live keys starting with `prefix` and sorting after
     /// `after` (from the first with `None`), sorted by key: for reading a

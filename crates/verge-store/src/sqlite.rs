@@ -189,29 +189,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
-        let prefix = prefix.to_string();
-        self.with(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT key, value, revision FROM kv
-                     WHERE key >= ?1 AND key < ?2 AND deleted = 0 ORDER BY key",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![prefix, upper_bound(&prefix)], |row| {
-                    Ok(Entry {
-                        key: row.get(0)?,
-                        value: row.get(1)?,
-                        revision: row.get(2)?,
-                    })
-                })
-                .map_err(backend)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
-        })
-        .await
-    }
-
     async fn list_page(
         &self,
         prefix: &str,
