@@ -214,8 +214,6 @@ async fn verify(
 pub struct Caller {
     /// The token's record.
     pub token: TokenRecord,
-    /// Where the request came from.
-    pub source: IpAddr,
     control: Arc<Control>,
 }
 
@@ -276,11 +274,7 @@ where
             Some(text) => verify(control.store.as_ref(), text).await,
         };
         match result {
-            Ok(token) => Ok(Caller {
-                token,
-                source,
-                control,
-            }),
+            Ok(token) => Ok(Caller { token, control }),
             Err((refusal, record)) => {
                 let target = parts.uri.path().to_string();
                 if let Err(secs) = control.guard.fail(source) {

@@ -20,18 +20,12 @@ use crate::AppRuntime;
 
 /// One app: its live versions and how traffic is split between them.
 pub struct AppSlot {
-    key: String,
     versions: Vec<(Arc<AppRuntime>, u32)>,
     total: u32,
     turn: AtomicU32,
 }
 
 impl AppSlot {
-    /// The app's key (for a control plane, `tenant/app`).
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
     /// Live versions and their weights.
     pub fn versions(&self) -> &[(Arc<AppRuntime>, u32)] {
         &self.versions
@@ -104,7 +98,6 @@ impl Apps {
             slots.insert(
                 key.clone(),
                 Arc::new(AppSlot {
-                    key,
                     versions,
                     total,
                     turn: AtomicU32::new(turn),
@@ -147,11 +140,6 @@ impl Apps {
     /// The app with this key.
     pub fn get(&self, key: &str) -> Option<&Arc<AppSlot>> {
         self.slots.get(key)
-    }
-
-    /// Keys of every app, sorted.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.slots.keys().map(String::as_str)
     }
 
     /// The heaviest version of the first app.

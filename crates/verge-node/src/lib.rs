@@ -127,11 +127,6 @@ impl AppRuntime {
         &self.name
     }
 
-    /// The version label, when served by a control plane.
-    pub fn version(&self) -> Option<&str> {
-        self.version.as_deref()
-    }
-
     /// Every route of the app.
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter().map(|(r, _)| r)

@@ -123,9 +123,8 @@ impl Server {
         })?;
         let node = Node::new(executor);
         let store_dyn: Arc<dyn Store> = store;
-        sync::collect_garbage(store_dyn.as_ref(), blobs.as_ref()).await?;
         let plane = plane::NodePlane::new(node.clone(), blobs.clone());
-        sync::start(store_dyn.clone(), plane.clone()).await?;
+        sync::start(store_dyn.clone(), blobs.as_ref(), plane.clone()).await?;
         let control = Control::new(
             store_dyn,
             blobs,

@@ -18,15 +18,22 @@ use std::time::Duration;
 
 use verge_control::AppRecord;
 use verge_control::model::APPS_PREFIX;
-use verge_store::{BlobStore, Change, Revision, Store, StoreError};
+use verge_store::{BlobStore, Change, Entry, Revision, Store, StoreError};
 
 use crate::ServerError;
 use crate::plane::{NodePlane, node_key};
 
-/// Loads every app, then follows the store in a background task.
-pub(crate) async fn start(store: Arc<dyn Store>, plane: Arc<NodePlane>) -> Result<(), ServerError> {
+/// Loads every app, then follows the store in a background task. Before
+/// loading, removes the blobs no version refers to; nothing is uploading
+/// yet, since the API starts after this.
+pub(crate) async fn start(
+    store: Arc<dyn Store>,
+    blobs: &dyn BlobStore,
+    plane: Arc<NodePlane>,
+) -> Result<(), ServerError> {
     let revision = store.revision().await?;
     let entries = store.list(APPS_PREFIX).await?;
+    collect_garbage(store.as_ref(), blobs, &entries).await?;
     for entry in &entries {
         apply_put(&plane, &entry.key, &entry.value, entry.revision).await;
     }
@@ -135,12 +142,13 @@ async fn apply_put(plane: &NodePlane, store_key: &str, value: &[u8], revision: R
 /// Removes blobs no version refers to (left by uploads whose deploy never
 /// happened, or by versions pruned or deleted). Runs before the API
 /// starts, so no upload is in flight.
-pub(crate) async fn collect_garbage(
+async fn collect_garbage(
     store: &dyn Store,
     blobs: &dyn BlobStore,
+    apps: &[Entry],
 ) -> Result<(), ServerError> {
     let mut referenced = HashSet::new();
-    for entry in store.list(APPS_PREFIX).await? {
+    for entry in apps {
         let record: AppRecord = serde_json::from_slice(&entry.value)
             .map_err(|e| StoreError::Backend(format!("`{}`: {e}", entry.key)))?;
         for v in &record.versions {

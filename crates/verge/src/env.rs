@@ -19,44 +19,37 @@ impl Env for ProcessEnv {
     }
 }
 
+/// The folder a non-empty variable names.
+fn var_dir(env: &dyn Env, key: &str) -> Option<PathBuf> {
+    env.var(key).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+/// Verge's folder under an XDG base directory: `$XDG_VAR/verge`, else
+/// `$HOME/HOME_FALLBACK/verge`.
+fn xdg_dir(env: &dyn Env, xdg_var: &str, home_fallback: &str) -> Option<PathBuf> {
+    let base =
+        var_dir(env, xdg_var).or_else(|| var_dir(env, "HOME").map(|h| h.join(home_fallback)))?;
+    Some(base.join("verge"))
+}
+
 /// Where compiled components are cached: `VERGE_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/verge/compiled`, else `$HOME/.cache/verge/compiled`.
 pub(crate) fn default_cache_dir(env: &dyn Env) -> Option<PathBuf> {
-    let non_empty = |k: &str| env.var(k).filter(|v| !v.is_empty());
-    if let Some(dir) = non_empty("VERGE_CACHE_DIR") {
-        return Some(PathBuf::from(dir));
-    }
-    let base = non_empty("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| non_empty("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("verge").join("compiled"))
+    var_dir(env, "VERGE_CACHE_DIR")
+        .or_else(|| xdg_dir(env, "XDG_CACHE_HOME", ".cache").map(|d| d.join("compiled")))
 }
 
 /// Where `verge login` keeps the control-plane URL and token:
 /// `VERGE_CONFIG_DIR`, else `$XDG_CONFIG_HOME/verge`, else
 /// `$HOME/.config/verge`.
 pub(crate) fn config_dir(env: &dyn Env) -> Option<PathBuf> {
-    let non_empty = |k: &str| env.var(k).filter(|v| !v.is_empty());
-    if let Some(dir) = non_empty("VERGE_CONFIG_DIR") {
-        return Some(PathBuf::from(dir));
-    }
-    let base = non_empty("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| non_empty("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-    Some(base.join("verge"))
+    var_dir(env, "VERGE_CONFIG_DIR").or_else(|| xdg_dir(env, "XDG_CONFIG_HOME", ".config"))
 }
 
 /// Where `verge server` keeps its state by default: `VERGE_DATA_DIR`, else
 /// `$XDG_DATA_HOME/verge`, else `$HOME/.local/share/verge`.
 pub(crate) fn default_data_dir(env: &dyn Env) -> Option<PathBuf> {
-    let non_empty = |k: &str| env.var(k).filter(|v| !v.is_empty());
-    if let Some(dir) = non_empty("VERGE_DATA_DIR") {
-        return Some(PathBuf::from(dir));
-    }
-    let base = non_empty("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| non_empty("HOME").map(|h| PathBuf::from(h).join(".local/share")))?;
-    Some(base.join("verge"))
+    var_dir(env, "VERGE_DATA_DIR").or_else(|| xdg_dir(env, "XDG_DATA_HOME", ".local/share"))
 }
 
 #[cfg(test)]
