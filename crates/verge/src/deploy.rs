@@ -22,24 +22,13 @@ use crate::Failure;
 use crate::build;
 use crate::client::Client;
 use crate::env::Env;
-use crate::up::{Target, component_name, resolve_target};
+use crate::up::{AppSource, Target, component_name};
 
 /// Arguments of `verge deploy`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DeployArgs {
-    /// A component (`.wasm`) to deploy alone, or a folder holding
-    /// verge.toml. Without it, ./verge.toml is deployed.
-    #[arg(value_name = "WASM_OR_DIR")]
-    target: Option<PathBuf>,
-
-    /// The app manifest to deploy.
-    #[arg(
-        short = 'f',
-        long = "file",
-        value_name = "VERGE_TOML",
-        conflicts_with = "target"
-    )]
-    file: Option<PathBuf>,
+    #[command(flatten)]
+    source: AppSource,
 
     /// App name [default: the manifest's `name`, or the component's file
     /// name].
@@ -68,14 +57,10 @@ struct Bundle {
 }
 
 fn bundle(args: &DeployArgs) -> Result<Bundle, Failure> {
-    let target = resolve_target(
-        args.file.as_deref(),
-        args.target.as_deref(),
-        &format!(
-            "run `verge deploy path/to/component.wasm --app NAME` or \
+    let target = args.source.resolve(&format!(
+        "run `verge deploy path/to/component.wasm --app NAME` or \
              `verge deploy -f path/to/{MANIFEST_FILE}`"
-        ),
-    )?;
+    ))?;
     match target {
         Target::App(manifest) => {
             if args.route.is_some() {

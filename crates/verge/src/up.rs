@@ -27,19 +27,8 @@ use crate::env::{Env, default_cache_dir};
 /// Arguments of `verge up`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct UpArgs {
-    /// A component (`.wasm`) to serve at `/`, or a folder holding verge.toml.
-    /// Without it, ./verge.toml is served.
-    #[arg(value_name = "WASM_OR_DIR")]
-    target: Option<PathBuf>,
-
-    /// The app manifest to serve.
-    #[arg(
-        short = 'f',
-        long = "file",
-        value_name = "VERGE_TOML",
-        conflicts_with = "target"
-    )]
-    file: Option<PathBuf>,
+    #[command(flatten)]
+    source: AppSource,
 
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
@@ -151,51 +140,64 @@ pub(crate) enum Target {
     App(Box<Manifest>),
 }
 
-/// Resolves what a command was pointed at: `-f FILE`, a folder holding a
-/// manifest, a manifest, a `.wasm` component, or `./verge.toml`. `usage`
-/// ends the message shown when there is nothing to find.
-pub(crate) fn resolve_target(
-    file: Option<&Path>,
-    target: Option<&Path>,
-    usage: &str,
-) -> Result<Target, Failure> {
-    let manifest_path = match (file, target) {
-        (Some(file), _) => file.to_path_buf(),
-        (None, Some(t)) if t.is_dir() => t.join(MANIFEST_FILE),
-        (None, Some(t)) => {
-            if !t.exists() {
-                return Err(Failure::input(anyhow::anyhow!(
-                    "`{}` does not exist; give a `.wasm` component or a folder with a {MANIFEST_FILE}",
-                    t.display()
-                )));
+/// What `verge up` and `verge deploy` are pointed at.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AppSource {
+    /// A component (`.wasm`, served at `/` unless told otherwise), or a
+    /// folder holding verge.toml [default: ./verge.toml].
+    #[arg(value_name = "WASM_OR_DIR")]
+    target: Option<PathBuf>,
+
+    /// The app manifest.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "VERGE_TOML",
+        conflicts_with = "target"
+    )]
+    file: Option<PathBuf>,
+}
+
+impl AppSource {
+    /// Resolves `-f FILE`, a folder holding a manifest, a manifest, a
+    /// `.wasm` component, or `./verge.toml`. `usage` ends the message shown
+    /// when there is nothing to find.
+    pub(crate) fn resolve(&self, usage: &str) -> Result<Target, Failure> {
+        let (file, target) = (self.file.as_deref(), self.target.as_deref());
+        let manifest_path = match (file, target) {
+            (Some(file), _) => file.to_path_buf(),
+            (None, Some(t)) if t.is_dir() => t.join(MANIFEST_FILE),
+            (None, Some(t)) => {
+                if !t.exists() {
+                    return Err(Failure::input(anyhow::anyhow!(
+                        "`{}` does not exist; give a `.wasm` component or a folder with a {MANIFEST_FILE}",
+                        t.display()
+                    )));
+                }
+                if t.file_name().is_some_and(|n| n == MANIFEST_FILE) {
+                    t.to_path_buf()
+                } else {
+                    return Ok(Target::Component(t.to_path_buf()));
+                }
             }
-            if t.file_name().is_some_and(|n| n == MANIFEST_FILE) {
-                t.to_path_buf()
-            } else {
-                return Ok(Target::Component(t.to_path_buf()));
-            }
+            (None, None) => PathBuf::from(MANIFEST_FILE),
+        };
+        if !manifest_path.exists() && file.is_none() && target.is_none() {
+            return Err(Failure::input(anyhow::anyhow!(
+                "no {MANIFEST_FILE} in this folder; {usage}"
+            )));
         }
-        (None, None) => PathBuf::from(MANIFEST_FILE),
-    };
-    if !manifest_path.exists() && file.is_none() && target.is_none() {
-        return Err(Failure::input(anyhow::anyhow!(
-            "no {MANIFEST_FILE} in this folder; {usage}"
-        )));
+        let manifest = Manifest::load(&manifest_path).map_err(Failure::input)?;
+        Ok(Target::App(Box::new(manifest)))
     }
-    let manifest = Manifest::load(&manifest_path).map_err(Failure::input)?;
-    Ok(Target::App(Box::new(manifest)))
 }
 
 impl UpArgs {
     fn target(&self) -> Result<Target, Failure> {
-        resolve_target(
-            self.file.as_deref(),
-            self.target.as_deref(),
-            &format!(
-                "run `verge up path/to/component.wasm`, `verge up -f path/to/{MANIFEST_FILE}`, \
+        self.source.resolve(&format!(
+            "run `verge up path/to/component.wasm`, `verge up -f path/to/{MANIFEST_FILE}`, \
                  or create an app with `verge new NAME`"
-            ),
-        )
+        ))
     }
 
     /// Applies command-line limits: explicit flags win over the manifest.
