@@ -1,0 +1,394 @@
+//! One tenant's database: the schema, the read pool and the [`Bucket`]
+//! handle that guests and the control API use.
+//!
+//! Rows are `(id, app, store, key, value)`; `id` only grows, so a guest's
+//! `list-keys` cursor (a `u64`) is the last id it saw and stays valid while
+//! keys come and go. A `usage` row per store keeps its key count and bytes
+//! in the same transaction as the data.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use crate::writer::{Job, Write, Written};
+use crate::{KvError, Quotas, storage};
+
+/// Read connections kept open per tenant between reads.
+const IDLE_READERS: usize = 4;
+/// Most bytes one `get_many` may return.
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// Most keys in one batch call.
+pub const MAX_BATCH_KEYS: usize = 1000;
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS kv (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        app TEXT NOT NULL,
+        store TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        UNIQUE (app, store, key)
+    );
+    CREATE INDEX IF NOT EXISTS kv_by_id ON kv (app, store, id);
+    CREATE TABLE IF NOT EXISTS usage (
+        app TEXT NOT NULL,
+        store TEXT NOT NULL,
+        keys INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        PRIMARY KEY (app, store)
+    ) WITHOUT ROWID;
+    PRAGMA user_version = 1;
+";
+
+/// A tenant's database: the writer thread's queue and idle readers.
+pub(crate) struct TenantDb {
+    path: PathBuf,
+    writes: std::sync::mpsc::Sender<Job>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+pub(crate) fn open_connection(path: &Path, read_only: bool) -> Result<Connection, KvError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| KvError::Storage(format!("cannot open `{}`: {e}", path.display())))?;
+    conn.busy_timeout(Duration::from_secs(30))
+        .map_err(storage)?;
+    Ok(conn)
+}
+
+impl TenantDb {
+    /// Opens (creating) the database at `path` and starts its writer.
+    pub(crate) fn open(path: &Path, tenant: &str) -> Result<Arc<Self>, KvError> {
+        let conn = open_connection(path, false)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(storage)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(storage)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(storage)?;
+        if version > 1 {
+            return Err(KvError::Storage(format!(
+                "`{}` was written by a newer Verge (schema {version}); upgrade Verge",
+                path.display()
+            )));
+        }
+        conn.execute_batch(SCHEMA).map_err(storage)?;
+        let writes = crate::writer::start(conn, tenant)?;
+        Ok(Arc::new(Self {
+            path: path.to_path_buf(),
+            writes,
+            readers: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Runs a read on a blocking thread with a pooled read connection.
+    async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, KvError> {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let idle = db.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let conn = match idle {
+                Some(c) => c,
+                None => open_connection(&db.path, true)?,
+            };
+            let result = f(&conn).map_err(storage);
+            let mut idle = db.readers.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < IDLE_READERS {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(storage)?
+    }
+
+    async fn write(
+        &self,
+        job: Job,
+        reply: oneshot::Receiver<Result<Written, KvError>>,
+    ) -> Result<Written, KvError> {
+        self.writes
+            .send(job)
+            .map_err(|_| KvError::Storage("the key-value writer has stopped".into()))?;
+        reply
+            .await
+            .map_err(|_| KvError::Storage("the key-value writer has stopped".into()))?
+    }
+}
+
+/// One page of a store's keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPage {
+    /// Keys, in the page's order.
+    pub keys: Vec<String>,
+    /// Where the next page starts, if there is one.
+    pub cursor: Option<u64>,
+}
+
+/// A handle on one store of one app of one tenant. Cheap to clone.
+#[derive(Clone)]
+pub struct Bucket {
+    db: Arc<TenantDb>,
+    app: Arc<str>,
+    store: Arc<str>,
+    quotas: Quotas,
+}
+
+impl Bucket {
+    pub(crate) fn new(db: Arc<TenantDb>, app: &str, store: &str, quotas: Quotas) -> Self {
+        Self {
+            db,
+            app: app.into(),
+            store: store.into(),
+            quotas,
+        }
+    }
+
+    /// The store's name.
+    pub fn name(&self) -> &str {
+        &self.store
+    }
+
+    /// The quotas of this store.
+    pub fn quotas(&self) -> Quotas {
+        self.quotas
+    }
+
+    /// Refuses keys that are empty, contain NUL or are over the limit.
+    pub fn check_key(&self, key: &str) -> Result<(), KvError> {
+        if key.is_empty() {
+            return Err(KvError::InvalidKey("keys cannot be empty".into()));
+        }
+        if key.len() > self.quotas.max_key_bytes {
+            return Err(KvError::InvalidKey(format!(
+                "a key of {} bytes is longer than the limit of {} bytes",
+                key.len(),
+                self.quotas.max_key_bytes
+            )));
+        }
+        if key.contains('\0') {
+            return Err(KvError::InvalidKey("keys cannot contain NUL".into()));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), KvError> {
+        if value.len() > self.quotas.max_value_bytes {
+            return Err(KvError::QuotaExceeded(format!(
+                "a value of {} bytes is larger than the limit of {} bytes",
+                value.len(),
+                self.quotas.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_batch(n: usize) -> Result<(), KvError> {
+        if n > MAX_BATCH_KEYS {
+            return Err(KvError::QuotaExceeded(format!(
+                "a batch of {n} keys is larger than the limit of {MAX_BATCH_KEYS}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The value of `key`, if set.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.check_key(key)?;
+        let (app, store, key) = (self.app.clone(), self.store.clone(), key.to_string());
+        self.db
+            .read(move |c| {
+                c.prepare_cached("SELECT value FROM kv WHERE app = ?1 AND store = ?2 AND key = ?3")?
+                    .query_row(params![&*app, &*store, key], |r| r.get(0))
+                    .optional()
+            })
+            .await
+    }
+
+    /// Whether `key` is set.
+    pub async fn exists(&self, key: &str) -> Result<bool, KvError> {
+        self.check_key(key)?;
+        let (app, store, key) = (self.app.clone(), self.store.clone(), key.to_string());
+        self.db
+            .read(move |c| {
+                c.prepare_cached("SELECT 1 FROM kv WHERE app = ?1 AND store = ?2 AND key = ?3")?
+                    .exists(params![&*app, &*store, key])
+            })
+            .await
+    }
+
+    /// The values of `keys`, in order (`None` where unset). Refused above
+    /// [`MAX_BATCH_KEYS`] keys or 16 MiB of values.
+    pub async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        Self::check_batch(keys.len())?;
+        for k in &keys {
+            self.check_key(k)?;
+        }
+        let (app, store) = (self.app.clone(), self.store.clone());
+        let values = self
+            .db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT value FROM kv WHERE app = ?1 AND store = ?2 AND key = ?3",
+                )?;
+                let mut total = 0usize;
+                let mut out = Vec::with_capacity(keys.len());
+                for k in &keys {
+                    let v: Option<Vec<u8>> = stmt
+                        .query_row(params![&*app, &*store, k], |r| r.get(0))
+                        .optional()?;
+                    total += v.as_ref().map_or(0, Vec::len);
+                    if total > MAX_BATCH_BYTES {
+                        return Ok(None);
+                    }
+                    out.push(v);
+                }
+                Ok(Some(out))
+            })
+            .await?;
+        values.ok_or_else(|| {
+            KvError::QuotaExceeded(format!(
+                "the values of this batch add up to more than {MAX_BATCH_BYTES} bytes; ask for fewer keys at once"
+            ))
+        })
+    }
+
+    /// Sets `key` to `value`; durable when this returns.
+    pub async fn set(&self, key: String, value: Vec<u8>) -> Result<(), KvError> {
+        self.check_key(&key)?;
+        self.check_value(&value)?;
+        self.write(Write::Set(vec![(key, value)])).await.map(drop)
+    }
+
+    /// Removes `key` (no error if it was not set).
+    pub async fn delete(&self, key: String) -> Result<(), KvError> {
+        self.check_key(&key)?;
+        self.write(Write::Delete(vec![key])).await.map(drop)
+    }
+
+    /// Adds `delta` to the decimal counter at `key` (missing counts as 0)
+    /// and returns the new value.
+    pub async fn increment(&self, key: String, delta: u64) -> Result<u64, KvError> {
+        self.check_key(&key)?;
+        match self.write(Write::Increment(key, delta)).await? {
+            Written::Counter(n) => Ok(n),
+            Written::Done => Err(KvError::Storage("increment returned no value".into())),
+        }
+    }
+
+    /// Sets every pair, all or nothing.
+    pub async fn set_many(&self, items: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
+        Self::check_batch(items.len())?;
+        for (k, v) in &items {
+            self.check_key(k)?;
+            self.check_value(v)?;
+        }
+        self.write(Write::Set(items)).await.map(drop)
+    }
+
+    /// Removes every key, all or nothing.
+    pub async fn delete_many(&self, keys: Vec<String>) -> Result<(), KvError> {
+        Self::check_batch(keys.len())?;
+        for k in &keys {
+            self.check_key(k)?;
+        }
+        self.write(Write::Delete(keys)).await.map(drop)
+    }
+
+    /// Up to `limit` keys in insertion order after `cursor` (from a previous
+    /// page); what `wasi:keyvalue`'s `list-keys` returns.
+    pub async fn list_keys(&self, cursor: Option<u64>, limit: usize) -> Result<KeyPage, KvError> {
+        let (app, store) = (self.app.clone(), self.store.clone());
+        let after = i64::try_from(cursor.unwrap_or(0)).unwrap_or(i64::MAX);
+        let limit = limit.clamp(1, 10_000);
+        let mut rows: Vec<(i64, String)> = self
+            .db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT id, key FROM kv WHERE app = ?1 AND store = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
+                )?
+                .query_map(params![&*app, &*store, after, limit as i64 + 1], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect()
+            })
+            .await?;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let cursor = if more {
+            rows.last().map(|(id, _)| *id as u64)
+        } else {
+            None
+        };
+        Ok(KeyPage {
+            keys: rows.into_iter().map(|(_, k)| k).collect(),
+            cursor,
+        })
+    }
+
+    /// Up to `limit` keys in byte order after `after`, and whether more
+    /// follow; what operators see with `verge kv list`.
+    pub async fn list_sorted(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool), KvError> {
+        let (app, store) = (self.app.clone(), self.store.clone());
+        let limit = limit.clamp(1, 10_000);
+        let mut keys: Vec<String> = self
+            .db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT key FROM kv WHERE app = ?1 AND store = ?2 AND key > ?3 ORDER BY key LIMIT ?4",
+                )?
+                .query_map(
+                    params![&*app, &*store, after.unwrap_or_default(), limit as i64 + 1],
+                    |r| r.get(0),
+                )?
+                .collect()
+            })
+            .await?;
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        Ok((keys, more))
+    }
+
+    /// Keys and bytes (keys plus values) the store holds.
+    pub async fn usage(&self) -> Result<(u64, u64), KvError> {
+        let (app, store) = (self.app.clone(), self.store.clone());
+        let usage: Option<(i64, i64)> = self
+            .db
+            .read(move |c| {
+                c.prepare_cached("SELECT keys, bytes FROM usage WHERE app = ?1 AND store = ?2")?
+                    .query_row(params![&*app, &*store], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .await?;
+        let (keys, bytes) = usage.unwrap_or((0, 0));
+        Ok((keys.max(0) as u64, bytes.max(0) as u64))
+    }
+
+    async fn write(&self, op: Write) -> Result<Written, KvError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            app: self.app.clone(),
+            store: self.store.clone(),
+            quotas: self.quotas,
+            op,
+            reply,
+        };
+        self.db.write(job, rx).await
+    }
+}
