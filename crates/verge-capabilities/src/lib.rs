@@ -1,7 +1,8 @@
 //! The capabilities and limits granted to one component.
 //!
 //! Everything here is **deny-by-default**: an empty [`Capabilities`] grants no
-//! outbound host, no environment variable, no directory and no socket. The
+//! outbound host, no environment variable, no directory, no socket, no
+//! key-value store, no variable and no secret. The
 //! manifest (`verge-manifest`) and the CLI produce these values; the executor
 //! (`verge-executor`) enforces them.
 //!
@@ -22,4 +23,12 @@ pub struct Capabilities {
     /// Environment variables visible through `wasi:cli/environment`, in order.
     /// The host's own environment is never inherited.
     pub env: Vec<(String, String)>,
+    /// Key-value stores (`wasi:keyvalue`) the component may open, by name.
+    pub key_value_stores: Vec<String>,
+    /// Variables readable through `wasi:config/store`, with their values for
+    /// the selected environment.
+    pub variables: Vec<(String, String)>,
+    /// Names of the app's secrets readable through `wasi:config/store`. The
+    /// values are not here: the node resolves them when the guest asks.
+    pub secrets: Vec<String>,
 }

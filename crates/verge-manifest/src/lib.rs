@@ -24,7 +24,7 @@ use std::time::Duration;
 
 pub use error::{Diagnostic, ManifestError};
 pub use units::{parse_duration, parse_size};
-pub use validate::check_name;
+pub use validate::{check_config_name, check_name};
 use verge_capabilities::{Capabilities, Limits};
 use verge_router::Route;
 
@@ -42,6 +42,13 @@ pub struct Manifest {
     pub name: String,
     /// Components in file order.
     pub components: Vec<ComponentSpec>,
+    /// App variables with their default values.
+    pub variables: std::collections::BTreeMap<String, String>,
+    /// Named environments and the variables they override.
+    pub environments:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// The environment whose values the components carry, if one was selected.
+    pub environment: Option<String>,
     text: String,
 }
 
@@ -130,6 +137,38 @@ impl Manifest {
             ),
             Some(help),
         ))
+    }
+
+    /// Selects environment `name`: every component's variables take that
+    /// environment's values where it overrides them. Fails, listing the
+    /// environments there are, if the manifest has no such environment.
+    pub fn select_environment(&mut self, name: &str) -> Result<(), String> {
+        let Some(overrides) = self.environments.get(name) else {
+            let known: Vec<&str> = self.environments.keys().map(String::as_str).collect();
+            return Err(if known.is_empty() {
+                format!(
+                    "`{}` declares no environment, so `{name}` cannot be selected; add an `[environments.{name}]` table",
+                    self.path.display()
+                )
+            } else {
+                format!(
+                    "`{}` has no environment `{name}`; it has: {}",
+                    self.path.display(),
+                    known.join(", ")
+                )
+            });
+        };
+        for c in &mut self.components {
+            for (var, value) in &mut c.capabilities.variables {
+                *value = overrides
+                    .get(var)
+                    .or_else(|| self.variables.get(var))
+                    .cloned()
+                    .unwrap_or_default();
+            }
+        }
+        self.environment = Some(name.to_string());
+        Ok(())
     }
 
     /// The component with this name.

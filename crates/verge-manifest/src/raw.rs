@@ -12,6 +12,15 @@
 //! environment = { LOG_LEVEL = "debug" }
 //! build = { command = "cargo build --target wasm32-wasip2 --release", workdir = "api", watch = ["src/**/*.rs"] }
 //! limits = { memory = "64MiB", timeout = "10s", max_concurrency = 50, max_request_body = "1MiB" }
+//! key_value_stores = ["default"]
+//! variables = ["greeting"]
+//! secrets = ["payments_key"]
+//!
+//! [variables]
+//! greeting = "hello"
+//!
+//! [environments.staging.variables]
+//! greeting = "hello from staging"
 //! ```
 
 use std::collections::BTreeMap;
@@ -31,6 +40,23 @@ pub struct RawManifest {
     /// The app's components, keyed by name (`[component.NAME]`).
     #[serde(default)]
     pub component: BTreeMap<Spanned<String>, Spanned<RawComponent>>,
+    /// App variables and their default values (`[variables]`); components
+    /// read those they list in their own `variables`.
+    #[serde(default)]
+    pub variables: BTreeMap<Spanned<String>, Spanned<String>>,
+    /// Named environments (`[environments.NAME]`) overriding variables,
+    /// chosen with `--env NAME`.
+    #[serde(default)]
+    pub environments: BTreeMap<Spanned<String>, Spanned<RawEnvironment>>,
+}
+
+/// One `[environments.NAME]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvironment {
+    /// Values replacing the defaults of `[variables]` in this environment.
+    #[serde(default)]
+    pub variables: BTreeMap<Spanned<String>, Spanned<String>>,
 }
 
 /// One `[component.NAME]` table.
@@ -52,6 +78,15 @@ pub struct RawComponent {
     pub allowed_outbound_hosts: Vec<Spanned<String>>,
     /// Resource limits.
     pub limits: Option<Spanned<RawLimits>>,
+    /// Key-value stores the guest may open with `wasi:keyvalue/store.open`.
+    #[serde(default)]
+    pub key_value_stores: Vec<Spanned<String>>,
+    /// App variables (from `[variables]`) the guest may read with `wasi:config/store`.
+    #[serde(default)]
+    pub variables: Vec<Spanned<String>>,
+    /// App secrets (set with `verge secrets set`) the guest may read with `wasi:config/store`.
+    #[serde(default)]
+    pub secrets: Vec<Spanned<String>>,
 }
 
 /// A route as written: either `"/prefix"` or `{ path, host }`.

@@ -94,13 +94,33 @@ pub(crate) fn manifest(text: &str, path: &Path) -> Result<Manifest, ManifestErro
             Some("add a `[component.NAME]` table with `source` and `routes`".to_string()),
         ));
     }
+    let variables = variable_table(&cx, &raw.variables, None)?;
+    let mut environments = std::collections::BTreeMap::new();
+    for (env, table) in &raw.environments {
+        check_name(env.get_ref()).map_err(|why| {
+            cx.err(
+                env.span(),
+                format!("invalid environment name `{}`: {why}", env.get_ref()),
+                None,
+            )
+        })?;
+        let overrides = variable_table(&cx, &table.get_ref().variables, Some(&variables))?;
+        environments.insert(env.get_ref().clone(), overrides);
+    }
+
     let mut entries: Vec<_> = raw.component.iter().collect();
     entries.sort_by_key(|(key, _)| key.span().start);
 
     let mut claimed: HashMap<Route, (String, Range<usize>)> = HashMap::new();
     let mut components = Vec::with_capacity(entries.len());
     for (key, component) in entries {
-        let spec = component_spec(&cx, key.get_ref(), key.span(), component.get_ref())?;
+        let spec = component_spec(
+            &cx,
+            key.get_ref(),
+            key.span(),
+            component.get_ref(),
+            &variables,
+        )?;
         for (route, raw_route) in spec.routes.iter().zip(&component.get_ref().routes) {
             if let Some((owner, _)) = claimed.get(route) {
                 return Err(cx.err(
@@ -119,8 +139,150 @@ pub(crate) fn manifest(text: &str, path: &Path) -> Result<Manifest, ManifestErro
         dir: cx.dir,
         name,
         components,
+        variables,
+        environments,
+        environment: None,
         text: text.to_string(),
     })
+}
+
+type Variables = std::collections::BTreeMap<String, String>;
+type RawVariables = std::collections::BTreeMap<toml::Spanned<String>, toml::Spanned<String>>;
+
+/// A `variables` table; with `defaults`, an environment's overrides, which
+/// may only name variables the app declares.
+fn variable_table(
+    cx: &Ctx<'_>,
+    raw: &RawVariables,
+    defaults: Option<&Variables>,
+) -> Result<Variables, ManifestError> {
+    let mut out = Variables::new();
+    for (name, value) in raw {
+        check_config_name(name.get_ref()).map_err(|why| {
+            cx.err(
+                name.span(),
+                format!("invalid variable name `{}`: {why}", name.get_ref()),
+                None,
+            )
+        })?;
+        if defaults.is_some_and(|d| !d.contains_key(name.get_ref())) {
+            return Err(cx.err(
+                name.span(),
+                format!(
+                    "environment overrides variable `{}`, which `[variables]` does not declare",
+                    name.get_ref()
+                ),
+                Some(
+                    "declare it with a default value in `[variables]`, or fix its spelling"
+                        .to_string(),
+                ),
+            ));
+        }
+        out.insert(name.get_ref().clone(), value.get_ref().clone());
+    }
+    Ok(out)
+}
+
+/// Names of variables and secrets: 1 to 64 of `a-z`, `0-9` and `_`, starting with a letter.
+pub fn check_config_name(name: &str) -> Result<(), &'static str> {
+    let ok = name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err("use 1 to 64 lower-case letters, digits and `_`, starting with a letter")
+    }
+}
+
+/// Key-value store names: 1 to 63 of `a-z`, `0-9`, `-` and `_`.
+fn check_store_name(name: &str) -> Result<(), &'static str> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err("use 1 to 63 lower-case letters, digits, `-` and `_`")
+    }
+}
+
+/// The component's `key_value_stores`, `variables` and `secrets`, checked.
+fn grants(
+    cx: &Ctx<'_>,
+    raw: &RawComponent,
+    app_variables: &Variables,
+    ctx: &dyn Fn(String) -> String,
+) -> Result<(Vec<String>, Vec<(String, String)>, Vec<String>), ManifestError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut stores = Vec::new();
+    for s in &raw.key_value_stores {
+        check_store_name(s.get_ref()).map_err(|why| {
+            cx.err(
+                s.span(),
+                ctx(format!(
+                    "invalid key-value store name `{}`: {why}",
+                    s.get_ref()
+                )),
+                None,
+            )
+        })?;
+        if !seen.insert(("store", s.get_ref())) {
+            return Err(cx.err(
+                s.span(),
+                ctx(format!("store `{}` is listed twice", s.get_ref())),
+                None,
+            ));
+        }
+        stores.push(s.get_ref().clone());
+    }
+    let mut variables = Vec::new();
+    for v in &raw.variables {
+        let Some(value) = app_variables.get(v.get_ref()) else {
+            return Err(cx.err(
+                v.span(),
+                ctx(format!(
+                    "variable `{}` is not declared in `[variables]`",
+                    v.get_ref()
+                )),
+                Some(format!(
+                    "add `{} = \"...\"` to the app's `[variables]` table",
+                    v.get_ref()
+                )),
+            ));
+        };
+        if !seen.insert(("config", v.get_ref())) {
+            return Err(cx.err(
+                v.span(),
+                ctx(format!("variable `{}` is listed twice", v.get_ref())),
+                None,
+            ));
+        }
+        variables.push((v.get_ref().clone(), value.clone()));
+    }
+    let mut secrets = Vec::new();
+    for s in &raw.secrets {
+        check_config_name(s.get_ref()).map_err(|why| {
+            cx.err(
+                s.span(),
+                ctx(format!("invalid secret name `{}`: {why}", s.get_ref())),
+                None,
+            )
+        })?;
+        if !seen.insert(("config", s.get_ref())) {
+            return Err(cx.err(
+                s.span(),
+                ctx(format!("`{}` is listed twice among variables and secrets", s.get_ref())),
+                Some("a guest reads both through wasi:config, so a name can be a variable or a secret, not both".to_string()),
+            ));
+        }
+        secrets.push(s.get_ref().clone());
+    }
+    Ok((stores, variables, secrets))
 }
 
 fn component_spec(
@@ -128,6 +290,7 @@ fn component_spec(
     name: &str,
     name_span: Range<usize>,
     raw: &RawComponent,
+    app_variables: &Variables,
 ) -> Result<ComponentSpec, ManifestError> {
     check_name(name).map_err(|why| {
         cx.err(
@@ -202,6 +365,7 @@ fn component_spec(
         Some(l) => limits(cx, l.get_ref(), &ctx)?,
         None => Limits::default(),
     };
+    let (key_value_stores, variables, secrets) = grants(cx, raw, app_variables, &ctx)?;
 
     Ok(ComponentSpec {
         name: name.to_string(),
@@ -212,6 +376,9 @@ fn component_spec(
         capabilities: Capabilities {
             outbound: OutboundPolicy::new(patterns),
             env,
+            key_value_stores,
+            variables,
+            secrets,
         },
         limits,
     })

@@ -94,7 +94,7 @@ fn unknown_field() {
     check_err(
         "[component.a]\nsource = \"a.wasm\"\nrotes = [\"/\"]\n",
         expect![[r#"
-            unknown field `rotes`, expected one of `source`, `routes`, `build`, `environment`, `allowed_outbound_hosts`, `limits`
+            unknown field `rotes`, expected one of `source`, `routes`, `build`, `environment`, `allowed_outbound_hosts`, `limits`, `key_value_stores`, `variables`, `secrets`
              --> /app/verge.toml:3:1
               |
             3 | rotes = ["/"]
@@ -306,4 +306,89 @@ fn missing_component_file_is_reported_at_source() {
     assert!(text.contains("component `a`: file `"), "{text}");
     assert!(text.contains("missing.wasm` does not exist"), "{text}");
     assert!(text.contains("help: build the component first"), "{text}");
+}
+
+#[test]
+fn stores_variables_secrets_and_environments() {
+    let text = r#"
+[variables]
+greeting = "hello"
+limit = "10"
+
+[environments.staging.variables]
+greeting = "hi from staging"
+
+[component.a]
+source = "a.wasm"
+routes = ["/"]
+key_value_stores = ["default", "sessions"]
+variables = ["greeting"]
+secrets = ["api_key"]
+"#;
+    let path = Path::new("/app/verge.toml");
+    let mut m = Manifest::parse(text, path).expect("valid");
+    let caps = &m.components[0].capabilities;
+    assert_eq!(caps.key_value_stores, ["default", "sessions"]);
+    assert_eq!(caps.variables, [("greeting".to_string(), "hello".to_string())]);
+    assert_eq!(caps.secrets, ["api_key"]);
+    m.select_environment("staging").expect("staging");
+    assert_eq!(
+        m.components[0].capabilities.variables,
+        [("greeting".to_string(), "hi from staging".to_string())]
+    );
+    let err = m.select_environment("prod").expect_err("unknown environment");
+    assert!(err.ends_with("has no environment `prod`; it has: staging"), "{err}");
+}
+
+#[test]
+fn bad_stores_variables_and_secrets() {
+    let base = "[component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\n";
+    check_err(
+        &format!("{base}variables = [\"nope\"]\n"),
+        expect![[r#"
+            component `a`: variable `nope` is not declared in `[variables]`
+             --> /app/verge.toml:4:14
+              |
+            4 | variables = ["nope"]
+              |              ^^^^^^
+              = help: add `nope = "..."` to the app's `[variables]` table"#]],
+    );
+    check_err(
+        &format!("[variables]\nkey = \"v\"\n\n{base}variables = [\"key\"]\nsecrets = [\"key\"]\n"),
+        expect![[r#"
+            component `a`: `key` is listed twice among variables and secrets
+             --> /app/verge.toml:8:12
+              |
+            8 | secrets = ["key"]
+              |            ^^^^^
+              = help: a guest reads both through wasi:config, so a name can be a variable or a secret, not both"#]],
+    );
+    check_err(
+        &format!("{base}secrets = [\"API-KEY\"]\n"),
+        expect![[r#"
+            component `a`: invalid secret name `API-KEY`: use 1 to 64 lower-case letters, digits and `_`, starting with a letter
+             --> /app/verge.toml:4:12
+              |
+            4 | secrets = ["API-KEY"]
+              |            ^^^^^^^^^"#]],
+    );
+    check_err(
+        &format!("{base}key_value_stores = [\"a/b\"]\n"),
+        expect![[r#"
+            component `a`: invalid key-value store name `a/b`: use 1 to 63 lower-case letters, digits, `-` and `_`
+             --> /app/verge.toml:4:21
+              |
+            4 | key_value_stores = ["a/b"]
+              |                     ^^^^^"#]],
+    );
+    check_err(
+        &format!("[variables]\na = \"1\"\n[environments.prod.variables]\nb = \"2\"\n{base}"),
+        expect![[r#"
+            environment overrides variable `b`, which `[variables]` does not declare
+             --> /app/verge.toml:4:1
+              |
+            4 | b = "2"
+              | ^
+              = help: declare it with a default value in `[variables]`, or fix its spelling"#]],
+    );
 }
