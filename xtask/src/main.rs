@@ -61,7 +61,10 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 /// Every guest crate: the examples and the test programs.
 fn guest_manifests(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut manifests = vec![root.join("crates/test-programs/Cargo.toml")];
+    let mut manifests = vec![
+        root.join("crates/test-programs/Cargo.toml"),
+        root.join("crates/test-programs/state/Cargo.toml"),
+    ];
     for entry in std::fs::read_dir(root.join("examples"))? {
         let manifest = entry?.path().join("Cargo.toml");
         if manifest.is_file() {

@@ -14,6 +14,7 @@ use verge_capabilities::{Capabilities, Limits, OutboundPolicy};
 use wasmtime::component::Component;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use crate::apis::{Grants, SecretSource};
 use crate::cache::hex;
 use crate::engine::Executor;
 use crate::host::Host;
@@ -30,7 +31,37 @@ pub struct LoadedComponent {
     pub(crate) outbound: Arc<OutboundPolicy>,
     pub(crate) env: Arc<[(String, String)]>,
     pub(crate) limits: Limits,
+    pub(crate) grants: Arc<Grants>,
     from_cache: bool,
+}
+
+/// The app a component is loaded for, and what the node supplies to it
+/// besides its [`Capabilities`].
+#[derive(Clone)]
+pub struct AppContext {
+    /// The node's key for the app; tags every log line.
+    pub key: String,
+    /// The tenant owning the app's key-value data.
+    pub tenant: String,
+    /// The app's name within its tenant.
+    pub app: String,
+    /// The version label (`v3`), for log lines.
+    pub version: Option<String>,
+    /// Where the values of the app's secrets come from.
+    pub secrets: Option<Arc<dyn SecretSource>>,
+}
+
+impl AppContext {
+    /// An app of a single-tenant node (`verge up`).
+    pub fn local(app: &str) -> Self {
+        Self {
+            key: app.to_string(),
+            tenant: "local".to_string(),
+            app: app.to_string(),
+            version: None,
+            secrets: None,
+        }
+    }
 }
 
 /// Why a component could not be loaded. Messages name the file and say
@@ -75,6 +106,14 @@ pub enum LoadError {
         /// What it exports instead.
         exports: Vec<String>,
     },
+    /// A key-value store the component declares cannot be opened.
+    #[error("key-value store `{store}`: {reason}")]
+    Store {
+        /// The store's name.
+        store: String,
+        /// Why.
+        reason: String,
+    },
     /// An import Verge does not provide.
     #[error("`{path}` cannot run on Verge: {reason}")]
     Unlinkable {
@@ -99,11 +138,12 @@ fn describe_exports(exports: &[String]) -> String {
 
 impl Executor {
     /// Loads the component at `path` as component `name` of `app` (both
-    /// tag its logs). This compiles on a cache miss (seconds for large
-    /// components), so call it from a blocking thread.
+    /// tag its logs), and opens the key-value stores it declares. This
+    /// compiles on a cache miss (seconds for large components), so call it
+    /// from a blocking thread.
     pub fn load(
         &self,
-        app: &str,
+        app: &AppContext,
         name: &str,
         path: &Path,
         capabilities: &Capabilities,
@@ -119,7 +159,7 @@ impl Executor {
     /// Loads a component from memory; `path` is only used in messages.
     pub fn load_bytes(
         &self,
-        app: &str,
+        app: &AppContext,
         name: &str,
         path: &Path,
         bytes: &[u8],
@@ -128,6 +168,7 @@ impl Executor {
     ) -> Result<Arc<LoadedComponent>, LoadError> {
         let hash = hex(&Sha256::digest(bytes));
         check_header(path, bytes)?;
+        let grants = Arc::new(self.grants(app, capabilities)?);
         let shared = self.shared_pre(&hash);
         let from_cache = shared.is_some();
         let pre = match shared {
@@ -142,7 +183,7 @@ impl Executor {
             None => self.link(name, path, &hash, bytes)?,
         };
         Ok(Arc::new(LoadedComponent {
-            app: app.into(),
+            app: app.key.as_str().into(),
             name: name.into(),
             hash,
             pre,
@@ -150,8 +191,40 @@ impl Executor {
             outbound: Arc::new(capabilities.outbound.clone()),
             env: capabilities.env.clone().into(),
             limits,
+            grants,
             from_cache,
         }))
+    }
+
+    /// What the component may reach through the host APIs: its declared
+    /// stores opened (blocking on first use of a tenant), its variables and
+    /// secret names.
+    fn grants(&self, app: &AppContext, capabilities: &Capabilities) -> Result<Grants, LoadError> {
+        let mut stores = std::collections::HashMap::new();
+        for store in &capabilities.key_value_stores {
+            let kv = self
+                .inner
+                .key_value
+                .as_ref()
+                .ok_or_else(|| LoadError::Store {
+                    store: store.clone(),
+                    reason: "this node has no key-value storage".to_string(),
+                })?;
+            let bucket = kv
+                .bucket(&app.tenant, &app.app, store)
+                .map_err(|e| LoadError::Store {
+                    store: store.clone(),
+                    reason: e.to_string(),
+                })?;
+            stores.insert(store.clone(), bucket);
+        }
+        Ok(Grants {
+            stores,
+            variables: capabilities.variables.iter().cloned().collect(),
+            secrets: capabilities.secrets.clone(),
+            vault: app.secrets.clone(),
+            version: app.version.as_deref().map(Arc::from),
+        })
     }
 
     /// The linked component with this hash if one is loaded already.

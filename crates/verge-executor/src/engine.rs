@@ -43,6 +43,9 @@ pub struct ExecutorConfig {
     /// Threads of the slow lane, where guests running longer than one epoch
     /// tick continue (see `lane`).
     pub slow_lane_threads: usize,
+    /// Key-value stores for `wasi:keyvalue`; without them, a component
+    /// that declares a store cannot be loaded.
+    pub key_value: Option<Arc<verge_kv::KeyValue>>,
 }
 
 impl Default for ExecutorConfig {
@@ -57,6 +60,7 @@ impl Default for ExecutorConfig {
             // every core from the workers serving short requests.
             slow_lane_threads: std::thread::available_parallelism()
                 .map_or(1, |n| (n.get() / 2).max(1)),
+            key_value: None,
         }
     }
 }
@@ -84,6 +88,7 @@ pub(crate) struct Inner {
     pub(crate) linker: Linker<Host>,
     pub(crate) cache: Option<CompileCache>,
     pub(crate) slow_lane: SlowLane,
+    pub(crate) key_value: Option<Arc<verge_kv::KeyValue>>,
     /// Outbound connections open at once across all guests. Kept below
     /// tokio's blocking-thread limit, since each connect resolves a name on
     /// a blocking thread.
@@ -110,6 +115,8 @@ impl Executor {
             .map_err(|e| ExecutorError::Linker(format!("{e:#}")))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| ExecutorError::Linker(format!("{e:#}")))?;
+        crate::apis::add_to_linker(&mut linker)
+            .map_err(|e| ExecutorError::Linker(format!("{e:#}")))?;
         let cache = config
             .cache_dir
             .as_ref()
@@ -126,6 +133,7 @@ impl Executor {
                 linker,
                 cache,
                 slow_lane,
+                key_value: config.key_value.clone(),
                 outbound_slots: Arc::new(tokio::sync::Semaphore::new(MAX_OUTBOUND_CONNECTIONS)),
                 linked: std::sync::Mutex::default(),
                 _ticker: ticker,

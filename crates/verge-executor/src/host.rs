@@ -20,6 +20,17 @@ pub(crate) struct Host {
     pub(crate) http: WasiHttpCtx,
     pub(crate) hooks: OutboundGate,
     pub(crate) limiter: MemoryLimiter,
+    pub(crate) apis: HostApis,
+}
+
+/// Per-request state of the host APIs (`apis`).
+pub(crate) struct HostApis {
+    /// The app's key, for log lines.
+    pub(crate) app: Arc<str>,
+    /// What the component may reach.
+    pub(crate) grants: Arc<crate::apis::Grants>,
+    /// What the request has logged through `wasi:logging`.
+    pub(crate) log: crate::apis::LogState,
 }
 
 impl WasiView for Host {

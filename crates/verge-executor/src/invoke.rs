@@ -40,7 +40,7 @@ use self::body::LimitedBody;
 use self::task::{GuestFuture, GuestResult, GuestTask, RequestShared};
 use crate::component::LoadedComponent;
 use crate::guest_log::GuestOutput;
-use crate::host::{Host, MemoryLimiter, OutboundGate};
+use crate::host::{Host, HostApis, MemoryLimiter, OutboundGate};
 
 /// Most resources (headers, streams, bodies, ...) one instance may hold in
 /// the host. Together with [`MAX_FIELDS_SIZE`] and the body buffer sizes in
@@ -329,6 +329,11 @@ impl LoadedComponent {
                 request_slots: None,
             },
             limiter: MemoryLimiter::new(self.limits.memory),
+            apis: HostApis {
+                app: self.app.clone(),
+                grants: self.grants.clone(),
+                log: Default::default(),
+            },
         };
         let mut store = Store::new(&self.executor.inner.engine, host);
         store.limiter(|h| &mut h.limiter);

@@ -20,6 +20,7 @@
 //! **API boundary**: the executor knows nothing about routing, manifests or
 //! listeners; it takes an `http::Request` and returns an `http::Response`.
 
+mod apis;
 mod cache;
 mod component;
 mod engine;
@@ -28,6 +29,7 @@ mod host;
 mod invoke;
 mod lane;
 
-pub use component::{LoadError, LoadedComponent};
+pub use apis::SecretSource;
+pub use component::{AppContext, LoadError, LoadedComponent};
 pub use engine::{Executor, ExecutorConfig, ExecutorError};
 pub use invoke::{GuestBody, HandleError, RequestContext, RequestId};

@@ -95,15 +95,14 @@ pub struct KeyValue {
 }
 
 impl KeyValue {
-    /// Uses `dir` (created with mode 0700 if missing) for the databases.
-    pub fn open(dir: &Path, quotas: Quotas) -> Result<Arc<Self>, KvError> {
-        create_private_dir(dir)
-            .map_err(|e| KvError::Storage(format!("cannot create `{}`: {e}", dir.display())))?;
-        Ok(Arc::new(Self {
+    /// Uses `dir` for the databases; it is created (mode 0700) when the
+    /// first store is opened.
+    pub fn open(dir: &Path, quotas: Quotas) -> Arc<Self> {
+        Arc::new(Self {
             dir: dir.to_path_buf(),
             quotas,
             tenants: Mutex::new(HashMap::new()),
-        }))
+        })
     }
 
     /// The quotas every store gets.
@@ -133,9 +132,21 @@ impl KeyValue {
         if let Some(db) = tenants.get(tenant) {
             return Ok(db.clone());
         }
+        create_private_dir(&self.dir).map_err(|e| {
+            KvError::Storage(format!("cannot create `{}`: {e}", self.dir.display()))
+        })?;
         let db = TenantDb::open(&self.dir.join(format!("{tenant}.db")), tenant)?;
         tenants.insert(tenant.to_string(), db.clone());
         Ok(db)
+    }
+}
+
+impl std::fmt::Debug for KeyValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyValue")
+            .field("dir", &self.dir)
+            .field("quotas", &self.quotas)
+            .finish_non_exhaustive()
     }
 }
 

@@ -12,7 +12,7 @@ fn small() -> Quotas {
 }
 
 fn kv(dir: &tempfile::TempDir, quotas: Quotas) -> Arc<KeyValue> {
-    KeyValue::open(&dir.path().join("kv"), quotas).expect("open")
+    KeyValue::open(&dir.path().join("kv"), quotas)
 }
 
 #[tokio::test(flavor = "multi_thread")]

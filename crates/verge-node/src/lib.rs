@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use verge_capabilities::{Capabilities, Limits};
-use verge_executor::{Executor, LoadError, LoadedComponent};
+use verge_executor::{AppContext, Executor, LoadError, LoadedComponent, SecretSource};
 use verge_guard::ConcurrencyLimit;
 use verge_router::{Route, RouteError, RouteTable};
 
@@ -41,12 +41,42 @@ pub use body::NodeBody;
 pub const INTERNAL_PREFIX: &str = "/.well-known/verge/";
 
 /// An app to serve, already validated.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AppConfig {
-    /// The app's name.
+    /// The node's key for the app (`tenant/app` on a server); tags its logs.
     pub name: String,
+    /// The tenant owning the app's key-value data.
+    pub tenant: String,
+    /// The app's name within its tenant.
+    pub app: String,
+    /// Where the values of the app's secrets come from.
+    pub secrets: Option<Arc<dyn SecretSource>>,
     /// Its components.
     pub components: Vec<ComponentConfig>,
+}
+
+impl AppConfig {
+    /// An app of a single-tenant node (`verge up`), without secrets.
+    pub fn local(name: &str, components: Vec<ComponentConfig>) -> Self {
+        Self {
+            name: name.to_string(),
+            tenant: "local".to_string(),
+            app: name.to_string(),
+            secrets: None,
+            components,
+        }
+    }
+}
+
+impl std::fmt::Debug for AppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppConfig")
+            .field("name", &self.name)
+            .field("tenant", &self.tenant)
+            .field("app", &self.app)
+            .field("components", &self.components)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One component of an [`AppConfig`].
@@ -95,16 +125,17 @@ pub struct ComponentRuntime {
 pub struct AppRuntime {
     pub(crate) name: String,
     pub(crate) version: Option<String>,
+    pub(crate) context: AppContext,
     pub(crate) routes: RouteTable<Arc<ComponentRuntime>>,
     pub(crate) components: HashMap<String, Arc<ComponentRuntime>>,
 }
 
 impl AppRuntime {
     fn build(
-        name: String,
-        version: Option<String>,
+        context: AppContext,
         components: Vec<Arc<ComponentRuntime>>,
     ) -> Result<Self, RouteError> {
+        let (name, version) = (context.key.clone(), context.version.clone());
         let routes = RouteTable::new(
             components
                 .iter()
@@ -117,6 +148,7 @@ impl AppRuntime {
         Ok(Self {
             name,
             version,
+            context,
             routes,
             components,
         })
@@ -178,16 +210,23 @@ impl Node {
         version: Option<String>,
         previous: Option<&AppRuntime>,
     ) -> Result<AppRuntime, NodeError> {
+        let context = AppContext {
+            key: app.name.clone(),
+            tenant: app.tenant.clone(),
+            app: app.app.clone(),
+            version: version.clone(),
+            secrets: app.secrets.clone(),
+        };
         let mut components = Vec::with_capacity(app.components.len());
         for c in &app.components {
-            components.push(Arc::new(self.prepare_component(&app.name, c, previous)?));
+            components.push(Arc::new(self.prepare_component(&context, c, previous)?));
         }
-        Ok(AppRuntime::build(app.name.clone(), version, components)?)
+        Ok(AppRuntime::build(context, components)?)
     }
 
     fn prepare_component(
         &self,
-        app: &str,
+        app: &AppContext,
         c: &ComponentConfig,
         previous: Option<&AppRuntime>,
     ) -> Result<ComponentRuntime, NodeError> {
@@ -267,7 +306,8 @@ impl Node {
             .components
             .get(name)
             .ok_or_else(|| NodeError::UnknownComponent(name.to_string()))?;
-        let fresh = Arc::new(self.prepare_component(&current.name, &old.config, Some(&current))?);
+        let fresh =
+            Arc::new(self.prepare_component(&current.context, &old.config, Some(&current))?);
         let components = current
             .components
             .values()
@@ -279,11 +319,7 @@ impl Node {
                 }
             })
             .collect();
-        self.install(AppRuntime::build(
-            current.name.clone(),
-            current.version.clone(),
-            components,
-        )?);
+        self.install(AppRuntime::build(current.context.clone(), components)?);
         Ok(())
     }
 

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use verge_control::logs::LogHub;
 use verge_control::{Control, ControlConfig, Issued};
 use verge_executor::{Executor, ExecutorConfig};
+use verge_kv::{KeyValue, Quotas};
 use verge_node::Node;
 use verge_store::{FsBlobs, SqliteStore, Store};
 
@@ -41,6 +42,8 @@ pub struct ServerConfig {
     pub cache_dir: Option<PathBuf>,
     /// Instances that may exist at once across all apps.
     pub max_instances: u32,
+    /// Limits of every key-value store (`DATA/kv/TENANT.db`).
+    pub kv_quotas: Quotas,
     /// Control API settings.
     pub control: ControlConfig,
     /// Issue a new admin token even if tokens exist (the first start
@@ -116,9 +119,11 @@ impl Server {
             .clone()
             .unwrap_or_else(|| data.join("compiled"));
         private_dir(&cache_dir)?;
+        let key_value = KeyValue::open(&data.join("kv"), config.kv_quotas);
         let executor = Executor::new(&ExecutorConfig {
             cache_dir: Some(cache_dir),
             max_instances: config.max_instances,
+            key_value: Some(key_value.clone()),
             ..ExecutorConfig::default()
         })?;
         let node = Node::new(executor);

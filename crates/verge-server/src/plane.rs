@@ -156,6 +156,9 @@ impl NodePlane {
             AppConfig {
                 // The node's key; it also tags the app's log lines.
                 name: node_key(record),
+                tenant: record.tenant.clone(),
+                app: record.name.clone(),
+                secrets: None,
                 components,
             },
             paths,

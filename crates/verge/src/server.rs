@@ -65,10 +65,31 @@ pub(crate) struct ServerArgs {
     #[arg(long)]
     issue_admin_token: bool,
 
+    /// Most keys in one key-value store.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    kv_max_keys: u64,
+
+    /// Largest value in a key-value store, e.g. `1MiB` (at most 64MiB).
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_kv_value)]
+    kv_max_value: u64,
+
+    /// Most bytes (keys plus values) in one key-value store, e.g. `256MiB`.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
+    kv_max_store: u64,
+
     /// Test hook: make deploys stop forever at a stage (`validated`,
     /// `prepared`, `recorded`) so crash tests can kill the server there.
     #[arg(long, value_name = "STAGE", hide = true)]
     pause_deploys_at: Option<String>,
+}
+
+fn parse_kv_value(s: &str) -> Result<u64, String> {
+    let bytes = parse_size(s)?;
+    if bytes <= 64 * 1024 * 1024 {
+        Ok(bytes)
+    } else {
+        Err("a value can be at most 64MiB".to_string())
+    }
 }
 
 pub(crate) fn run(args: ServerArgs, env: &dyn Env, logs: Arc<LogHub>) -> Result<(), Failure> {
@@ -105,6 +126,12 @@ async fn serve(args: ServerArgs, data: PathBuf, logs: Arc<LogHub>) -> Result<(),
         data_dir: data.clone(),
         cache_dir: args.cache_dir.clone(),
         max_instances: args.max_instances,
+        kv_quotas: verge_kv::Quotas {
+            max_value_bytes: args.kv_max_value as usize,
+            max_keys: args.kv_max_keys,
+            max_store_bytes: args.kv_max_store,
+            ..verge_kv::Quotas::default()
+        },
         control: ControlConfig {
             max_upload: args.max_upload,
             pause_deploys_at: args.pause_deploys_at.clone(),

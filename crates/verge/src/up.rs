@@ -92,6 +92,11 @@ pub(crate) struct UpArgs {
     /// Instances that may exist at once across all components.
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     max_instances: u32,
+
+    /// Folder for the app's key-value stores [default: `.verge` beside
+    /// verge.toml, or in the current folder for a single component].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -156,6 +161,11 @@ pub(crate) struct AppSource {
         conflicts_with = "target"
     )]
     file: Option<PathBuf>,
+
+    /// The manifest environment whose variables to use
+    /// (`[environments.NAME]`).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) environment: Option<String>,
 }
 
 impl AppSource {
@@ -177,6 +187,12 @@ impl AppSource {
                 if t.file_name().is_some_and(|n| n == MANIFEST_FILE) {
                     t.to_path_buf()
                 } else {
+                    if self.environment.is_some() {
+                        return Err(Failure::input(anyhow::anyhow!(
+                            "`--environment` selects variables of a verge.toml; `{}` is a component",
+                            t.display()
+                        )));
+                    }
                     return Ok(Target::Component(t.to_path_buf()));
                 }
             }
@@ -187,7 +203,12 @@ impl AppSource {
                 "no {MANIFEST_FILE} in this folder; {usage}"
             )));
         }
-        let manifest = Manifest::load(&manifest_path).map_err(Failure::input)?;
+        let mut manifest = Manifest::load(&manifest_path).map_err(Failure::input)?;
+        if let Some(env) = &self.environment {
+            manifest
+                .select_environment(env)
+                .map_err(|e| Failure::input(anyhow::anyhow!(e)))?;
+        }
         Ok(Target::App(Box::new(manifest)))
     }
 }
@@ -198,6 +219,15 @@ impl UpArgs {
             "run `verge up path/to/component.wasm`, `verge up -f path/to/{MANIFEST_FILE}`, \
                  or create an app with `verge new NAME`"
         ))
+    }
+
+    /// Loads the manifest at `path` with the selected environment (on reload).
+    pub(crate) fn load_manifest(&self, path: &Path) -> Result<Manifest, String> {
+        let mut manifest = Manifest::load(path).map_err(|e| e.to_string())?;
+        if let Some(env) = &self.source.environment {
+            manifest.select_environment(env)?;
+        }
+        Ok(manifest)
     }
 
     /// Applies command-line limits: explicit flags win over the manifest.
@@ -218,27 +248,33 @@ impl UpArgs {
         Capabilities {
             outbound: OutboundPolicy::new(patterns),
             env,
+            ..base.clone()
         }
     }
 
     /// The app to serve, after running builds (unless `--no-build`).
-    pub(crate) fn app_config(&self, target: &Target, build: bool) -> Result<AppConfig, Failure> {
+    pub(crate) fn app_config(
+        &self,
+        target: &Target,
+        build: bool,
+        env: &dyn Env,
+    ) -> Result<AppConfig, Failure> {
         match target {
-            Target::Component(path) => Ok(AppConfig {
-                name: component_name(path),
-                components: vec![ComponentConfig {
+            Target::Component(path) => Ok(AppConfig::local(
+                &component_name(path),
+                vec![ComponentConfig {
                     name: component_name(path),
                     wasm: path.clone(),
                     routes: vec![Route::new(None, "/").map_err(Failure::input)?],
                     capabilities: self.capabilities(&Capabilities::default()),
                     limits: self.limits(Limits::default()),
                 }],
-            }),
+            )),
             Target::App(manifest) => {
                 build::prepare(manifest, build)?;
-                Ok(AppConfig {
-                    name: manifest.name.clone(),
-                    components: manifest
+                let mut app = AppConfig::local(
+                    &manifest.name,
+                    manifest
                         .components
                         .iter()
                         .map(|c| ComponentConfig {
@@ -249,9 +285,37 @@ impl UpArgs {
                             limits: self.limits(c.limits),
                         })
                         .collect(),
-                })
+                );
+                app.secrets = Some(Arc::new(EnvSecrets::read(manifest, env)));
+                Ok(app)
             }
         }
+    }
+}
+
+/// Secrets for `verge up`, read once from `VERGE_SECRET_<NAME>` environment
+/// variables (name upper-cased) for every secret the manifest declares.
+struct EnvSecrets(std::collections::HashMap<String, Arc<str>>);
+
+impl EnvSecrets {
+    fn read(manifest: &Manifest, env: &dyn Env) -> Self {
+        let mut values = std::collections::HashMap::new();
+        for name in manifest
+            .components
+            .iter()
+            .flat_map(|c| &c.capabilities.secrets)
+        {
+            if let Some(value) = env.var(&format!("VERGE_SECRET_{}", name.to_ascii_uppercase())) {
+                values.insert(name.clone(), Arc::from(value));
+            }
+        }
+        Self(values)
+    }
+}
+
+impl verge_executor::SecretSource for EnvSecrets {
+    fn secret(&self, name: &str) -> Option<Arc<str>> {
+        self.0.get(name).cloned()
     }
 }
 
@@ -275,7 +339,14 @@ pub(crate) fn component_name(path: &Path) -> String {
 
 pub(crate) fn run(args: UpArgs, env: &dyn Env) -> Result<(), Failure> {
     let target = args.target()?;
-    let app = args.app_config(&target, !args.no_build)?;
+    let app = args.app_config(&target, !args.no_build, env)?;
+    let state_dir = match (&args.state_dir, &target) {
+        (Some(dir), _) => dir.clone(),
+        (None, Target::App(m)) => m.dir.join(".verge"),
+        (None, Target::Component(_)) => PathBuf::from(".verge"),
+    };
+    // Files are created only when a component opens a store.
+    let key_value = verge_kv::KeyValue::open(&state_dir.join("kv"), verge_kv::Quotas::default());
 
     let cache_dir = if args.no_cache {
         None
@@ -285,6 +356,7 @@ pub(crate) fn run(args: UpArgs, env: &dyn Env) -> Result<(), Failure> {
     let executor = Executor::new(&ExecutorConfig {
         cache_dir,
         max_instances: args.max_instances,
+        key_value: Some(key_value),
         ..ExecutorConfig::default()
     })
     .map_err(Failure::runtime)?;

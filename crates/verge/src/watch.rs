@@ -324,11 +324,11 @@ async fn reload_app(path: &Path, node: &Arc<Node>, args: &Arc<UpArgs>) -> Option
     let node = node.clone();
     let args = args.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let manifest = Manifest::load(&path).map_err(|e| e.to_string())?;
+        let manifest = args.load_manifest(&path)?;
         let items = items_of(&manifest).map_err(|e| format!("{e:#}"))?;
         let target = Target::App(Box::new(manifest));
         let app = args
-            .app_config(&target, !args.no_build)
+            .app_config(&target, !args.no_build, &crate::env::ProcessEnv)
             .map_err(|e| e.to_string())?;
         let runtime = node.prepare(&app).map_err(|e| e.to_string())?;
         node.install(runtime);

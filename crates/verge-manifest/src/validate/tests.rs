@@ -329,15 +329,23 @@ secrets = ["api_key"]
     let mut m = Manifest::parse(text, path).expect("valid");
     let caps = &m.components[0].capabilities;
     assert_eq!(caps.key_value_stores, ["default", "sessions"]);
-    assert_eq!(caps.variables, [("greeting".to_string(), "hello".to_string())]);
+    assert_eq!(
+        caps.variables,
+        [("greeting".to_string(), "hello".to_string())]
+    );
     assert_eq!(caps.secrets, ["api_key"]);
     m.select_environment("staging").expect("staging");
     assert_eq!(
         m.components[0].capabilities.variables,
         [("greeting".to_string(), "hi from staging".to_string())]
     );
-    let err = m.select_environment("prod").expect_err("unknown environment");
-    assert!(err.ends_with("has no environment `prod`; it has: staging"), "{err}");
+    let err = m
+        .select_environment("prod")
+        .expect_err("unknown environment");
+    assert!(
+        err.ends_with("has no environment `prod`; it has: staging"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -21,5 +21,6 @@ mod limits;
 mod new;
 mod outbound;
 mod routes;
+mod state;
 mod toolchains;
 mod watch;

@@ -34,6 +34,9 @@ pub struct Guests {
     pub test_programs: PathBuf,
     /// A WASI command, not an HTTP handler.
     pub not_a_handler: PathBuf,
+    /// `crates/test-programs/state`: drives wasi:keyvalue, wasi:config and
+    /// wasi:logging (see its docs).
+    pub state: PathBuf,
     /// `crates/test-programs/python`: a componentize-py handler.
     pub python: PathBuf,
 }
@@ -62,6 +65,9 @@ pub fn guests() -> &'static Guests {
             hello: repo().join("examples/hello/target/wasm32-wasip2/release/hello.wasm"),
             test_programs: tp.join("test_programs.wasm"),
             not_a_handler: tp.join("not-a-handler.wasm"),
+            state: repo().join(
+                "crates/test-programs/state/target/wasm32-wasip2/release/state_programs.wasm",
+            ),
             python: repo().join("crates/test-programs/python/target/app.wasm"),
         }
     })
@@ -482,4 +488,61 @@ pub fn app_dir(manifest: &str) -> tempfile::TempDir {
 /// A TOML string literal for a path.
 pub fn toml_path(path: &Path) -> String {
     format!("{:?}", path.display().to_string())
+}
+
+/// Percent-encodes a query value (every byte but unreserved ones).
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Sends `count` requests for `path_of(i)` over `connections` keep-alive
+/// HTTP/1.1 connections at once; returns (i, status, body) in any order.
+pub async fn burst(
+    addr: SocketAddr,
+    connections: usize,
+    count: usize,
+    method: &'static str,
+    path_of: impl Fn(usize) -> String + Send + Sync + 'static,
+    body_of: impl Fn(usize) -> Bytes + Send + Sync + 'static,
+) -> Vec<(usize, u16, Bytes)> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let path_of = Arc::new(path_of);
+    let body_of = Arc::new(body_of);
+    let workers: Vec<_> = (0..connections)
+        .map(|_| {
+            let (next, path_of, body_of) = (next.clone(), path_of.clone(), body_of.clone());
+            tokio::spawn(async move {
+                let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+                    .await
+                    .expect("handshake");
+                tokio::spawn(conn);
+                let mut out = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= count {
+                        return out;
+                    }
+                    sender.ready().await.expect("connection ready");
+                    let req = request(method, addr, &path_of(i), full(body_of(i)));
+                    let response = sender.send_request(req).await.expect("response");
+                    let r = buffer(response).await.expect("body");
+                    out.push((i, r.status, r.body));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(count);
+    for w in workers {
+        all.extend(w.await.expect("worker"));
+    }
+    all
 }

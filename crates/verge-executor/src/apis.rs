@@ -1,0 +1,84 @@
+//! Host APIs beyond WASI 0.2 and `wasi:http`: `wasi:keyvalue` (store,
+//! atomics, batch), `wasi:config/store` and `wasi:logging`, generated from
+//! the WIT in the repository's `wit/` folder.
+//!
+//! What a component may reach through them is fixed when it is loaded
+//! ([`Grants`]): the stores, variables and secrets its manifest entry
+//! declares. Everything else is invisible or denied.
+//!
+//! **Invariants**
+//! - Opening a store the component did not declare fails inside the guest
+//!   with `access-denied`; nothing is created.
+//! - A secret value lives only in the node's secret source and in the
+//!   guest's memory; it is never logged or put in an error.
+
+mod config;
+mod keyvalue;
+mod logging;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+// Public because the generated bindings re-export it.
+#[allow(unreachable_pub)]
+pub use self::keyvalue::BucketHandle;
+pub(crate) use self::logging::LogState;
+
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "verge:platform/host-apis",
+        imports: { default: async | trappable },
+        with: {
+            "wasi:keyvalue/store.bucket": crate::apis::BucketHandle,
+        },
+        trappable_error_type: {
+            "wasi:keyvalue/store.error" => crate::apis::KvFailure,
+        },
+    });
+}
+
+/// The error a `wasi:keyvalue` call returns to the guest.
+#[derive(Debug)]
+pub(crate) enum KvFailure {
+    /// The component did not declare the store.
+    AccessDenied,
+    /// Anything else, with a message for the guest.
+    Other(String),
+}
+
+/// The current values of an app's secrets, kept by the node and updated
+/// when an operator sets or deletes one.
+pub trait SecretSource: Send + Sync {
+    /// The value of secret `name`, if it is set.
+    fn secret(&self, name: &str) -> Option<Arc<str>>;
+}
+
+/// What one loaded component may reach through the host APIs.
+#[derive(Default)]
+pub(crate) struct Grants {
+    /// Declared key-value stores, opened.
+    pub(crate) stores: HashMap<String, verge_kv::Bucket>,
+    /// Declared variables with their values.
+    pub(crate) variables: HashMap<String, String>,
+    /// Declared secret names.
+    pub(crate) secrets: Vec<String>,
+    /// Where secret values come from.
+    pub(crate) vault: Option<Arc<dyn SecretSource>>,
+    /// Version label for log lines.
+    pub(crate) version: Option<Arc<str>>,
+}
+
+/// Adds the host APIs to `linker`.
+pub(crate) fn add_to_linker(
+    linker: &mut wasmtime::component::Linker<crate::host::Host>,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::HasSelf;
+    type H = HasSelf<crate::host::Host>;
+    bindings::wasi::keyvalue::store::add_to_linker::<_, H>(linker, |h| h)?;
+    bindings::wasi::keyvalue::atomics::add_to_linker::<_, H>(linker, |h| h)?;
+    bindings::wasi::keyvalue::batch::add_to_linker::<_, H>(linker, |h| h)?;
+    bindings::wasi::config::store::add_to_linker::<_, H>(linker, |h| h)?;
+    bindings::wasi::logging::logging::add_to_linker::<_, H>(linker, |h| h)?;
+    Ok(())
+}
