@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(100_000);
     let executor = Executor::new(&ExecutorConfig::default())?;
     let component = executor.load(
-        "hello",
+        &verge_executor::AppContext::local("hello"),
         "hello",
         &wasm,
         &Capabilities::default(),

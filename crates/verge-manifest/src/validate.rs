@@ -211,13 +211,20 @@ fn check_store_name(name: &str) -> Result<(), &'static str> {
     }
 }
 
+/// What a component may reach besides the network and its environment.
+struct Grants {
+    stores: Vec<String>,
+    variables: Vec<(String, String)>,
+    secrets: Vec<String>,
+}
+
 /// The component's `key_value_stores`, `variables` and `secrets`, checked.
 fn grants(
     cx: &Ctx<'_>,
     raw: &RawComponent,
     app_variables: &Variables,
     ctx: &dyn Fn(String) -> String,
-) -> Result<(Vec<String>, Vec<(String, String)>, Vec<String>), ManifestError> {
+) -> Result<Grants, ManifestError> {
     let mut seen = std::collections::HashSet::new();
     let mut stores = Vec::new();
     for s in &raw.key_value_stores {
@@ -282,7 +289,11 @@ fn grants(
         }
         secrets.push(s.get_ref().clone());
     }
-    Ok((stores, variables, secrets))
+    Ok(Grants {
+        stores,
+        variables,
+        secrets,
+    })
 }
 
 fn component_spec(
@@ -365,7 +376,11 @@ fn component_spec(
         Some(l) => limits(cx, l.get_ref(), &ctx)?,
         None => Limits::default(),
     };
-    let (key_value_stores, variables, secrets) = grants(cx, raw, app_variables, &ctx)?;
+    let Grants {
+        stores: key_value_stores,
+        variables,
+        secrets,
+    } = grants(cx, raw, app_variables, &ctx)?;
 
     Ok(ComponentSpec {
         name: name.to_string(),

@@ -11,7 +11,7 @@ impl store::Host for Host {
         if let Some(value) = grants.variables.get(&key) {
             return Ok(Ok(Some(value.clone())));
         }
-        if grants.secrets.iter().any(|s| *s == key) {
+        if grants.secrets.contains(&key) {
             let value = grants.vault.as_ref().and_then(|v| v.secret(&key));
             return Ok(Ok(value.map(|v| v.to_string())));
         }
