@@ -23,7 +23,9 @@ use verge_store::{Expect, Op, Revision};
 
 use crate::audit::{Outcome, Record};
 use crate::deploy::{check_app_name, check_claims, read_json, read_optional_json};
-use crate::model::{APPS_PREFIX, AppRecord, RouteRecord, TrafficShare, app_key, parse_version};
+use crate::model::{
+    APPS_PREFIX, AppRecord, RouteRecord, SECRETS_PREFIX, TrafficShare, app_key, parse_version,
+};
 use crate::{ApiError, Caller, Control};
 
 async fn load(
@@ -320,14 +322,25 @@ pub(crate) async fn delete(
     let result = async {
         let _serial = control.deploy_lock.lock().await;
         let (_, revision) = load(&control, &caller, &app).await?;
+        // The app's secrets go with it, in the same write.
+        let secrets = control
+            .store
+            .list(&format!("{SECRETS_PREFIX}{target}/"))
+            .await?;
+        let mut ops: Vec<Op> = secrets
+            .iter()
+            .map(|s| Op::delete(&s.key, Expect::Revision(s.revision)))
+            .collect();
+        ops.push(Op::delete(
+            app_key(caller.tenant(), &app),
+            Expect::Revision(revision),
+        ));
         control
             .audited(
                 Record::new("app.delete", &target, Outcome::Ok)
-                    .actor(&caller.token.id, caller.tenant()),
-                vec![Op::delete(
-                    app_key(caller.tenant(), &app),
-                    Expect::Revision(revision),
-                )],
+                    .actor(&caller.token.id, caller.tenant())
+                    .detail(format!("with {} secret(s)", secrets.len())),
+                ops,
             )
             .await
     }

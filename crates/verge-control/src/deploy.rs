@@ -104,6 +104,9 @@ pub(crate) struct DeployRequest {
     /// Refuse with 409 unless this version (`v3`) serves now.
     #[serde(default)]
     expect_version: Option<String>,
+    /// The manifest environment whose variables to use.
+    #[serde(default)]
+    environment: Option<String>,
 }
 
 /// Reads a JSON body of at most `limit` bytes.
@@ -188,8 +191,13 @@ async fn deploy(
             "the manifest is larger than {MAX_MANIFEST} bytes"
         )));
     }
-    let manifest = Manifest::parse(&request.manifest, Path::new("verge.toml"))
+    let mut manifest = Manifest::parse(&request.manifest, Path::new("verge.toml"))
         .map_err(|e: ManifestError| ApiError::BadRequest(e.to_string()))?;
+    if let Some(env) = &request.environment {
+        manifest
+            .select_environment(env)
+            .map_err(ApiError::BadRequest)?;
+    }
     let mut components = BTreeMap::new();
     for c in &manifest.components {
         let digest = request.components.get(&c.name).ok_or_else(|| {
@@ -242,7 +250,11 @@ async fn deploy(
         }
     }
     check_operator_grants(caller, &manifest, &routes)?;
-    let digest = version_digest(&request.manifest, &components);
+    let digest = version_digest(
+        &request.manifest,
+        &components,
+        request.environment.as_deref(),
+    );
     control.pause_if("validated").await;
 
     // Compile before taking the lock, so a slow compile of one tenant
@@ -258,6 +270,7 @@ async fn deploy(
         routes: routes.iter().map(RouteRecord::from).collect(),
         created: now(),
         created_by: caller.token.id.clone(),
+        environment: request.environment.clone(),
     };
     let (early, _) = read_record(control, &key, caller.tenant(), app).await?;
     let mut prepared = None;
@@ -451,9 +464,17 @@ pub(crate) async fn check_claims(
 }
 
 /// The content digest of a version: its manifest and its components.
-fn version_digest(manifest: &str, components: &BTreeMap<String, String>) -> String {
+fn version_digest(
+    manifest: &str,
+    components: &BTreeMap<String, String>,
+    environment: Option<&str>,
+) -> String {
     let mut hasher = Sha256::new();
     hasher.update(manifest.as_bytes());
+    if let Some(env) = environment {
+        hasher.update(b"\0environment=");
+        hasher.update(env.as_bytes());
+    }
     for (name, digest) in components {
         hasher.update(b"\0");
         hasher.update(name.as_bytes());

@@ -1,6 +1,6 @@
 //! The control plane's HTTP API, under `/v1`: apps and their immutable
-//! versions, traffic splits and rollback, scoped tokens of tenants, and the
-//! audit log. Described by `/v1/openapi.json`.
+//! versions, traffic splits and rollback, secrets and key-value data of
+//! apps, scoped tokens of tenants, and the audit log. Described by `/v1/openapi.json`.
 //!
 //! The API never sits in the request path of apps. It writes desired state
 //! to the [`Store`]; nodes watch the store and serve what it says. Before a
@@ -22,8 +22,10 @@ pub mod audit;
 pub mod auth;
 mod deploy;
 mod error;
+mod kv;
 pub mod logs;
 pub mod model;
+mod secrets;
 mod tokens;
 
 use std::sync::Arc;
@@ -116,6 +118,19 @@ pub struct Control {
     /// Serialises deploys and traffic changes, so route claims are checked
     /// and recorded as one step.
     pub(crate) deploy_lock: tokio::sync::Mutex<()>,
+    /// Seals secret values.
+    pub(crate) keyring: Arc<verge_secrets::Keyring>,
+    /// Apps' key-value stores, for `verge kv`.
+    pub(crate) key_value: Option<Arc<verge_kv::KeyValue>>,
+}
+
+/// What the API needs besides the store to manage app state: the keyring
+/// that seals secrets and the key-value stores.
+pub struct StateAccess {
+    /// Seals secret values.
+    pub keyring: Arc<verge_secrets::Keyring>,
+    /// Apps' key-value stores, for `verge kv`; `None` answers 503.
+    pub key_value: Option<Arc<verge_kv::KeyValue>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -132,6 +147,7 @@ impl Control {
         data_plane: Arc<dyn DataPlane>,
         logs: Arc<logs::LogHub>,
         config: ControlConfig,
+        state: StateAccess,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -143,6 +159,8 @@ impl Control {
             guard: auth::Guard::new(),
             audit_lock: tokio::sync::Mutex::new(()),
             deploy_lock: tokio::sync::Mutex::new(()),
+            keyring: state.keyring,
+            key_value: state.key_value,
         })
     }
 
@@ -237,6 +255,16 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/apps/{app}/traffic", put(apps::set_traffic))
         .route("/v1/apps/{app}/rollback", post(apps::rollback))
         .route("/v1/apps/{app}/logs", get(apps::logs))
+        .route("/v1/apps/{app}/secrets", get(secrets::list))
+        .route(
+            "/v1/apps/{app}/secrets/{name}",
+            put(secrets::set).delete(secrets::delete),
+        )
+        .route("/v1/apps/{app}/kv/{store}", get(kv::list))
+        .route(
+            "/v1/apps/{app}/kv/{store}/{key}",
+            get(kv::get).put(kv::set).delete(kv::delete),
+        )
         .route("/v1/blobs/{digest}", put(deploy::upload_blob))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))

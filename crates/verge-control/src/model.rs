@@ -4,6 +4,8 @@
 //!   rollback is a single compare-and-set: never half applied.
 //! - `tokens/{id}` → [`TokenRecord`] (a hash of the secret, never the secret).
 //! - `audit/log/{seq}` and `audit/head` → the audit chain (see `audit`).
+//! - `secrets/{tenant}/{app}/{name}` → [`SecretRecord`]: the value sealed
+//!   under the node's master key, never in clear.
 //!
 //! **Invariant**: versions are immutable once written; only the traffic
 //! split of an app changes.
@@ -16,6 +18,42 @@ use verge_router::Route;
 
 /// Most versions kept per app; older ones not taking traffic are dropped.
 pub const MAX_VERSIONS: usize = 50;
+
+/// The store key of a secret.
+pub fn secret_key(tenant: &str, app: &str, name: &str) -> String {
+    format!("{SECRETS_PREFIX}{tenant}/{app}/{name}")
+}
+
+/// Prefix of every secret key.
+pub const SECRETS_PREFIX: &str = "secrets/";
+
+/// A secret of an app, sealed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretRecord {
+    /// Owning tenant.
+    pub tenant: String,
+    /// The app it belongs to.
+    pub app: String,
+    /// Its name, as components declare it.
+    pub name: String,
+    /// When it was first set (RFC 3339).
+    pub created: String,
+    /// When its value last changed (RFC 3339).
+    pub updated: String,
+    /// The value, sealed under the master key.
+    pub sealed: verge_secrets::Sealed,
+}
+
+impl SecretRecord {
+    /// What the value is sealed for.
+    pub fn id(&self) -> verge_secrets::SecretId<'_> {
+        verge_secrets::SecretId {
+            tenant: &self.tenant,
+            app: &self.app,
+            name: &self.name,
+        }
+    }
+}
 
 /// The store key of an app.
 pub fn app_key(tenant: &str, app: &str) -> String {
@@ -59,6 +97,9 @@ pub struct VersionRecord {
     pub created: String,
     /// Id of the token that deployed it.
     pub created_by: String,
+    /// The manifest environment whose variables it uses, if one was chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
 }
 
 /// A route as stored.

@@ -32,6 +32,7 @@ struct Api {
     _dir: tempfile::TempDir,
     router: Router,
     admin: String,
+    store: Arc<SqliteStore>,
 }
 
 async fn api_with(config: ControlConfig) -> Api {
@@ -39,11 +40,23 @@ async fn api_with(config: ControlConfig) -> Api {
     let store = Arc::new(SqliteStore::open(&dir.path().join("state.db")).expect("store"));
     let blobs = Arc::new(FsBlobs::open(&dir.path().join("blobs")).expect("blobs"));
     let control = Control::new(
-        store,
+        store.clone(),
         blobs,
         Arc::new(AcceptAll),
         logs::LogHub::new(),
         config,
+        StateAccess {
+            keyring: Arc::new(verge_secrets::Keyring::single(
+                verge_secrets::MasterKey::generate().expect("key"),
+            )),
+            key_value: Some(verge_kv::KeyValue::open(
+                &dir.path().join("kv"),
+                verge_kv::Quotas {
+                    max_value_bytes: 1024,
+                    ..verge_kv::Quotas::default()
+                },
+            )),
+        },
     );
     let admin = control
         .bootstrap(false)
@@ -59,6 +72,7 @@ async fn api_with(config: ControlConfig) -> Api {
         _dir: dir,
         router: router(control),
         admin,
+        store,
     }
 }
 
@@ -739,3 +753,5 @@ async fn a_log_stream_ends_when_its_token_is_revoked() {
     let ended = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect()).await;
     assert!(ended.is_ok(), "the stream must end after the revocation");
 }
+
+mod state;

@@ -1,3 +1,7 @@
+//! The key-value engine on real SQLite files: durability, isolation between
+//! tenants, apps and stores, limits at and around every quota, batches,
+//! concurrent increments and key listing.
+
 use std::sync::Arc;
 
 use super::*;

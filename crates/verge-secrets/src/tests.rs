@@ -1,3 +1,6 @@
+//! Sealing and opening secrets, and the master key's files: creation,
+//! permissions, damage, and rotation step by step.
+
 use std::os::unix::fs::PermissionsExt;
 
 use super::*;

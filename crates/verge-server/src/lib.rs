@@ -17,6 +17,7 @@
 
 mod gateway;
 mod plane;
+mod secrets;
 mod sync;
 
 use std::fs::File;
@@ -29,6 +30,7 @@ use verge_control::{Control, ControlConfig, Issued};
 use verge_executor::{Executor, ExecutorConfig};
 use verge_kv::{KeyValue, Quotas};
 use verge_node::Node;
+use verge_secrets::KeySource;
 use verge_store::{FsBlobs, SqliteStore, Store};
 
 pub use gateway::{Gateway, GatewayBody, GatewayBodyError};
@@ -44,6 +46,11 @@ pub struct ServerConfig {
     pub max_instances: u32,
     /// Limits of every key-value store (`DATA/kv/TENANT.db`).
     pub kv_quotas: Quotas,
+    /// Where the master key that seals secrets comes from.
+    pub master_key: KeySource,
+    /// Rotate the master key at start (a key file only): every secret is
+    /// re-sealed under a new key before the old key file is replaced.
+    pub rotate_master_key: bool,
     /// Control API settings.
     pub control: ControlConfig,
     /// Issue a new admin token even if tokens exist (the first start
@@ -75,6 +82,9 @@ pub enum ServerError {
     /// The executor could not start.
     #[error(transparent)]
     Executor(#[from] verge_executor::ExecutorError),
+    /// The master key is missing, damaged or does not open the secrets.
+    #[error("{0}")]
+    MasterKey(String),
     /// The first admin token could not be created.
     #[error("cannot create the first admin token: {0}")]
     Bootstrap(String),
@@ -113,6 +123,9 @@ impl Server {
         private_dir(data)?;
         let lock = lock(data)?;
         let store = Arc::new(SqliteStore::open(&data.join("state.db"))?);
+        let keyring =
+            secrets::open_keyring(store.as_ref(), &config.master_key, config.rotate_master_key)
+                .await?;
         let blobs = Arc::new(FsBlobs::open(&data.join("blobs"))?);
         let cache_dir = config
             .cache_dir
@@ -128,7 +141,11 @@ impl Server {
         })?;
         let node = Node::new(executor);
         let store_dyn: Arc<dyn Store> = store;
-        let plane = plane::NodePlane::new(node.clone(), blobs.clone());
+        let plane = plane::NodePlane::new(
+            node.clone(),
+            blobs.clone(),
+            secrets::Vaults::new(keyring.clone()),
+        );
         sync::start(store_dyn.clone(), blobs.as_ref(), plane.clone()).await?;
         let control = Control::new(
             store_dyn,
@@ -136,6 +153,10 @@ impl Server {
             plane,
             config.logs.clone(),
             config.control.clone(),
+            verge_control::StateAccess {
+                keyring,
+                key_value: Some(key_value),
+            },
         );
         let issued = control
             .bootstrap(config.issue_admin_token)

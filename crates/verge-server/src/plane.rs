@@ -17,6 +17,8 @@ use verge_manifest::Manifest;
 use verge_node::{AppConfig, AppRuntime, ComponentConfig, Node};
 use verge_store::{BlobId, BlobStore, Revision};
 
+use crate::secrets::Vaults;
+
 type PreparedKey = (String, u32, String);
 
 /// The node behind the control API.
@@ -28,6 +30,8 @@ pub(crate) struct NodePlane {
     /// Per app, the revision of its last change and why it failed, if it
     /// did.
     outcomes: Mutex<HashMap<String, (Revision, Option<String>)>>,
+    /// Decrypted secrets by app.
+    pub(crate) vaults: Vaults,
 }
 
 /// The node's key for an app: `tenant/app`.
@@ -36,8 +40,9 @@ pub(crate) fn node_key(record: &AppRecord) -> String {
 }
 
 impl NodePlane {
-    pub(crate) fn new(node: Arc<Node>, blobs: Arc<dyn BlobStore>) -> Arc<Self> {
+    pub(crate) fn new(node: Arc<Node>, blobs: Arc<dyn BlobStore>, vaults: Vaults) -> Arc<Self> {
         Arc::new(Self {
+            vaults,
             node,
             blobs,
             prepared: Mutex::new(HashMap::new()),
@@ -126,8 +131,11 @@ impl NodePlane {
         record: &AppRecord,
         version: &VersionRecord,
     ) -> Result<(AppConfig, Vec<(PathBuf, String)>), String> {
-        let manifest = Manifest::parse(&version.manifest, Path::new("verge.toml"))
+        let mut manifest = Manifest::parse(&version.manifest, Path::new("verge.toml"))
             .map_err(|e| e.to_string())?;
+        if let Some(env) = &version.environment {
+            manifest.select_environment(env)?;
+        }
         let mut components = Vec::new();
         let mut paths = Vec::new();
         for c in &manifest.components {
@@ -158,7 +166,7 @@ impl NodePlane {
                 name: node_key(record),
                 tenant: record.tenant.clone(),
                 app: record.name.clone(),
-                secrets: None,
+                secrets: Some(self.vaults.vault(&node_key(record))),
                 components,
             },
             paths,

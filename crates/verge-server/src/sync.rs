@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use verge_control::AppRecord;
-use verge_control::model::APPS_PREFIX;
+use verge_control::model::{APPS_PREFIX, SECRETS_PREFIX};
 use verge_store::{BlobStore, Change, Entry, Revision, Store, StoreError};
 
 use crate::ServerError;
@@ -32,6 +32,10 @@ pub(crate) async fn start(
     plane: Arc<NodePlane>,
 ) -> Result<(), ServerError> {
     let revision = store.revision().await?;
+    // Secrets first, so apps start with them.
+    for entry in store.list(SECRETS_PREFIX).await? {
+        plane.vaults.apply(&entry.key, Some(&entry.value));
+    }
     let entries = store.list(APPS_PREFIX).await?;
     collect_garbage(store.as_ref(), blobs, &entries).await?;
     for entry in &entries {
@@ -44,7 +48,9 @@ pub(crate) async fn start(
         revision,
         "node in step with the store"
     );
-    let mut watch = store.watch(APPS_PREFIX, revision).await?;
+    // One watch over the whole store, so the applied revision covers apps
+    // and secrets alike.
+    let mut watch = store.watch("", revision).await?;
     tokio::spawn(async move {
         loop {
             match watch.next(RETRY_EVERY).await {
@@ -52,7 +58,16 @@ pub(crate) async fn start(
                 Ok(changes) => {
                     for change in &changes {
                         match change {
-                            Change::Put(e) => apply_put(&plane, &e.key, &e.value, e.revision).await,
+                            Change::Put(e) if e.key.starts_with(SECRETS_PREFIX) => {
+                                plane.vaults.apply(&e.key, Some(&e.value));
+                            }
+                            Change::Delete { key, .. } if key.starts_with(SECRETS_PREFIX) => {
+                                plane.vaults.apply(key, None);
+                            }
+                            Change::Put(e) if e.key.starts_with(APPS_PREFIX) => {
+                                apply_put(&plane, &e.key, &e.value, e.revision).await
+                            }
+                            Change::Put(_) => {}
                             Change::Delete { key, .. } => {
                                 if let Some(k) = key.strip_prefix(APPS_PREFIX) {
                                     plane.node.remove_app(k);

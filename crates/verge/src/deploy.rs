@@ -129,6 +129,7 @@ pub(crate) fn run(args: DeployArgs, env: &dyn Env) -> Result<(), Failure> {
         &bundle,
         files,
         args.expect_version.as_deref(),
+        args.source.environment.as_deref(),
     ))
 }
 
@@ -137,6 +138,7 @@ async fn upload_and_deploy(
     bundle: &Bundle,
     files: Vec<(String, PathBuf, Bytes)>,
     expect_version: Option<&str>,
+    environment: Option<&str>,
 ) -> Result<(), Failure> {
     let started = Instant::now();
     let mut digests = serde_json::Map::new();
@@ -148,6 +150,9 @@ async fn upload_and_deploy(
     let mut body = json!({"manifest": bundle.manifest, "components": digests});
     if let Some(v) = expect_version {
         body["expect_version"] = json!(v);
+    }
+    if let Some(env) = environment {
+        body["environment"] = json!(env);
     }
     let step = build::Step::start(format!(
         "Deploying {} (compiling on the server)",

@@ -12,6 +12,7 @@ mod env;
 mod manage;
 mod new;
 mod server;
+mod state;
 mod up;
 mod watch;
 
@@ -58,6 +59,12 @@ enum Command {
     Tokens(manage::TokensCommand),
     /// Read the audit log, or verify its hash chain.
     Audit(manage::AuditArgs),
+    /// Set, list and delete an app's secrets (values are write-only).
+    #[command(subcommand)]
+    Secrets(state::SecretsCommand),
+    /// Read and change an app's key-value data.
+    #[command(subcommand)]
+    Kv(state::KvCommand),
 }
 
 /// An error with the exit code it should produce.
@@ -111,6 +118,8 @@ fn main() -> ExitCode {
         Command::Logs(args) => manage::logs(args, &env),
         Command::Tokens(args) => manage::tokens(args, &env),
         Command::Audit(args) => manage::audit(args, &env),
+        Command::Secrets(command) => state::secrets(command, &env),
+        Command::Kv(command) => state::kv(command, &env),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

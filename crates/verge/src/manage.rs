@@ -143,7 +143,7 @@ pub(crate) fn app_name(s: &str) -> Result<String, String> {
         .map_err(|hint| format!("invalid app name: {hint}"))
 }
 
-fn block_on<T>(f: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+pub(crate) fn block_on<T>(f: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -151,13 +151,13 @@ fn block_on<T>(f: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure
         .block_on(f)
 }
 
-fn print(text: &str) {
+pub(crate) fn print(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
 }
 
-fn print_json(value: &Value) {
+pub(crate) fn print_json(value: &Value) {
     print(&format!(
         "{}\n",
         serde_json::to_string_pretty(value).unwrap_or_default()
@@ -165,7 +165,7 @@ fn print_json(value: &Value) {
 }
 
 /// Lays out rows in columns.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
@@ -190,7 +190,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
-fn str_of(v: &Value) -> String {
+pub(crate) fn str_of(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".to_string(),
@@ -199,7 +199,7 @@ fn str_of(v: &Value) -> String {
 }
 
 /// The elements of the array `v[key]`.
-fn items<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+pub(crate) fn items<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
     v[key].as_array().into_iter().flatten()
 }
 

@@ -65,6 +65,18 @@ pub(crate) struct ServerArgs {
     #[arg(long)]
     issue_admin_token: bool,
 
+    /// The master key file that seals secrets [default: DATA/master.key],
+    /// created (mode 0600) on first start. `VERGE_MASTER_KEY` (64 hex
+    /// digits) takes precedence; while rotating, `VERGE_MASTER_KEY_PREVIOUS`
+    /// holds the old key.
+    #[arg(long, value_name = "FILE")]
+    master_key_file: Option<PathBuf>,
+
+    /// Rotate the master key file before serving: a new key is created and
+    /// every secret re-sealed under it, then the old key file is replaced.
+    #[arg(long)]
+    rotate_master_key: bool,
+
     /// Most keys in one key-value store.
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     kv_max_keys: u64,
@@ -112,13 +124,31 @@ pub(crate) fn run(args: ServerArgs, env: &dyn Env, logs: Arc<LogHub>) -> Result<
             file.display()
         )));
     }
+    let master_key = match env.var("VERGE_MASTER_KEY") {
+        Some(current) => verge_secrets::KeySource::Env {
+            current: zeroize::Zeroizing::new(current),
+            previous: env
+                .var("VERGE_MASTER_KEY_PREVIOUS")
+                .map(zeroize::Zeroizing::new),
+        },
+        None => verge_secrets::KeySource::File(
+            args.master_key_file
+                .clone()
+                .unwrap_or_else(|| data.join("master.key")),
+        ),
+    };
     let rt = worker_runtime()?;
-    let result = rt.block_on(serve(args, data, logs));
+    let result = rt.block_on(serve(args, data, master_key, logs));
     rt.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
-async fn serve(args: ServerArgs, data: PathBuf, logs: Arc<LogHub>) -> Result<(), Failure> {
+async fn serve(
+    args: ServerArgs,
+    data: PathBuf,
+    master_key: verge_secrets::KeySource,
+    logs: Arc<LogHub>,
+) -> Result<(), Failure> {
     // Bind first: a token issued by a server that then cannot listen
     // would never be shown.
     let ingress = bind(args.listen, args.header_read_timeout, args.shutdown_grace).await?;
@@ -138,6 +168,8 @@ async fn serve(args: ServerArgs, data: PathBuf, logs: Arc<LogHub>) -> Result<(),
             ..ControlConfig::default()
         },
         issue_admin_token: args.issue_admin_token,
+        master_key,
+        rotate_master_key: args.rotate_master_key,
         logs,
     })
     .await

@@ -21,6 +21,7 @@ mod limits;
 mod new;
 mod outbound;
 mod routes;
+mod secrets;
 mod state;
 mod toolchains;
 mod watch;

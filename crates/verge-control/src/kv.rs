@@ -1,0 +1,191 @@
+//! `/v1/apps/{app}/kv/{store}`: operators read and change an app's
+//! key-value data (`verge kv`). Stores are the tenant's own: the tenant
+//! comes from the token, never from the request.
+//!
+//! **Invariant**: keys must be UTF-8, as guests see them; a key that is not
+//! is refused with 400 before anything is read or written. Changes are
+//! audited with the key, never the value.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use verge_kv::{Bucket, KvError};
+
+use crate::audit::{Outcome, Record};
+use crate::deploy::check_app_name;
+use crate::{ApiError, Caller, Control};
+
+fn kv_error(e: KvError) -> ApiError {
+    match e {
+        KvError::InvalidKey(_) | KvError::InvalidStore(_) | KvError::InvalidTenant(_) => {
+            ApiError::BadRequest(e.to_string())
+        }
+        KvError::QuotaExceeded(_) => ApiError::TooLarge(e.to_string()),
+        KvError::NotACounter(_) | KvError::Overflow(_) => ApiError::Conflict(e.to_string()),
+        _ => ApiError::internal(e),
+    }
+}
+
+fn path<T>(path: Result<UrlPath<T>, PathRejection>) -> Result<T, ApiError> {
+    path.map(|UrlPath(p)| p).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "{}; keys are UTF-8 text, percent-encoded in the URL",
+            e.body_text()
+        ))
+    })
+}
+
+/// The store `store` of `app` of the caller's tenant.
+async fn bucket(
+    control: &Control,
+    caller: &Caller,
+    app: &str,
+    store: &str,
+) -> Result<Bucket, ApiError> {
+    check_app_name(app)?;
+    let kv = control
+        .key_value
+        .clone()
+        .ok_or_else(|| ApiError::Unavailable("this node has no key-value storage".into()))?;
+    let (tenant, app, store) = (
+        caller.tenant().to_string(),
+        app.to_string(),
+        store.to_string(),
+    );
+    // Opening a tenant's database the first time touches the disk.
+    tokio::task::spawn_blocking(move || kv.bucket(&tenant, &app, &store))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(kv_error)
+}
+
+/// Query of `GET /v1/apps/{app}/kv/{store}`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListQuery {
+    /// List keys after this one.
+    #[serde(default)]
+    after: Option<String>,
+    /// Keys per page (default 1000, at most 10000).
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+pub(crate) async fn list(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+    url: Result<UrlPath<(String, String)>, PathRejection>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (app, store) = path(url)?;
+    caller
+        .require("kv:read", &format!("{}/{app}", caller.tenant()))
+        .await?;
+    let bucket = bucket(&control, &caller, &app, &store).await?;
+    let (keys, more) = bucket
+        .list_sorted(query.after, query.limit.unwrap_or(1000))
+        .await
+        .map_err(kv_error)?;
+    let next = if more { keys.last().cloned() } else { None };
+    Ok(Json(json!({ "keys": keys, "next": next })))
+}
+
+pub(crate) async fn get(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+    url: Result<UrlPath<(String, String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (app, store, key) = path(url)?;
+    caller
+        .require("kv:read", &format!("{}/{app}", caller.tenant()))
+        .await?;
+    let bucket = bucket(&control, &caller, &app, &store).await?;
+    match bucket.get(&key).await.map_err(kv_error)? {
+        Some(value) => Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+            value,
+        )
+            .into_response()),
+        None => Err(ApiError::NotFound(format!(
+            "store `{store}` of app `{app}` has no key `{}`",
+            key.escape_debug()
+        ))),
+    }
+}
+
+pub(crate) async fn set(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+    url: Result<UrlPath<(String, String, String)>, PathRejection>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let (app, store, key) = path(url)?;
+    let target = format!("{}/{app}/{store}", caller.tenant());
+    caller.require("kv:write", &target).await?;
+    let bucket = bucket(&control, &caller, &app, &store).await?;
+    bucket.check_key(&key).map_err(kv_error)?;
+    let limit = bucket.quotas().max_value_bytes;
+    let value = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|_| ApiError::TooLarge(format!("a value can be at most {limit} bytes")))?
+        .to_bytes();
+    let result = bucket
+        .set(key.clone(), value.to_vec())
+        .await
+        .map_err(kv_error);
+    audit(&control, &caller, "kv.set", &target, &key, result.is_ok()).await;
+    result.map(|()| StatusCode::NO_CONTENT)
+}
+
+pub(crate) async fn delete(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+    url: Result<UrlPath<(String, String, String)>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let (app, store, key) = path(url)?;
+    let target = format!("{}/{app}/{store}", caller.tenant());
+    caller.require("kv:write", &target).await?;
+    let bucket = bucket(&control, &caller, &app, &store).await?;
+    let result = bucket.delete(key.clone()).await.map_err(kv_error);
+    audit(
+        &control,
+        &caller,
+        "kv.delete",
+        &target,
+        &key,
+        result.is_ok(),
+    )
+    .await;
+    result.map(|()| StatusCode::NO_CONTENT)
+}
+
+/// Records an operator's change to key-value data (after it was made: the
+/// data lives outside the state store, so the two cannot be one write).
+async fn audit(
+    control: &Control,
+    caller: &Caller,
+    action: &str,
+    target: &str,
+    key: &str,
+    ok: bool,
+) {
+    control
+        .audit(
+            Record::new(
+                action,
+                target,
+                if ok { Outcome::Ok } else { Outcome::Failed },
+            )
+            .actor(&caller.token.id, caller.tenant())
+            .detail(format!("key {}", key.escape_debug())),
+        )
+        .await;
+}

@@ -1,0 +1,182 @@
+//! `/v1/apps/{app}/secrets`: setting, listing and deleting an app's
+//! secrets. Write-only: values go in, sealed under the master key, and
+//! never come out of the API; listing shows names and times.
+//!
+//! **Invariants**
+//! - A value is sealed before it reaches the store; the record, the audit
+//!   entry, logs and errors never hold it.
+//! - Values are UTF-8 (guests read them as `wasi:config` strings), at most
+//!   1 MiB; NUL bytes are kept.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use verge_manifest::check_config_name;
+use verge_secrets::MAX_SECRET_BYTES;
+use verge_store::{Expect, Op};
+
+use crate::audit::{Outcome, Record};
+use crate::deploy::check_app_name;
+use crate::model::{SECRETS_PREFIX, SecretRecord, now, secret_key};
+use crate::{ApiError, Caller, Control};
+
+fn check_names(app: &str, name: &str) -> Result<(), ApiError> {
+    check_app_name(app)?;
+    check_config_name(name)
+        .map_err(|why| ApiError::BadRequest(format!("invalid secret name `{name}`: {why}")))
+}
+
+pub(crate) async fn list(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+    UrlPath(app): UrlPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require("apps:read", caller.tenant()).await?;
+    check_app_name(&app)?;
+    let prefix = format!("{SECRETS_PREFIX}{}/{app}/", caller.tenant());
+    let mut secrets = Vec::new();
+    for entry in control.store.list(&prefix).await? {
+        let record: SecretRecord =
+            serde_json::from_slice(&entry.value).map_err(ApiError::internal)?;
+        secrets.push(json!({
+            "name": record.name,
+            "created": record.created,
+            "updated": record.updated,
+        }));
+    }
+    Ok(Json(json!({ "secrets": secrets })))
+}
+
+pub(crate) async fn set(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+    UrlPath((app, name)): UrlPath<(String, String)>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let target = format!("{}/{app}/{name}", caller.tenant());
+    caller.require("secrets:write", &target).await?;
+    let result = set_value(&control, &caller, &app, &name, body).await;
+    if let Err(e) = &result {
+        control
+            .audit(
+                Record::new("secret.set", &target, Outcome::Failed)
+                    .actor(&caller.token.id, caller.tenant())
+                    .detail(e.code()),
+            )
+            .await;
+    }
+    let (created, revision) = result?;
+    let mut body = json!({ "app": app, "secret": name, "created": created });
+    control
+        .data_plane
+        .wait_applied(
+            &format!("{}/{app}", caller.tenant()),
+            revision,
+            control.config.apply_timeout,
+        )
+        .await
+        .describe(&mut body);
+    Ok(Json(body))
+}
+
+async fn set_value(
+    control: &Control,
+    caller: &Caller,
+    app: &str,
+    name: &str,
+    body: Body,
+) -> Result<(bool, u64), ApiError> {
+    check_names(app, name)?;
+    let bytes = zeroize::Zeroizing::new(
+        http_body_util::Limited::new(body, MAX_SECRET_BYTES)
+            .collect()
+            .await
+            .map_err(|_| {
+                ApiError::TooLarge(format!("a secret can be at most {MAX_SECRET_BYTES} bytes"))
+            })?
+            .to_bytes()
+            .to_vec(),
+    );
+    if std::str::from_utf8(&bytes).is_err() {
+        return Err(ApiError::BadRequest(
+            "a secret must be UTF-8 text: guests read it as a wasi:config string".to_string(),
+        ));
+    }
+    let key = secret_key(caller.tenant(), app, name);
+    let existing = control.store.get(&key).await?;
+    let (created, expect) = match &existing {
+        Some(entry) => {
+            let old: SecretRecord =
+                serde_json::from_slice(&entry.value).map_err(ApiError::internal)?;
+            (old.created, Expect::Revision(entry.revision))
+        }
+        None => (now(), Expect::Absent),
+    };
+    let mut record = SecretRecord {
+        tenant: caller.tenant().to_string(),
+        app: app.to_string(),
+        name: name.to_string(),
+        created,
+        updated: now(),
+        sealed: verge_secrets::Sealed {
+            key_id: String::new(),
+            nonce: String::new(),
+            ciphertext: String::new(),
+        },
+    };
+    record.sealed = control
+        .keyring
+        .seal(record.id(), &bytes)
+        .map_err(ApiError::internal)?;
+    let value = serde_json::to_vec(&record).map_err(ApiError::internal)?;
+    let revision = control
+        .audited(
+            Record::new(
+                "secret.set",
+                &format!("{}/{app}/{name}", caller.tenant()),
+                Outcome::Ok,
+            )
+            .actor(&caller.token.id, caller.tenant()),
+            vec![Op::put(&key, value, expect)],
+        )
+        .await?;
+    Ok((existing.is_none(), revision))
+}
+
+pub(crate) async fn delete(
+    State(control): State<Arc<Control>>,
+    caller: Caller,
+    UrlPath((app, name)): UrlPath<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let target = format!("{}/{app}/{name}", caller.tenant());
+    caller.require("secrets:write", &target).await?;
+    check_names(&app, &name)?;
+    let key = secret_key(caller.tenant(), &app, &name);
+    let entry = control
+        .store
+        .get(&key)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("app `{app}` has no secret `{name}`")))?;
+    let revision = control
+        .audited(
+            Record::new("secret.delete", &target, Outcome::Ok)
+                .actor(&caller.token.id, caller.tenant()),
+            vec![Op::delete(&key, Expect::Revision(entry.revision))],
+        )
+        .await?;
+    let mut body = json!({ "app": app, "deleted": name });
+    control
+        .data_plane
+        .wait_applied(
+            &format!("{}/{app}", caller.tenant()),
+            revision,
+            control.config.apply_timeout,
+        )
+        .await
+        .describe(&mut body);
+    Ok(Json(body))
+}

@@ -1,0 +1,161 @@
+//! The node's side of secrets: the master key at start, re-sealing after a
+//! rotation, and the decrypted values each app's components read.
+//!
+//! **Invariants**
+//! - The server never serves with a secret it cannot decrypt: at start
+//!   every sealed value is opened, and one that fails stops the start.
+//! - After a rotation every secret is re-sealed under the new key in one
+//!   atomic write (audited) before the old key file is replaced.
+//! - Decrypted values live only in memory, in the [`Vault`] of their app;
+//!   logs and errors name secrets, never values.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use verge_control::audit::{self, Outcome, Record};
+use verge_control::model::{SECRETS_PREFIX, SecretRecord};
+use verge_secrets::{KeySource, Keyring};
+use verge_store::{Expect, Op, Store};
+
+use crate::ServerError;
+
+/// The decrypted secrets of one app (`tenant/app`).
+#[derive(Default)]
+pub(crate) struct Vault {
+    values: RwLock<HashMap<String, Arc<str>>>,
+}
+
+impl verge_executor::SecretSource for Vault {
+    fn secret(&self, name: &str) -> Option<Arc<str>> {
+        let values = self.values.read().unwrap_or_else(|p| p.into_inner());
+        values.get(name).cloned()
+    }
+}
+
+/// Every app's vault, and the keyring that opens sealed values.
+pub(crate) struct Vaults {
+    keyring: Arc<Keyring>,
+    vaults: Mutex<HashMap<String, Arc<Vault>>>,
+}
+
+fn key_error(e: impl std::fmt::Display) -> ServerError {
+    ServerError::MasterKey(e.to_string())
+}
+
+/// Loads the master key, checks that it opens every secret in the store,
+/// re-seals what an older key sealed, and completes a key-file rotation.
+pub(crate) async fn open_keyring(
+    store: &dyn Store,
+    source: &KeySource,
+    rotate: bool,
+) -> Result<Arc<Keyring>, ServerError> {
+    let secrets = store.list(SECRETS_PREFIX).await?;
+    let loaded = Keyring::load(source, !secrets.is_empty(), rotate).map_err(key_error)?;
+    let mut keyring = loaded.keyring;
+    if loaded.created {
+        tracing::info!("created a new master key for secrets");
+    }
+    let mut ops = Vec::new();
+    for entry in &secrets {
+        let record: SecretRecord = serde_json::from_slice(&entry.value).map_err(|e| {
+            ServerError::MasterKey(format!("secret record `{}` is unreadable: {e}", entry.key))
+        })?;
+        let value = keyring.open(record.id(), &record.sealed).map_err(|e| {
+            ServerError::MasterKey(format!(
+                "secret `{}` of app `{}/{}` {e}; start with the master key it was sealed with",
+                record.name, record.tenant, record.app
+            ))
+        })?;
+        if keyring.is_stale(&record.sealed) {
+            let mut fresh = record.clone();
+            fresh.sealed = keyring.seal(record.id(), &value).map_err(key_error)?;
+            let bytes = serde_json::to_vec(&fresh).map_err(key_error)?;
+            ops.push(Op::put(&entry.key, bytes, Expect::Revision(entry.revision)));
+        }
+    }
+    if !ops.is_empty() {
+        let count = ops.len();
+        audit::append(
+            store,
+            Record::new("secrets.reseal", "*", Outcome::Ok)
+                .actor("-", verge_control::auth::DEFAULT_TENANT)
+                .detail(format!(
+                    "{count} secret(s) re-sealed under master key {}",
+                    keyring.current().id()
+                )),
+            ops,
+        )
+        .await?;
+        tracing::info!(
+            count,
+            key = keyring.current().id(),
+            "re-sealed secrets under the new master key"
+        );
+    }
+    if keyring.finish_rotation().map_err(key_error)? {
+        tracing::info!(
+            key = keyring.current().id(),
+            "master key rotated; the old key file is replaced"
+        );
+    } else if keyring.rotating() {
+        tracing::info!(
+            "every secret is sealed under VERGE_MASTER_KEY; VERGE_MASTER_KEY_PREVIOUS can be removed"
+        );
+    }
+    Ok(Arc::new(keyring))
+}
+
+impl Vaults {
+    pub(crate) fn new(keyring: Arc<Keyring>) -> Self {
+        Self {
+            keyring,
+            vaults: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The vault of app `key` (`tenant/app`), created empty if needed.
+    pub(crate) fn vault(&self, key: &str) -> Arc<Vault> {
+        let mut vaults = self.vaults.lock().unwrap_or_else(|p| p.into_inner());
+        vaults.entry(key.to_string()).or_default().clone()
+    }
+
+    /// Applies a change of the secret at store key `store_key`: `Some`
+    /// sealed record, or `None` when deleted.
+    pub(crate) fn apply(&self, store_key: &str, value: Option<&[u8]>) {
+        let Some(path) = store_key.strip_prefix(SECRETS_PREFIX) else {
+            return;
+        };
+        let Some((app, name)) = path.rsplit_once('/') else {
+            return;
+        };
+        let vault = self.vault(app);
+        let mut values = vault.values.write().unwrap_or_else(|p| p.into_inner());
+        let Some(value) = value else {
+            values.remove(name);
+            tracing::info!(app, secret = name, "secret removed");
+            return;
+        };
+        let opened = serde_json::from_slice::<SecretRecord>(value)
+            .map_err(|e| e.to_string())
+            .and_then(|record| {
+                self.keyring
+                    .open(record.id(), &record.sealed)
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|plain| String::from_utf8(plain.to_vec()).map_err(|_| "not UTF-8".into()));
+        match opened {
+            Ok(text) => {
+                values.insert(name.to_string(), Arc::from(text));
+                tracing::info!(app, secret = name, "secret updated");
+            }
+            Err(e) => {
+                values.remove(name);
+                tracing::error!(
+                    app,
+                    secret = name,
+                    "cannot open secret, leaving it unset: {e}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! `verge secrets` and `verge kv`: an app's secrets (write-only) and its
+//! key-value data, through the control API.
+//!
+//! **Invariants**: a secret value is read from stdin, never from an
+//! argument (arguments end up in shell history and `ps`), and never
+//! printed. Keys are percent-encoded into the URL, so any UTF-8 key works.
+
+use std::io::{IsTerminal, Read, Write};
+
+use anyhow::anyhow;
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::Failure;
+use crate::client::Client;
+use crate::env::Env;
+use crate::manage::{app_name, block_on, items, print, print_json, str_of, table};
+
+/// `verge secrets ...`
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum SecretsCommand {
+    /// Set a secret from stdin (one trailing newline is dropped unless
+    /// `--raw`); components that declare it read it through wasi:config.
+    Set {
+        /// The app.
+        #[arg(value_parser = app_name)]
+        app: String,
+        /// The secret's name, as components list it in `secrets`.
+        name: String,
+        /// Keep stdin exactly as given, trailing newline included.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// List an app's secrets: names and times, never values.
+    List {
+        /// The app.
+        #[arg(value_parser = app_name)]
+        app: String,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a secret.
+    Delete {
+        /// The app.
+        #[arg(value_parser = app_name)]
+        app: String,
+        /// The secret's name.
+        name: String,
+    },
+}
+
+/// `verge kv ...`
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum KvCommand {
+    /// Print a value (its bytes, as stored).
+    Get {
+        /// The app.
+        #[arg(value_parser = app_name)]
+        app: String,
+        /// The store, as components list it in `key_value_stores`.
+        store: String,
+        /// The key.
+        #[arg(value_parser = key_arg)]
+        key: String,
+    },
+    /// Set a value: VALUE, or stdin when VALUE is omitted.
+    Set {
+        /// The app.
+        #[arg(value_parser = app_name)]
+        app: String,
+        /// The store.
+        store: String,
+        /// The key.
+        #[arg(value_parser = key_arg)]
+        key: String,
+        /// The value; read from stdin (as bytes) when omitted.
+        value: Option<String>,
+    },
+    /// List keys, in byte order.
+    List {
+        /// The app.
+        #[arg(value_parser = app_name)]
+        app: String,
+        /// The store.
+        store: String,
+        /// Start after this key.
+        #[arg(long)]
+        after: Option<String>,
+        /// Stop after this many keys [default: all].
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Delete a key.
+    Delete {
+        /// The app.
+        #[arg(value_parser = app_name)]
+        app: String,
+        /// The store.
+        store: String,
+        /// The key.
+        #[arg(value_parser = key_arg)]
+        key: String,
+    },
+}
+
+fn key_arg(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("keys cannot be empty".to_string())
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+/// Percent-encodes one URL path segment or query value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn read_stdin(what: &str) -> Result<Vec<u8>, Failure> {
+    let mut stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("Reading {what} from stdin; end with Ctrl-D.");
+    }
+    let mut bytes = Vec::new();
+    stdin
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::input(anyhow!("cannot read {what} from stdin: {e}")))?;
+    Ok(bytes)
+}
+
+pub(crate) fn secrets(command: SecretsCommand, env: &dyn Env) -> Result<(), Failure> {
+    let client = Client::from_env(env)?;
+    match command {
+        SecretsCommand::Set { app, name, raw } => {
+            let mut value = zeroize::Zeroizing::new(read_stdin("the secret")?);
+            if !raw {
+                let len = value.len();
+                if value.ends_with(b"\r\n") {
+                    value.truncate(len - 2);
+                } else if value.ends_with(b"\n") {
+                    value.truncate(len - 1);
+                }
+            }
+            let body = reqwest::Body::from(value.to_vec());
+            let answer = block_on(
+                client.send(
+                    client
+                        .request(
+                            Method::PUT,
+                            &format!("/v1/apps/{app}/secrets/{}", encode(&name)),
+                        )
+                        .body(body),
+                ),
+            )?;
+            let verb = if answer["created"] == Value::Bool(true) {
+                "Set"
+            } else {
+                "Updated"
+            };
+            print(&format!("{verb} secret {name} of {app}\n"));
+            if answer["serving"] == Value::Bool(false) {
+                eprintln!(
+                    "warning: {}",
+                    answer["problem"]
+                        .as_str()
+                        .unwrap_or("the node has not confirmed it yet")
+                );
+            }
+            Ok(())
+        }
+        SecretsCommand::List { app, json } => {
+            let answer = block_on(client.get(&format!("/v1/apps/{app}/secrets")))?;
+            if json {
+                print_json(&answer);
+            } else {
+                let rows = items(&answer, "secrets")
+                    .map(|s| {
+                        vec![
+                            str_of(&s["name"]),
+                            str_of(&s["created"]),
+                            str_of(&s["updated"]),
+                        ]
+                    })
+                    .collect();
+                print(&table(&["NAME", "CREATED", "UPDATED"], rows));
+            }
+            Ok(())
+        }
+        SecretsCommand::Delete { app, name } => {
+            block_on(client.send(client.request(
+                Method::DELETE,
+                &format!("/v1/apps/{app}/secrets/{}", encode(&name)),
+            )))?;
+            print(&format!("Deleted secret {name} of {app}\n"));
+            Ok(())
+        }
+    }
+}
+
+pub(crate) fn kv(command: KvCommand, env: &dyn Env) -> Result<(), Failure> {
+    let client = Client::from_env(env)?;
+    let key_path = |app: &str, store: &str, key: &str| {
+        format!("/v1/apps/{app}/kv/{}/{}", encode(store), encode(key))
+    };
+    match command {
+        KvCommand::Get { app, store, key } => {
+            let value = block_on(async {
+                let response = client
+                    .request(Method::GET, &key_path(&app, &store, &key))
+                    .send()
+                    .await
+                    .map_err(|e| Failure::runtime(anyhow!("cannot reach the Verge server: {e}")))?;
+                if !response.status().is_success() {
+                    return Err(client.answer(response).await.err().unwrap_or_else(|| {
+                        Failure::runtime(anyhow!("unexpected answer from the server"))
+                    }));
+                }
+                response
+                    .bytes()
+                    .await
+                    .map_err(|e| Failure::runtime(anyhow!("the answer broke off: {e}")))
+            })?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&value)
+                .and_then(|()| out.flush())
+                .map_err(Failure::runtime)
+        }
+        KvCommand::Set {
+            app,
+            store,
+            key,
+            value,
+        } => {
+            let bytes = match value {
+                Some(v) => v.into_bytes(),
+                None => read_stdin("the value")?,
+            };
+            block_on(
+                client.send(
+                    client
+                        .request(Method::PUT, &key_path(&app, &store, &key))
+                        .body(bytes),
+                ),
+            )?;
+            Ok(())
+        }
+        KvCommand::Delete { app, store, key } => {
+            block_on(client.send(client.request(Method::DELETE, &key_path(&app, &store, &key))))?;
+            Ok(())
+        }
+        KvCommand::List {
+            app,
+            store,
+            after,
+            limit,
+        } => {
+            let mut after = after;
+            let mut left = limit.unwrap_or(usize::MAX);
+            while left > 0 {
+                let mut path = format!(
+                    "/v1/apps/{app}/kv/{}?limit={}",
+                    encode(&store),
+                    left.min(1000)
+                );
+                if let Some(a) = &after {
+                    path.push_str(&format!("&after={}", encode(a)));
+                }
+                let page = block_on(client.get(&path))?;
+                let keys: Vec<String> = items(&page, "keys").map(str_of).collect();
+                left = left.saturating_sub(keys.len());
+                print(&keys.iter().map(|k| format!("{k}\n")).collect::<String>());
+                match page["next"].as_str() {
+                    Some(next) => after = Some(next.to_string()),
+                    None => break,
+                }
+            }
+            Ok(())
+        }
+    }
+}
