@@ -36,9 +36,15 @@ pub struct LogLine {
     pub level: String,
     /// The component, if known.
     pub component: String,
+    /// The version serving the request (`v3`), if known.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// The guest's context of a `wasi:logging` record.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub context: String,
     /// The request, if known.
     pub request_id: String,
-    /// `stdout`, `stderr`, or empty for platform lines.
+    /// `stdout`, `stderr`, `log` (`wasi:logging`), or empty for platform lines.
     pub stream: String,
     /// The text.
     pub message: String,
@@ -109,6 +115,8 @@ pub struct LogLayer(Arc<LogHub>);
 struct Fields {
     app: Option<String>,
     component: String,
+    version: String,
+    context: String,
     request_id: String,
     stream: String,
     message: String,
@@ -120,6 +128,8 @@ impl Visit for Fields {
         match field.name() {
             "app" => self.app = Some(value.to_string()),
             "component" => self.component = value.to_string(),
+            "version" => self.version = value.to_string(),
+            "context" => self.context = value.to_string(),
             "request_id" => self.request_id = value.to_string(),
             "stream" => self.stream = value.to_string(),
             "message" => self.message = value.to_string(),
@@ -144,6 +154,8 @@ impl<S: Subscriber> Layer<S> for LogLayer {
             time: now(),
             level: event.metadata().level().to_string(),
             component: fields.component,
+            version: fields.version,
+            context: fields.context,
             request_id: fields.request_id,
             stream: fields.stream,
             message: fields.message + &fields.other,

@@ -499,11 +499,19 @@ pub(crate) fn logs(args: LogsArgs, env: &dyn Env) -> Result<(), Failure> {
                 let Ok(v) = serde_json::from_slice::<Value>(&line) else {
                     continue;
                 };
+                let mut tags = str_of(&v["component"]);
+                if let Some(version) = v["version"].as_str() {
+                    tags = format!("{tags}@{version}");
+                }
+                let context = v["context"]
+                    .as_str()
+                    .filter(|c| !c.is_empty())
+                    .map_or(String::new(), |c| format!("[{c}] "));
                 print(&format!(
-                    "{} {:5} {} {} {}\n",
+                    "{} {:5} {} {} {context}{}\n",
                     str_of(&v["time"]),
                     str_of(&v["level"]),
-                    str_of(&v["component"]),
+                    tags,
                     str_of(&v["request_id"]),
                     str_of(&v["message"]),
                 ));

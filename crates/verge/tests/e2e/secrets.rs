@@ -399,3 +399,27 @@ fn operators_manage_key_value_data_per_tenant() {
     let audit = plane.cli(&["audit"]);
     assert!(audit.stdout.contains("kv.delete"), "{}", audit.stdout);
 }
+
+#[test]
+fn guest_log_records_reach_verge_logs_with_their_tags() {
+    let plane = Plane::start();
+    let app = tempfile::tempdir().expect("tempdir");
+    write_app(app.path());
+    deploy(&plane, &plane.admin, app.path(), &[]);
+    let (status, ..) = plane.get("/a/log?level=critical&context=payments&message=card%20declined");
+    assert_eq!(status, 204);
+    let run = plane.cli(&["logs", "vault"]);
+    assert!(run.status.success(), "{}", run.stderr);
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("card declined"))
+        .unwrap_or_else(|| panic!("no guest record in:\n{}", run.stdout));
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains("a@v1"), "component and version: {line}");
+    assert!(line.contains("[payments] card declined"), "{line}");
+    // Another tenant's token sees none of it.
+    let other = plane.token("other", "apps:read");
+    let run = plane.cli_as(&other, &["logs", "vault"]);
+    assert!(!run.stdout.contains("card declined"));
+}
