@@ -6,7 +6,9 @@
 //! and one tenant's data is never in another's file. Writes go to one
 //! writer thread per tenant that commits whatever has queued up in a single
 //! transaction (group commit): under concurrency many writes share one
-//! fsync. Reads run on a small pool of read connections.
+//! fsync. Reads use a small pool of read connections: a point read (`get`,
+//! `exists`) runs on the calling thread, since SQLite answers it from its
+//! cache in microseconds; scans and batches run on the blocking pool.
 //!
 //! **Invariants**
 //! - Durable on return: `synchronous = FULL`; a write is acknowledged only
