@@ -12,7 +12,7 @@
 //!   `incr-batch-64`: 64 of them per transaction.
 //! - `engine-OP-cN`: the same through `verge-kv` with N concurrent tasks.
 //!
-//! Usage: kv-raw [SECONDS per operation, default 3] [DIR]
+//! Usage: `kv-raw [SECONDS per operation, default 3] [DIR]`
 
 use std::time::{Duration, Instant};
 
