@@ -1,6 +1,7 @@
 //! `/v1/apps/{app}/kv/{store}`: operators read and change an app's
 //! key-value data (`verge kv`). Stores are the tenant's own: the tenant
-//! comes from the token, never from the request.
+//! comes from the token, never from the request; and only the stores the
+//! app's serving versions declare are reachable.
 //!
 //! **Invariant**: keys must be UTF-8, as guests see them; a key that is not
 //! is refused with 400 before anything is read or written. Changes are
@@ -21,7 +22,9 @@ use verge_kv::{Bucket, KvError};
 
 use crate::audit::{Outcome, Record};
 use crate::deploy::check_app_name;
+use crate::model::{AppRecord, app_key};
 use crate::{ApiError, Caller, Control};
+use verge_manifest::Manifest;
 
 fn kv_error(e: KvError) -> ApiError {
     match e {
@@ -43,7 +46,9 @@ fn path<T>(path: Result<UrlPath<T>, PathRejection>) -> Result<T, ApiError> {
     })
 }
 
-/// The store `store` of `app` of the caller's tenant.
+/// The store `store` of `app` of the caller's tenant, which must be an app
+/// whose serving version declares that store: operators reach the stores
+/// the app uses, and cannot create others.
 async fn bucket(
     control: &Control,
     caller: &Caller,
@@ -51,6 +56,26 @@ async fn bucket(
     store: &str,
 ) -> Result<Bucket, ApiError> {
     check_app_name(app)?;
+    let entry = control
+        .store
+        .get(&app_key(caller.tenant(), app))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no app named `{app}`")))?;
+    let record: AppRecord = serde_json::from_slice(&entry.value).map_err(ApiError::internal)?;
+    let declared = record.live().any(|(version, _)| {
+        Manifest::parse(&version.manifest, std::path::Path::new("verge.toml")).is_ok_and(|m| {
+            m.components
+                .iter()
+                .any(|c| c.capabilities.key_value_stores.iter().any(|s| s == store))
+        })
+    });
+    if !declared {
+        return Err(ApiError::NotFound(format!(
+            "app `{app}` declares no key-value store `{}`; components declare theirs with \
+             `key_value_stores` in verge.toml",
+            store.escape_debug()
+        )));
+    }
     let kv = control
         .key_value
         .clone()

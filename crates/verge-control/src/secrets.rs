@@ -21,7 +21,10 @@ use verge_store::{Expect, Op};
 
 use crate::audit::{Outcome, Record};
 use crate::deploy::check_app_name;
-use crate::model::{SECRETS_PREFIX, SecretRecord, now, secret_key};
+use crate::model::{SECRETS_PREFIX, SecretRecord, app_key, now, secret_key};
+
+/// Most secrets one app may have.
+const MAX_SECRETS_PER_APP: usize = 64;
 use crate::{ApiError, Caller, Control};
 
 fn check_names(app: &str, name: &str) -> Result<(), ApiError> {
@@ -91,6 +94,21 @@ async fn set_value(
     body: Body,
 ) -> Result<(bool, u64), ApiError> {
     check_names(app, name)?;
+    // Serialised with deploys and deletes, so a secret is never written
+    // for an app that a concurrent delete is removing.
+    let _serial = control.deploy_lock.lock().await;
+    // Secrets belong to an existing app (deleting it deletes them), and
+    // an app has a bounded number of them: the node keeps them in memory.
+    if control
+        .store
+        .get(&app_key(caller.tenant(), app))
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::NotFound(format!(
+            "no app named `{app}`; deploy it first, then set its secrets"
+        )));
+    }
     let bytes = zeroize::Zeroizing::new(
         http_body_util::Limited::new(body, MAX_SECRET_BYTES)
             .collect()
@@ -108,6 +126,19 @@ async fn set_value(
     }
     let key = secret_key(caller.tenant(), app, name);
     let existing = control.store.get(&key).await?;
+    if existing.is_none() {
+        let prefix = format!("{SECRETS_PREFIX}{}/{app}/", caller.tenant());
+        let count = control
+            .store
+            .list_page(&prefix, None, MAX_SECRETS_PER_APP + 1)
+            .await?
+            .len();
+        if count >= MAX_SECRETS_PER_APP {
+            return Err(ApiError::Conflict(format!(
+                "app `{app}` has {MAX_SECRETS_PER_APP} secrets, the limit; delete one first"
+            )));
+        }
+    }
     let (created, expect) = match &existing {
         Some(entry) => {
             let old: SecretRecord =
@@ -155,19 +186,22 @@ pub(crate) async fn delete(
     let target = format!("{}/{app}/{name}", caller.tenant());
     caller.require("secrets:write", &target).await?;
     check_names(&app, &name)?;
-    let key = secret_key(caller.tenant(), &app, &name);
-    let entry = control
-        .store
-        .get(&key)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("app `{app}` has no secret `{name}`")))?;
-    let revision = control
-        .audited(
-            Record::new("secret.delete", &target, Outcome::Ok)
-                .actor(&caller.token.id, caller.tenant()),
-            vec![Op::delete(&key, Expect::Revision(entry.revision))],
-        )
-        .await?;
+    let revision = {
+        let _serial = control.deploy_lock.lock().await;
+        let key = secret_key(caller.tenant(), &app, &name);
+        let entry = control
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("app `{app}` has no secret `{name}`")))?;
+        control
+            .audited(
+                Record::new("secret.delete", &target, Outcome::Ok)
+                    .actor(&caller.token.id, caller.tenant()),
+                vec![Op::delete(&key, Expect::Revision(entry.revision))],
+            )
+            .await?
+    };
     let mut body = json!({ "app": app, "deleted": name });
     control
         .data_plane

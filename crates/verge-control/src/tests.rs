@@ -203,7 +203,10 @@ fn documented_operations() -> Vec<(Method, String)> {
                 let path = path
                     .replace("{app}", "shop")
                     .replace("{digest}", &"a".repeat(64))
-                    .replace("{id}", &"b".repeat(16));
+                    .replace("{id}", &"b".repeat(16))
+                    .replace("{name}", "api_key")
+                    .replace("{store}", "default")
+                    .replace("{key}", "k");
                 ops.push((
                     Method::from_bytes(method.to_uppercase().as_bytes()).expect("method"),
                     path,

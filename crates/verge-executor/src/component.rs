@@ -210,12 +210,19 @@ impl Executor {
                     store: store.clone(),
                     reason: "this node has no key-value storage".to_string(),
                 })?;
-            let bucket = kv
-                .bucket(&app.tenant, &app.app, store)
-                .map_err(|e| LoadError::Store {
+            let bucket = kv.bucket(&app.tenant, &app.app, store).map_err(|e| {
+                // Storage details (paths) go to the node log, not to the deployer.
+                tracing::error!(app = %app.key, store = %store, "cannot open key-value store: {e}");
+                LoadError::Store {
                     store: store.clone(),
-                    reason: e.to_string(),
-                })?;
+                    reason: match e {
+                        verge_kv::KvError::Storage(_) => {
+                            "key-value storage failed; the node log has details".to_string()
+                        }
+                        other => other.to_string(),
+                    },
+                }
+            })?;
             stores.insert(store.clone(), bucket);
         }
         Ok(Grants {

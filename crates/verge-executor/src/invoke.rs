@@ -333,6 +333,7 @@ impl LoadedComponent {
                 app: self.app.clone(),
                 grants: self.grants.clone(),
                 log: Default::default(),
+                denied_logged: false,
             },
         };
         let mut store = Store::new(&self.executor.inner.engine, host);

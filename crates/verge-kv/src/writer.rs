@@ -81,7 +81,18 @@ fn commit(conn: &mut Connection, group: &[Job]) -> Vec<Result<Written, KvError>>
     };
     let mut results = Vec::with_capacity(group.len());
     for job in group {
-        results.push(apply_one(&mut tx, job));
+        let result = apply_one(&mut tx, job);
+        // On some errors (disk full, I/O) SQLite rolls the whole
+        // transaction back by itself: the jobs before this one are gone,
+        // and a savepoint now would open (and commit) a transaction of its
+        // own. Fail the whole group instead.
+        if result.is_err() && tx.is_autocommit() {
+            tracing::error!("key-value transaction rolled back by SQLite");
+            return failed(KvError::Storage(
+                "the write was rolled back; try again".to_string(),
+            ));
+        }
+        results.push(result);
     }
     match tx.commit() {
         Ok(()) => results,

@@ -218,6 +218,11 @@ struct Grants {
     secrets: Vec<String>,
 }
 
+/// Most key-value stores one component may declare.
+const MAX_STORES: usize = 16;
+/// Most secrets one component may declare (an app holds at most 64).
+const MAX_SECRETS: usize = 64;
+
 /// The component's `key_value_stores`, `variables` and `secrets`, checked.
 fn grants(
     cx: &Ctx<'_>,
@@ -225,6 +230,12 @@ fn grants(
     app_variables: &Variables,
     ctx: &dyn Fn(String) -> String,
 ) -> Result<Grants, ManifestError> {
+    let too_many = |list: &[toml::Spanned<String>], max: usize, what: &str| match list.get(max) {
+        Some(extra) => Err(cx.err(extra.span(), ctx(format!("more than {max} {what}")), None)),
+        None => Ok(()),
+    };
+    too_many(&raw.key_value_stores, MAX_STORES, "key-value stores")?;
+    too_many(&raw.secrets, MAX_SECRETS, "secrets")?;
     let mut seen = std::collections::HashSet::new();
     let mut stores = Vec::new();
     for s in &raw.key_value_stores {

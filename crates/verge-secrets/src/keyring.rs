@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 use crate::{MasterKey, Sealed, SecretError, SecretId};
 
 /// Where the master key comes from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum KeySource {
     /// A key file (`DATA/master.key` unless configured), created on first
     /// start. Rotation goes through `FILE.next`.
@@ -29,6 +29,19 @@ pub enum KeySource {
         /// `VERGE_MASTER_KEY_PREVIOUS`, if set.
         previous: Option<Zeroizing<String>>,
     },
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::File(path) => f.debug_tuple("File").field(path).finish(),
+            KeySource::Env { previous, .. } => f
+                .debug_struct("Env")
+                .field("current", &"<redacted>")
+                .field("previous", &previous.as_ref().map(|_| "<redacted>"))
+                .finish(),
+        }
+    }
 }
 
 /// The keys a node can open secrets with; one of them seals new ones.
@@ -80,19 +93,27 @@ fn read_key_file(path: &Path) -> Result<MasterKey, SecretError> {
     })
 }
 
-/// Writes a new key file with mode 0600, durably; fails if it exists.
+/// Writes a new key file with mode 0600, durably and atomically: the key
+/// goes to `PATH.tmp`, is synced, and only then renamed to `path`, so a
+/// crash never leaves a partial key file behind. Fails if `path` exists.
 fn write_key_file(path: &Path, key: &MasterKey) -> Result<(), SecretError> {
+    if path.exists() {
+        return Err(key_error(path, "it exists already"));
+    }
+    let tmp = with_suffix(path, ".tmp");
+    let _ = std::fs::remove_file(&tmp);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
+        .open(&tmp)
         .map_err(|e| key_error(path, format!("cannot create it: {e}")))?;
     let mut text = key.to_hex();
     text.push('\n');
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(|e| key_error(path, format!("cannot write it: {e}")))?;
+    std::fs::rename(&tmp, path).map_err(|e| key_error(path, format!("cannot create it: {e}")))?;
     sync_dir(path)
 }
 
@@ -105,10 +126,14 @@ fn sync_dir(path: &Path) -> Result<(), SecretError> {
     Ok(())
 }
 
-fn next_path(path: &Path) -> PathBuf {
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
-    name.push(".next");
+    name.push(suffix);
     PathBuf::from(name)
+}
+
+fn next_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".next")
 }
 
 impl Keyring {

@@ -73,8 +73,12 @@ fn key_files_are_created_once_private_and_checked() {
         "{err}"
     );
     assert!(!path.exists());
+    // A crash while writing a key leaves only a `.tmp` file, never a
+    // partial key: it is ignored and replaced.
+    std::fs::write(dir.path().join("master.key.tmp"), "0123").expect("leftover");
     let first = Keyring::load(&source, false, false).expect("created");
     assert!(first.created);
+    assert!(!dir.path().join("master.key.tmp").exists());
     let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let again = Keyring::load(&source, true, false).expect("read");
@@ -159,5 +163,7 @@ fn environment_keys_are_parsed_and_never_echoed() {
     );
     assert!(!err.to_string().contains("not-a-key"));
     assert!(format!("{key:?}").starts_with("MasterKey("));
+    let debug = format!("{source:?}");
+    assert!(!debug.contains(&*key.to_hex()), "{debug}");
     assert!(!format!("{key:?}").contains(&*key.to_hex()));
 }

@@ -57,9 +57,8 @@ pub(crate) async fn open_keyring(
     }
     let mut ops = Vec::new();
     for entry in &secrets {
-        let record: SecretRecord = serde_json::from_slice(&entry.value).map_err(|e| {
-            ServerError::MasterKey(format!("secret record `{}` is unreadable: {e}", entry.key))
-        })?;
+        let record = read_record(&entry.key, &entry.value)
+            .map_err(|e| ServerError::MasterKey(format!("secret record `{}` {e}", entry.key)))?;
         let value = keyring.open(record.id(), &record.sealed).map_err(|e| {
             ServerError::MasterKey(format!(
                 "secret `{}` of app `{}/{}` {e}; start with the master key it was sealed with",
@@ -105,6 +104,19 @@ pub(crate) async fn open_keyring(
     Ok(Arc::new(keyring))
 }
 
+/// A stored secret record, refused unless it names the very secret its key
+/// does: the sealed value is bound to the record's own tenant, app and name,
+/// so a record copied under another key must not open as that secret.
+fn read_record(store_key: &str, value: &[u8]) -> Result<SecretRecord, String> {
+    let record: SecretRecord =
+        serde_json::from_slice(value).map_err(|e| format!("is unreadable: {e}"))?;
+    let expected = verge_control::model::secret_key(&record.tenant, &record.app, &record.name);
+    if expected != store_key {
+        return Err(format!("belongs to `{expected}`, not to this key"));
+    }
+    Ok(record)
+}
+
 impl Vaults {
     pub(crate) fn new(keyring: Arc<Keyring>) -> Self {
         Self {
@@ -135,8 +147,7 @@ impl Vaults {
             tracing::info!(app, secret = name, "secret removed");
             return;
         };
-        let opened = serde_json::from_slice::<SecretRecord>(value)
-            .map_err(|e| e.to_string())
+        let opened = read_record(store_key, value)
             .and_then(|record| {
                 self.keyring
                     .open(record.id(), &record.sealed)
@@ -157,5 +168,19 @@ impl Vaults {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_record;
+
+    #[test]
+    fn a_record_under_another_key_is_refused() {
+        let record = br#"{"tenant":"t1","app":"a1","name":"x","created":"","updated":"",
+            "sealed":{"key_id":"k","nonce":"","ciphertext":""}}"#;
+        assert!(read_record("secrets/t1/a1/x", record).is_ok());
+        let err = read_record("secrets/t2/a2/y", record).expect_err("moved");
+        assert!(err.contains("belongs to `secrets/t1/a1/x`"), "{err}");
     }
 }

@@ -7,7 +7,7 @@
 //! them in at once; a version that fails to load leaves the app as it was.
 //!
 //! An app that failed to load (a damaged blob, an I/O error) is tried
-//! again whenever the store has been quiet for a few seconds.
+//! again every few seconds.
 //!
 //! **Invariant**: the applied revision only moves forward, after the node
 //! reflects every change up to it.
@@ -52,9 +52,16 @@ pub(crate) async fn start(
     // and secrets alike.
     let mut watch = store.watch("", revision).await?;
     tokio::spawn(async move {
+        // Failed apps are retried on a timer: a busy store (audit entries,
+        // key-value changes) must not postpone them forever.
+        let mut last_retry = tokio::time::Instant::now();
         loop {
+            if last_retry.elapsed() >= RETRY_EVERY {
+                retry_failed(&store, &plane).await;
+                last_retry = tokio::time::Instant::now();
+            }
             match watch.next(RETRY_EVERY).await {
-                Ok(changes) if changes.is_empty() => retry_failed(&store, &plane).await,
+                Ok(changes) if changes.is_empty() => {}
                 Ok(changes) => {
                     for change in &changes {
                         match change {

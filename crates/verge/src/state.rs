@@ -59,6 +59,7 @@ pub(crate) enum KvCommand {
         #[arg(value_parser = app_name)]
         app: String,
         /// The store, as components list it in `key_value_stores`.
+        #[arg(value_parser = store_arg)]
         store: String,
         /// The key.
         #[arg(value_parser = key_arg)]
@@ -70,6 +71,7 @@ pub(crate) enum KvCommand {
         #[arg(value_parser = app_name)]
         app: String,
         /// The store.
+        #[arg(value_parser = store_arg)]
         store: String,
         /// The key.
         #[arg(value_parser = key_arg)]
@@ -83,6 +85,7 @@ pub(crate) enum KvCommand {
         #[arg(value_parser = app_name)]
         app: String,
         /// The store.
+        #[arg(value_parser = store_arg)]
         store: String,
         /// Start after this key.
         #[arg(long)]
@@ -97,6 +100,7 @@ pub(crate) enum KvCommand {
         #[arg(value_parser = app_name)]
         app: String,
         /// The store.
+        #[arg(value_parser = store_arg)]
         store: String,
         /// The key.
         #[arg(value_parser = key_arg)]
@@ -105,11 +109,34 @@ pub(crate) enum KvCommand {
 }
 
 fn key_arg(s: &str) -> Result<String, String> {
-    if s.is_empty() {
-        Err("keys cannot be empty".to_string())
-    } else {
-        Ok(s.to_string())
+    match s {
+        "" => Err("keys cannot be empty".to_string()),
+        // URL clients resolve these as path steps, even percent-encoded.
+        "." | ".." => Err(format!(
+            "the key `{s}` cannot be addressed in a URL; read or change it from a guest"
+        )),
+        _ => Ok(s.to_string()),
     }
+}
+
+fn store_arg(s: &str) -> Result<String, String> {
+    verge_kv::check_store_name(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// A key as text for the terminal: control characters escaped, so a key a
+/// guest wrote cannot move the cursor or forge lines.
+fn printable(key: &str) -> String {
+    key.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 /// Percent-encodes one URL path segment or query value.
@@ -277,7 +304,12 @@ pub(crate) fn kv(command: KvCommand, env: &dyn Env) -> Result<(), Failure> {
                 let page = block_on(client.get(&path))?;
                 let keys: Vec<String> = items(&page, "keys").map(str_of).collect();
                 left = left.saturating_sub(keys.len());
-                print(&keys.iter().map(|k| format!("{k}\n")).collect::<String>());
+                print(
+                    &keys
+                        .iter()
+                        .map(|k| format!("{}\n", printable(k)))
+                        .collect::<String>(),
+                );
                 match page["next"].as_str() {
                     Some(next) => after = Some(next.to_string()),
                     None => break,

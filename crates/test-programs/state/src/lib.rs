@@ -4,7 +4,7 @@
 //! (percent-encoded) give its arguments; errors come back as
 //! `500 <error>` so tests can assert on the guest-visible error.
 //!
-//! - `/kv-open?store=S`: opens the store: `ok` or the error.
+//! - `/kv-open?store=S[&repeat=N]`: opens the store (N times): `ok` or the error.
 //! - `/kv-get?store=S&key=K`: the value, or 404.
 //! - `/kv-set?store=S&key=K`: stores the request body.
 //! - `/kv-delete`, `/kv-exists`: as named.
@@ -48,7 +48,14 @@ impl wasip2::exports::http::incoming_handler::Guest for Guest {
         let route = path.rsplit('/').next().unwrap_or("").to_string();
         let q = |name: &str| param(&query, name);
         let result = match route.as_str() {
-            "kv-open" => open(&q("store")).map(|_| (200, b"ok".to_vec())),
+            "kv-open" => {
+                let repeat: usize = q("repeat").parse().unwrap_or(1);
+                let mut result = Ok((200, b"ok".to_vec()));
+                for _ in 0..repeat {
+                    result = open(&q("store")).map(|_| (200, b"ok".to_vec()));
+                }
+                result
+            }
             "kv-get" => open(&q("store")).and_then(|b| match b.get(&q("key")) {
                 Ok(Some(v)) => Ok((200, v)),
                 Ok(None) => Ok((404, b"missing".to_vec())),

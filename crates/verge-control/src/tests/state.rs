@@ -6,6 +6,23 @@ use verge_store::Store;
 use super::*;
 
 impl Api {
+    /// Deploys `app` with one component declaring `stores`.
+    async fn deploy_with_stores(&self, token: &str, app: &str, route: &str, stores: &str) {
+        let digest = self.upload(token, b"component bytes").await;
+        let manifest = format!(
+            "[component.web]\nsource = \"web.wasm\"\nroutes = [\"{route}\"]\nkey_value_stores = [{stores}]\n"
+        );
+        let (status, body) = self
+            .call(
+                Method::POST,
+                &format!("/v1/apps/{app}/versions"),
+                token,
+                json!({"manifest": manifest, "components": {"web": digest}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -22,10 +39,26 @@ impl Api {
 async fn secrets_are_write_only_sealed_and_per_tenant() {
     let api = api().await;
     let acme = api
-        .token("acme", &["apps:read", "secrets:write", "audit:read"])
+        .token(
+            "acme",
+            &["apps:read", "apps:deploy", "secrets:write", "audit:read"],
+        )
         .await;
     let bravo = api.token("bravo", &["apps:read", "secrets:write"]).await;
     let value = "k3y\0with NUL ✓";
+    // Secrets belong to an existing app.
+    let (status, body) = api
+        .send(
+            Method::PUT,
+            "/v1/apps/shop/secrets/api_key",
+            &acme,
+            value.to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body.to_string().contains("deploy it first"), "{body}");
+    let (status, body) = api.deploy(&acme, "shop", "/shop").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, body) = api
         .send(
             Method::PUT,
@@ -136,6 +169,38 @@ async fn secrets_are_write_only_sealed_and_per_tenant() {
         .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 
+    // At most 64 secrets per app (there are 2 now).
+    for i in 0..62 {
+        let (status, _) = api
+            .send(
+                Method::PUT,
+                &format!("/v1/apps/shop/secrets/s{i}"),
+                &acme,
+                "v".to_string(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, body) = api
+        .send(
+            Method::PUT,
+            "/v1/apps/shop/secrets/one_more",
+            &acme,
+            "v".to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.to_string().contains("64 secrets, the limit"), "{body}");
+    let (status, _) = api
+        .send(
+            Method::PUT,
+            "/v1/apps/shop/secrets/s0",
+            &acme,
+            "updated".to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "updating one is still fine");
+
     // Needs the scope.
     let reader = api.token("acme", &["apps:read"]).await;
     let (status, _) = api
@@ -189,8 +254,34 @@ async fn deleting_an_app_deletes_its_secrets() {
 #[tokio::test]
 async fn key_value_data_is_per_tenant_and_checked() {
     let api = api().await;
-    let acme = api.token("acme", &["kv:read", "kv:write"]).await;
-    let bravo = api.token("bravo", &["kv:read", "kv:write"]).await;
+    let acme = api
+        .token("acme", &["kv:read", "kv:write", "apps:deploy"])
+        .await;
+    let bravo = api
+        .token("bravo", &["kv:read", "kv:write", "apps:deploy"])
+        .await;
+    // Only the stores an existing app declares are reachable.
+    let (status, body) = api
+        .send(
+            Method::GET,
+            "/v1/apps/shop/kv/default",
+            &acme,
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    api.deploy_with_stores(&acme, "shop", "/acme", "\"default\"")
+        .await;
+    api.deploy_with_stores(&bravo, "shop", "/bravo", "\"default\"")
+        .await;
+    let (status, body) = api
+        .send(Method::PUT, "/v1/apps/shop/kv/undeclared/k", &acme, "v")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(
+        body.to_string().contains("declares no key-value store"),
+        "{body}"
+    );
     let path = "/v1/apps/shop/kv/default/user%2F1%20%E2%9C%93";
     let (status, body) = api.send(Method::PUT, path, &acme, vec![0u8, 1, 2]).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
@@ -247,7 +338,11 @@ async fn key_value_data_is_per_tenant_and_checked() {
     let (status, _) = api
         .send(Method::PUT, "/v1/apps/shop/kv/Bad%20Store/k", &acme, "v")
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "no app declares such a store"
+    );
 
     // Scopes: reading does not allow writing.
     let reader = api.token("acme", &["kv:read"]).await;

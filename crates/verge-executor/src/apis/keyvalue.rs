@@ -19,6 +19,18 @@ fn other(e: impl std::fmt::Display) -> KvFailure {
     KvFailure::Other(e.to_string())
 }
 
+/// The guest's view of an engine error: storage failures are logged here
+/// and reach the guest without details (paths, SQLite messages).
+fn from_kv(e: verge_kv::KvError) -> KvFailure {
+    match e {
+        verge_kv::KvError::Storage(detail) => {
+            tracing::error!("key-value storage failed: {detail}");
+            KvFailure::Other("key-value storage failed; the node log has details".into())
+        }
+        other => KvFailure::Other(other.to_string()),
+    }
+}
+
 impl Host {
     fn bucket(&self, handle: &Resource<BucketHandle>) -> Result<verge_kv::Bucket, KvFailure> {
         self.table.get(handle).map(|b| b.0.clone()).map_err(other)
@@ -28,13 +40,18 @@ impl Host {
 impl store::Host for Host {
     async fn open(&mut self, identifier: String) -> Result<Resource<BucketHandle>, KvFailure> {
         let Some(bucket) = self.apis.grants.stores.get(&identifier).cloned() else {
-            tracing::warn!(
-                request_id = %self.hooks.request_id,
-                app = %self.apis.app,
-                component = %self.hooks.component,
-                store = %identifier.escape_debug(),
-                "key-value store denied: not in key_value_stores"
-            );
+            // Once per request, the name cut short: a guest retrying in a
+            // loop must not flood the log.
+            if !std::mem::replace(&mut self.apis.denied_logged, true) {
+                let shown: String = identifier.chars().take(64).collect();
+                tracing::warn!(
+                    request_id = %self.hooks.request_id,
+                    app = %self.apis.app,
+                    component = %self.hooks.component,
+                    store = %shown.escape_debug(),
+                    "key-value store denied: not in key_value_stores"
+                );
+            }
             return Err(KvFailure::AccessDenied);
         };
         self.table.push(BucketHandle(bucket)).map_err(other)
@@ -54,7 +71,7 @@ impl store::HostBucket for Host {
         bucket: Resource<BucketHandle>,
         key: String,
     ) -> Result<Option<Vec<u8>>, KvFailure> {
-        self.bucket(&bucket)?.get(&key).await.map_err(other)
+        self.bucket(&bucket)?.get(&key).await.map_err(from_kv)
     }
 
     async fn set(
@@ -63,7 +80,7 @@ impl store::HostBucket for Host {
         key: String,
         value: Vec<u8>,
     ) -> Result<(), KvFailure> {
-        self.bucket(&bucket)?.set(key, value).await.map_err(other)
+        self.bucket(&bucket)?.set(key, value).await.map_err(from_kv)
     }
 
     async fn delete(
@@ -71,7 +88,7 @@ impl store::HostBucket for Host {
         bucket: Resource<BucketHandle>,
         key: String,
     ) -> Result<(), KvFailure> {
-        self.bucket(&bucket)?.delete(key).await.map_err(other)
+        self.bucket(&bucket)?.delete(key).await.map_err(from_kv)
     }
 
     async fn exists(
@@ -79,7 +96,7 @@ impl store::HostBucket for Host {
         bucket: Resource<BucketHandle>,
         key: String,
     ) -> Result<bool, KvFailure> {
-        self.bucket(&bucket)?.exists(&key).await.map_err(other)
+        self.bucket(&bucket)?.exists(&key).await.map_err(from_kv)
     }
 
     async fn list_keys(
@@ -91,7 +108,7 @@ impl store::HostBucket for Host {
             .bucket(&bucket)?
             .list_keys(cursor, LIST_PAGE)
             .await
-            .map_err(other)?;
+            .map_err(from_kv)?;
         Ok(store::KeyResponse {
             keys: page.keys,
             cursor: page.cursor,
@@ -114,7 +131,7 @@ impl atomics::Host for Host {
         self.bucket(&bucket)?
             .increment(key, delta)
             .await
-            .map_err(other)
+            .map_err(from_kv)
     }
 }
 
@@ -128,7 +145,7 @@ impl batch::Host for Host {
             .bucket(&bucket)?
             .get_many(keys.clone())
             .await
-            .map_err(other)?;
+            .map_err(from_kv)?;
         Ok(keys
             .into_iter()
             .zip(values)
@@ -144,7 +161,7 @@ impl batch::Host for Host {
         self.bucket(&bucket)?
             .set_many(key_values)
             .await
-            .map_err(other)
+            .map_err(from_kv)
     }
 
     async fn delete_many(
@@ -152,6 +169,9 @@ impl batch::Host for Host {
         bucket: Resource<BucketHandle>,
         keys: Vec<String>,
     ) -> Result<(), KvFailure> {
-        self.bucket(&bucket)?.delete_many(keys).await.map_err(other)
+        self.bucket(&bucket)?
+            .delete_many(keys)
+            .await
+            .map_err(from_kv)
     }
 }

@@ -355,8 +355,46 @@ fn operators_manage_key_value_data_per_tenant() {
     let run = plane.cli(&["kv", "list", "vault", "default"]);
     assert_eq!(run.stdout, "greeting/ü ?&\nvisits\n", "{}", run.stderr);
 
+    // Keys a guest wrote reach the terminal escaped.
+    let (status, ..) = plane.get("/a/kv-set?store=default&key=evil%0A%1B%5B2Jline");
+    assert_eq!(status, 204);
+    let run = plane.cli(&["kv", "list", "vault", "default"]);
+    assert!(
+        run.stdout.contains("evil\\n\\u{1b}[2Jline\n"),
+        "{:?}",
+        run.stdout
+    );
+    let run = plane.cli(&["kv", "delete", "vault", "default", "evil\n\u{1b}[2Jline"]);
+    assert!(run.status.success(), "{}", run.stderr);
+
+    // Only stores the app declares; names that would bend the URL are refused.
+    let run = plane.cli(&["kv", "get", "vault", "undeclared", "k"]);
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("declares no key-value store"),
+        "{}",
+        run.stderr
+    );
+    for args in [["vault", "..", "traffic"], ["vault", "default", ".."]] {
+        let mut all = vec!["kv", "get"];
+        all.extend(args);
+        let run = plane.cli(&all);
+        assert_eq!(run.status.code(), Some(2), "{args:?}: {}", run.stderr);
+    }
+
     // The same app name in another tenant is another store.
     let other = plane.token("other", "apps:deploy,apps:read,kv:read,kv:write");
+    let other_app = tempfile::tempdir().expect("tempdir");
+    write_app(other_app.path());
+    std::fs::write(
+        other_app.path().join("verge.toml"),
+        std::fs::read_to_string(other_app.path().join("verge.toml"))
+            .expect("manifest")
+            .replace("\"/a\"", "\"/other-a\"")
+            .replace("\"/b\"", "\"/other-b\""),
+    )
+    .expect("manifest");
+    deploy(&plane, &other, other_app.path(), &[]);
     let run = plane.cli_as(&other, &["kv", "get", "vault", "default", "visits"]);
     assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
     assert!(run.stderr.contains("has no key"), "{}", run.stderr);

@@ -46,9 +46,18 @@ async fn key_value_operations_limits_and_undeclared_stores() {
     let addr = verge.addr;
 
     // A store the component did not declare is denied inside the guest.
-    let r = get(addr, "/kv-open?store=other").await;
+    let r = get(addr, "/kv-open?store=other&repeat=1000").await;
     assert_eq!((r.status, r.text().as_str()), (500, "access-denied"));
     verge.wait_for_log("key-value store denied: not in key_value_stores");
+    // A guest retrying in a loop is logged once per request, not 1,000 times.
+    let id = r.header("x-request-id").expect("id").to_string();
+    get(addr, "/").await;
+    let denials = verge
+        .log()
+        .lines()
+        .filter(|l| l.contains("key-value store denied") && l.contains(&id))
+        .count();
+    assert_eq!(denials, 1);
     assert_eq!(get(addr, "/kv-open?store=sessions").await.text(), "ok");
 
     // Values are bytes, NUL included; keys are any UTF-8.
