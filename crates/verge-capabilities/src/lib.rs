@@ -15,6 +15,21 @@ mod outbound;
 pub use limits::Limits;
 pub use outbound::{HostPattern, HostPatternError, OutboundPolicy};
 
+/// Key-value store names: 1 to 63 of `a-z`, `0-9`, `-` and `_` (so a name
+/// is always a safe path segment and URL segment).
+pub fn check_store_name(name: &str) -> Result<(), &'static str> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err("use 1 to 63 lower-case letters, digits, `-` and `_`")
+    }
+}
+
 /// Everything one component is allowed to reach or read besides its own memory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Capabilities {

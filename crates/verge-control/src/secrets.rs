@@ -73,17 +73,8 @@ pub(crate) async fn set(
             .await;
     }
     let (created, revision) = result?;
-    let mut body = json!({ "app": app, "secret": name, "created": created });
-    control
-        .data_plane
-        .wait_applied(
-            &format!("{}/{app}", caller.tenant()),
-            revision,
-            control.config.apply_timeout,
-        )
-        .await
-        .describe(&mut body);
-    Ok(Json(body))
+    let body = json!({ "app": app, "secret": name, "created": created });
+    Ok(Json(applied(&control, &caller, &app, revision, body).await))
 }
 
 async fn set_value(
@@ -202,7 +193,18 @@ pub(crate) async fn delete(
             )
             .await?
     };
-    let mut body = json!({ "app": app, "deleted": name });
+    let body = json!({ "app": app, "deleted": name });
+    Ok(Json(applied(&control, &caller, &app, revision, body).await))
+}
+
+/// Waits until the node has the change at `revision`, and says so in `body`.
+async fn applied(
+    control: &Control,
+    caller: &Caller,
+    app: &str,
+    revision: u64,
+    mut body: Value,
+) -> Value {
     control
         .data_plane
         .wait_applied(
@@ -212,5 +214,5 @@ pub(crate) async fn delete(
         )
         .await
         .describe(&mut body);
-    Ok(Json(body))
+    body
 }

@@ -152,18 +152,10 @@ impl std::fmt::Debug for KeyValue {
     }
 }
 
-/// Store names: 1 to 63 of `a-z`, `0-9`, `-`, `_`.
+/// Store names: 1 to 63 of `a-z`, `0-9`, `-`, `_`
+/// ([`verge_capabilities::check_store_name`]).
 pub fn check_store_name(name: &str) -> Result<(), KvError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(KvError::InvalidStore(name.to_string()))
-    }
+    verge_capabilities::check_store_name(name).map_err(|_| KvError::InvalidStore(name.to_string()))
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {

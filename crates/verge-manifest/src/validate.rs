@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use verge_capabilities::{Capabilities, HostPattern, Limits, OutboundPolicy};
+use verge_capabilities::{Capabilities, HostPattern, Limits, OutboundPolicy, check_store_name};
 use verge_router::Route;
 
 use crate::raw::{RawBuild, RawComponent, RawLimits, RawManifest, RawSize};
@@ -194,20 +194,6 @@ pub fn check_config_name(name: &str) -> Result<(), &'static str> {
         Ok(())
     } else {
         Err("use 1 to 64 lower-case letters, digits and `_`, starting with a letter")
-    }
-}
-
-/// Key-value store names: 1 to 63 of `a-z`, `0-9`, `-` and `_`.
-fn check_store_name(name: &str) -> Result<(), &'static str> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err("use 1 to 63 lower-case letters, digits, `-` and `_`")
     }
 }
 

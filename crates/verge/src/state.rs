@@ -26,6 +26,7 @@ pub(crate) enum SecretsCommand {
         #[arg(value_parser = app_name)]
         app: String,
         /// The secret's name, as components list it in `secrets`.
+        #[arg(value_parser = secret_name)]
         name: String,
         /// Keep stdin exactly as given, trailing newline included.
         #[arg(long)]
@@ -46,47 +47,60 @@ pub(crate) enum SecretsCommand {
         #[arg(value_parser = app_name)]
         app: String,
         /// The secret's name.
+        #[arg(value_parser = secret_name)]
         name: String,
     },
+}
+
+/// Which store of which app.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StoreArgs {
+    /// The app.
+    #[arg(value_parser = app_name)]
+    app: String,
+    /// The store, as components list it in `key_value_stores`.
+    #[arg(value_parser = store_arg)]
+    store: String,
+}
+
+/// Which key of which store of which app.
+#[derive(Debug, clap::Args)]
+pub(crate) struct KeyArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The key.
+    #[arg(value_parser = key_arg)]
+    key: String,
+}
+
+impl KeyArgs {
+    /// `/v1/apps/APP/kv/STORE/KEY`, the key percent-encoded.
+    fn path(&self) -> String {
+        format!(
+            "/v1/apps/{}/kv/{}/{}",
+            self.store.app,
+            self.store.store,
+            encode(&self.key)
+        )
+    }
 }
 
 /// `verge kv ...`
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum KvCommand {
     /// Print a value (its bytes, as stored).
-    Get {
-        /// The app.
-        #[arg(value_parser = app_name)]
-        app: String,
-        /// The store, as components list it in `key_value_stores`.
-        #[arg(value_parser = store_arg)]
-        store: String,
-        /// The key.
-        #[arg(value_parser = key_arg)]
-        key: String,
-    },
+    Get(KeyArgs),
     /// Set a value: VALUE, or stdin when VALUE is omitted.
     Set {
-        /// The app.
-        #[arg(value_parser = app_name)]
-        app: String,
-        /// The store.
-        #[arg(value_parser = store_arg)]
-        store: String,
-        /// The key.
-        #[arg(value_parser = key_arg)]
-        key: String,
+        #[command(flatten)]
+        key: KeyArgs,
         /// The value; read from stdin (as bytes) when omitted.
         value: Option<String>,
     },
     /// List keys, in byte order.
     List {
-        /// The app.
-        #[arg(value_parser = app_name)]
-        app: String,
-        /// The store.
-        #[arg(value_parser = store_arg)]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Start after this key.
         #[arg(long)]
         after: Option<String>,
@@ -95,17 +109,7 @@ pub(crate) enum KvCommand {
         limit: Option<usize>,
     },
     /// Delete a key.
-    Delete {
-        /// The app.
-        #[arg(value_parser = app_name)]
-        app: String,
-        /// The store.
-        #[arg(value_parser = store_arg)]
-        store: String,
-        /// The key.
-        #[arg(value_parser = key_arg)]
-        key: String,
-    },
+    Delete(KeyArgs),
 }
 
 fn key_arg(s: &str) -> Result<String, String> {
@@ -117,6 +121,12 @@ fn key_arg(s: &str) -> Result<String, String> {
         )),
         _ => Ok(s.to_string()),
     }
+}
+
+fn secret_name(s: &str) -> Result<String, String> {
+    verge_manifest::check_config_name(s)
+        .map(|()| s.to_string())
+        .map_err(|e| format!("invalid secret name: {e}"))
 }
 
 fn store_arg(s: &str) -> Result<String, String> {
@@ -141,15 +151,7 @@ fn printable(key: &str) -> String {
 
 /// Percent-encodes one URL path segment or query value.
 fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 fn read_stdin(what: &str) -> Result<Vec<u8>, Failure> {
@@ -235,14 +237,11 @@ pub(crate) fn secrets(command: SecretsCommand, env: &dyn Env) -> Result<(), Fail
 
 pub(crate) fn kv(command: KvCommand, env: &dyn Env) -> Result<(), Failure> {
     let client = Client::from_env(env)?;
-    let key_path = |app: &str, store: &str, key: &str| {
-        format!("/v1/apps/{app}/kv/{}/{}", encode(store), encode(key))
-    };
     match command {
-        KvCommand::Get { app, store, key } => {
+        KvCommand::Get(key) => {
             let value = block_on(async {
                 let response = client
-                    .request(Method::GET, &key_path(&app, &store, &key))
+                    .request(Method::GET, &key.path())
                     .send()
                     .await
                     .map_err(|e| Failure::runtime(anyhow!("cannot reach the Verge server: {e}")))?;
@@ -261,31 +260,19 @@ pub(crate) fn kv(command: KvCommand, env: &dyn Env) -> Result<(), Failure> {
                 .and_then(|()| out.flush())
                 .map_err(Failure::runtime)
         }
-        KvCommand::Set {
-            app,
-            store,
-            key,
-            value,
-        } => {
+        KvCommand::Set { key, value } => {
             let bytes = match value {
                 Some(v) => v.into_bytes(),
                 None => read_stdin("the value")?,
             };
-            block_on(
-                client.send(
-                    client
-                        .request(Method::PUT, &key_path(&app, &store, &key))
-                        .body(bytes),
-                ),
-            )?;
+            block_on(client.send(client.request(Method::PUT, &key.path()).body(bytes)))?;
             Ok(())
         }
-        KvCommand::Delete { app, store, key } => {
-            block_on(client.send(client.request(Method::DELETE, &key_path(&app, &store, &key))))?;
+        KvCommand::Delete(key) => {
+            block_on(client.send(client.request(Method::DELETE, &key.path())))?;
             Ok(())
         }
         KvCommand::List {
-            app,
             store,
             after,
             limit,
@@ -294,8 +281,9 @@ pub(crate) fn kv(command: KvCommand, env: &dyn Env) -> Result<(), Failure> {
             let mut left = limit.unwrap_or(usize::MAX);
             while left > 0 {
                 let mut path = format!(
-                    "/v1/apps/{app}/kv/{}?limit={}",
-                    encode(&store),
+                    "/v1/apps/{}/kv/{}?limit={}",
+                    store.app,
+                    store.store,
                     left.min(1000)
                 );
                 if let Some(a) = &after {

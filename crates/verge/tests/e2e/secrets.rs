@@ -172,16 +172,22 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-#[test]
-fn a_missing_damaged_or_exposed_master_key_stops_the_server() {
+/// A data folder (in the returned temp dir) whose server has the app
+/// deployed and secret `api_key` set to `value`; the server is stopped.
+fn data_with_secret(value: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let plane = Plane::open(&data, &[]);
     let app = tempfile::tempdir().expect("tempdir");
     write_app(app.path());
     deploy(&plane, &plane.admin, app.path(), &[]);
-    set_secret(&plane, "v1");
-    drop(plane);
+    set_secret(&plane, value);
+    (dir, data)
+}
+
+#[test]
+fn a_missing_damaged_or_exposed_master_key_stops_the_server() {
+    let (dir, data) = data_with_secret("v1");
 
     let key_file = data.join("master.key");
     let good = std::fs::read(&key_file).expect("key");
@@ -250,14 +256,7 @@ fn a_missing_damaged_or_exposed_master_key_stops_the_server() {
 
 #[test]
 fn rotating_the_master_key_reseals_every_secret() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let plane = Plane::open(&data, &[]);
-    let app = tempfile::tempdir().expect("tempdir");
-    write_app(app.path());
-    deploy(&plane, &plane.admin, app.path(), &[]);
-    set_secret(&plane, "before rotation");
-    drop(plane);
+    let (_dir, data) = data_with_secret("before rotation");
     let key_file = data.join("master.key");
     let old = std::fs::read_to_string(&key_file).expect("key");
 

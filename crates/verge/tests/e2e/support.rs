@@ -490,17 +490,9 @@ pub fn toml_path(path: &Path) -> String {
     format!("{:?}", path.display().to_string())
 }
 
-/// Percent-encodes a query value (every byte but unreserved ones).
+/// Percent-encodes a query value.
 pub fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// Sends `count` requests for `path_of(i)` over `connections` keep-alive
