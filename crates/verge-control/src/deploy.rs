@@ -30,6 +30,7 @@ use verge_store::{BlobError, BlobId, Expect, Op};
 use crate::audit::{Outcome, Record};
 use crate::model::{
     APPS_PREFIX, AppRecord, RouteRecord, TrafficShare, VersionRecord, app_key, now, parse_version,
+    secret_key,
 };
 use crate::{ApiError, Caller, Control};
 
@@ -338,6 +339,23 @@ async fn deploy(
         )
         .await?;
     tracing::info!(app = %key, version = version.number, "deployed");
+    // Declared secrets nobody has set yet read as unset in the guest: say
+    // so, since a deploy is usually when that is noticed.
+    let mut unset = Vec::new();
+    for name in manifest
+        .components
+        .iter()
+        .flat_map(|c| &c.capabilities.secrets)
+    {
+        let stored = control
+            .store
+            .get(&secret_key(caller.tenant(), app, name))
+            .await?
+            .is_some();
+        if !stored && !unset.contains(name) {
+            unset.push(name.clone());
+        }
+    }
     Ok((
         if unchanged {
             StatusCode::OK
@@ -352,6 +370,7 @@ async fn deploy(
             "routes": routes.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "unchanged": unchanged,
             "revision": revision,
+            "unset_secrets": unset,
         }),
     ))
 }

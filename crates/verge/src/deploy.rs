@@ -195,6 +195,19 @@ async fn upload_and_deploy(
             "the version is recorded but the node did not confirm it serves; check `verge status` and the server log"
         )));
     }
+    let unset: Vec<&str> = answer["unset_secrets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str())
+        .collect();
+    if !unset.is_empty() {
+        eprintln!(
+            "warning: the app declares secrets that are not set, which its components read as unset: {}\n  set each with `verge secrets set {} NAME` (the value on stdin)",
+            unset.join(", "),
+            bundle.app
+        );
+    }
     for route in answer["routes"].as_array().into_iter().flatten() {
         let route = route.as_str().unwrap_or("/");
         if route.starts_with('/') {

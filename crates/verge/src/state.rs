@@ -154,6 +154,35 @@ fn encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
+/// Reads one line from the terminal with echo off, so a typed secret is
+/// never shown; echo is restored however this ends (short of `kill -9`).
+fn read_hidden_line(name: &str) -> Result<Vec<u8>, Failure> {
+    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+    struct Restore(rustix::termios::Termios);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = tcsetattr(std::io::stdin(), OptionalActions::Now, &self.0);
+            eprintln!();
+        }
+    }
+    let stdin = std::io::stdin();
+    let original = tcgetattr(&stdin)
+        .map_err(|e| Failure::runtime(anyhow!("cannot set up the terminal: {e}")))?;
+    let mut hidden = original.clone();
+    hidden.local_modes.remove(LocalModes::ECHO);
+    // Echo goes off before the prompt shows: nothing typed after seeing
+    // it can be echoed.
+    tcsetattr(&stdin, OptionalActions::Now, &hidden)
+        .map_err(|e| Failure::runtime(anyhow!("cannot set up the terminal: {e}")))?;
+    let _restore = Restore(original);
+    eprint!("Value of secret {name} (not shown): ");
+    let mut line = String::new();
+    stdin
+        .read_line(&mut line)
+        .map_err(|e| Failure::input(anyhow!("cannot read the secret: {e}")))?;
+    Ok(line.into_bytes())
+}
+
 fn read_stdin(what: &str) -> Result<Vec<u8>, Failure> {
     let mut stdin = std::io::stdin();
     if stdin.is_terminal() {
@@ -170,7 +199,11 @@ pub(crate) fn secrets(command: SecretsCommand, env: &dyn Env) -> Result<(), Fail
     let client = Client::from_env(env)?;
     match command {
         SecretsCommand::Set { app, name, raw } => {
-            let mut value = zeroize::Zeroizing::new(read_stdin("the secret")?);
+            let mut value = zeroize::Zeroizing::new(if std::io::stdin().is_terminal() {
+                read_hidden_line(&name)?
+            } else {
+                read_stdin("the secret")?
+            });
             if !raw {
                 let len = value.len();
                 if value.ends_with(b"\r\n") {

@@ -39,7 +39,7 @@ routes = ["/b"]
     .expect("manifest");
 }
 
-fn deploy(plane: &Plane, token: &str, dir: &Path, extra: &[&str]) {
+fn deploy(plane: &Plane, token: &str, dir: &Path, extra: &[&str]) -> crate::support::Run {
     let mut args = vec!["deploy"];
     args.extend_from_slice(extra);
     let run = plane.cli_in(token, &args, dir, None);
@@ -49,6 +49,7 @@ fn deploy(plane: &Plane, token: &str, dir: &Path, extra: &[&str]) {
         run.stdout,
         run.stderr
     );
+    run
 }
 
 fn set_secret(plane: &Plane, value: &str) {
@@ -67,7 +68,12 @@ fn secrets_reach_only_declaring_components_and_never_a_log_or_the_disk() {
     let plane = Plane::start();
     let app = tempfile::tempdir().expect("tempdir");
     write_app(app.path());
-    deploy(&plane, &plane.admin, app.path(), &[]);
+    let run = deploy(&plane, &plane.admin, app.path(), &[]);
+    assert!(
+        run.stderr.contains("declares secrets that are not set") && run.stderr.contains("api_key"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(plane.get("/a/config-get?key=api_key").0, 404, "not set yet");
     assert_eq!(plane.get("/a/config-get?key=greeting").1, "hello");
 
@@ -86,6 +92,10 @@ fn secrets_reach_only_declaring_components_and_never_a_log_or_the_disk() {
         "",
         "undeclared: not even listed"
     );
+
+    // Deploying again warns no more.
+    let run = deploy(&plane, &plane.admin, app.path(), &["--environment", "prod"]);
+    assert!(!run.stderr.contains("not set"), "{}", run.stderr);
 
     // The list shows the name only.
     let run = plane.cli(&["secrets", "list", "vault"]);
@@ -459,4 +469,58 @@ fn guest_log_records_reach_verge_logs_with_their_tags() {
     let other = plane.token("other", "apps:read");
     let run = plane.cli_as(&other, &["logs", "vault"]);
     assert!(!run.stdout.contains("card declined"));
+}
+
+#[test]
+fn a_secret_typed_at_a_terminal_is_not_echoed() {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    use std::io::{Read, Write};
+
+    let plane = Plane::start();
+    let app = tempfile::tempdir().expect("tempdir");
+    write_app(app.path());
+    deploy(&plane, &plane.admin, app.path(), &[]);
+
+    // `verge secrets set` on a pseudo-terminal, as when a person types.
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("openpt");
+    grantpt(&master).expect("grantpt");
+    unlockpt(&master).expect("unlockpt");
+    let name = ptsname(&master, Vec::new()).expect("ptsname");
+    let tty = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(name.to_str().expect("utf-8"))
+            .expect("open the terminal")
+    };
+    let mut child = std::process::Command::new(crate::support::verge_bin())
+        .args(["secrets", "set", "vault", "api_key"])
+        .env("VERGE_URL", plane.url())
+        .env("VERGE_TOKEN", &plane.admin)
+        .stdin(tty())
+        .stdout(tty())
+        .stderr(tty())
+        .spawn()
+        .expect("runs");
+    let mut terminal = std::fs::File::from(master);
+    let mut seen = Vec::new();
+    let read_until = |seen: &mut Vec<u8>, terminal: &mut std::fs::File, needle: &[u8]| {
+        let mut buf = [0u8; 1024];
+        while !seen.windows(needle.len()).any(|w| w == needle) {
+            let n = terminal.read(&mut buf).expect("read the terminal");
+            assert!(
+                n > 0,
+                "the terminal closed: {}",
+                String::from_utf8_lossy(seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    read_until(&mut seen, &mut terminal, b"(not shown): ");
+    terminal.write_all(b"typed-s3cret\n").expect("type");
+    read_until(&mut seen, &mut terminal, b"Set secret api_key of vault");
+    assert!(child.wait().expect("exits").success());
+    let shown = String::from_utf8_lossy(&seen);
+    assert!(!shown.contains("typed-s3cret"), "echoed: {shown:?}");
+    assert_eq!(plane.get("/a/config-get?key=api_key").1, "typed-s3cret");
 }
