@@ -99,8 +99,8 @@ pub(crate) async fn start(
     Ok(())
 }
 
-/// How often apps that failed to load are tried again while the store is
-/// quiet (a blob repaired on disk, a transient I/O error).
+/// How often apps that failed to load are tried again (a blob repaired on
+/// disk, a transient I/O error).
 const RETRY_EVERY: Duration = Duration::from_secs(5);
 
 async fn retry_failed(store: &Arc<dyn Store>, plane: &NodePlane) {
