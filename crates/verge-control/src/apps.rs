@@ -28,7 +28,7 @@ use crate::model::{
 };
 use crate::{ApiError, Caller, Control};
 
-async fn load(
+pub(crate) async fn load(
     control: &Control,
     caller: &Caller,
     app: &str,

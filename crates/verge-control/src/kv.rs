@@ -21,8 +21,6 @@ use serde_json::{Value, json};
 use verge_kv::{Bucket, KvError};
 
 use crate::audit::{Outcome, Record};
-use crate::deploy::check_app_name;
-use crate::model::{AppRecord, app_key};
 use crate::{ApiError, Caller, Control};
 use verge_manifest::Manifest;
 
@@ -55,13 +53,7 @@ async fn bucket(
     app: &str,
     store: &str,
 ) -> Result<Bucket, ApiError> {
-    check_app_name(app)?;
-    let entry = control
-        .store
-        .get(&app_key(caller.tenant(), app))
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no app named `{app}`")))?;
-    let record: AppRecord = serde_json::from_slice(&entry.value).map_err(ApiError::internal)?;
+    let (record, _) = crate::apps::load(control, caller, app).await?;
     let declared = record.live().any(|(version, _)| {
         Manifest::parse(&version.manifest, std::path::Path::new("verge.toml")).is_ok_and(|m| {
             m.components

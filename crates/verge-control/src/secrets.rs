@@ -21,11 +21,11 @@ use verge_store::{Expect, Op};
 
 use crate::audit::{Outcome, Record};
 use crate::deploy::check_app_name;
-use crate::model::{SECRETS_PREFIX, SecretRecord, app_key, now, secret_key};
+use crate::model::{SECRETS_PREFIX, SecretRecord, now, secret_key};
+use crate::{ApiError, Caller, Control};
 
 /// Most secrets one app may have.
 const MAX_SECRETS_PER_APP: usize = 64;
-use crate::{ApiError, Caller, Control};
 
 fn check_names(app: &str, name: &str) -> Result<(), ApiError> {
     check_app_name(app)?;
@@ -90,16 +90,14 @@ async fn set_value(
     let _serial = control.deploy_lock.lock().await;
     // Secrets belong to an existing app (deleting it deletes them), and
     // an app has a bounded number of them: the node keeps them in memory.
-    if control
-        .store
-        .get(&app_key(caller.tenant(), app))
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::NotFound(format!(
-            "no app named `{app}`; deploy it first, then set its secrets"
-        )));
-    }
+    crate::apps::load(control, caller, app)
+        .await
+        .map_err(|e| match e {
+            ApiError::NotFound(_) => ApiError::NotFound(format!(
+                "no app named `{app}`; deploy it first, then set its secrets"
+            )),
+            other => other,
+        })?;
     let bytes = zeroize::Zeroizing::new(
         http_body_util::Limited::new(body, MAX_SECRET_BYTES)
             .collect()

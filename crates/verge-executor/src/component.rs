@@ -215,12 +215,7 @@ impl Executor {
                 tracing::error!(app = %app.key, store = %store, "cannot open key-value store: {e}");
                 LoadError::Store {
                     store: store.clone(),
-                    reason: match e {
-                        verge_kv::KvError::Storage(_) => {
-                            "key-value storage failed; the node log has details".to_string()
-                        }
-                        other => other.to_string(),
-                    },
+                    reason: e.public_message(),
                 }
             })?;
             stores.insert(store.clone(), bucket);

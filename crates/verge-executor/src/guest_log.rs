@@ -96,14 +96,7 @@ impl GuestOutput {
 
 impl State {
     fn emit(&mut self) {
-        let mut text = String::with_capacity(self.line.len());
-        for c in String::from_utf8_lossy(&self.line).chars() {
-            if c.is_control() && c != '\t' {
-                text.extend(c.escape_default());
-            } else {
-                text.push(c);
-            }
-        }
+        let text = escape_controls(&String::from_utf8_lossy(&self.line));
         self.line.clear();
         tracing::info!(
             target: "verge::guest",
@@ -114,6 +107,20 @@ impl State {
             "{text}"
         );
     }
+}
+
+/// `text` with control characters (but tabs) escaped, so guest text in a log
+/// line cannot start a new line or send terminal sequences.
+pub(crate) fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for State {

@@ -118,21 +118,9 @@ impl TenantDb {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, KvError> {
         let db = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let idle = db.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let conn = match idle {
-                Some(c) => c,
-                None => open_connection(&db.path, true)?,
-            };
-            let result = f(&conn).map_err(storage);
-            let mut idle = db.readers.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < IDLE_READERS {
-                idle.push(conn);
-            }
-            result
-        })
-        .await
-        .map_err(storage)?
+        tokio::task::spawn_blocking(move || db.read_now(f))
+            .await
+            .map_err(storage)?
     }
 
     async fn write(

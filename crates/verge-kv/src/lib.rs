@@ -85,6 +85,19 @@ pub enum KvError {
     Storage(String),
 }
 
+impl KvError {
+    /// The message for whoever asked (a guest, a deployer): a storage
+    /// failure says only that it happened, since its detail (paths, SQLite's
+    /// words) belongs in the node log; every other error is the caller's
+    /// to fix and says how.
+    pub fn public_message(&self) -> String {
+        match self {
+            KvError::Storage(_) => "key-value storage failed; the node log has details".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
 pub(crate) fn storage(e: impl std::fmt::Display) -> KvError {
     KvError::Storage(e.to_string())
 }

@@ -123,9 +123,9 @@ impl Server {
         private_dir(data)?;
         let lock = lock(data)?;
         let store = Arc::new(SqliteStore::open(&data.join("state.db"))?);
-        let keyring =
-            secrets::open_keyring(store.as_ref(), &config.master_key, config.rotate_master_key)
-                .await?;
+        let vaults =
+            secrets::open(store.as_ref(), &config.master_key, config.rotate_master_key).await?;
+        let keyring = vaults.keyring();
         let blobs = Arc::new(FsBlobs::open(&data.join("blobs"))?);
         let cache_dir = config
             .cache_dir
@@ -141,11 +141,7 @@ impl Server {
         })?;
         let node = Node::new(executor);
         let store_dyn: Arc<dyn Store> = store;
-        let plane = plane::NodePlane::new(
-            node.clone(),
-            blobs.clone(),
-            secrets::Vaults::new(keyring.clone()),
-        );
+        let plane = plane::NodePlane::new(node.clone(), blobs.clone(), vaults);
         sync::start(store_dyn.clone(), blobs.as_ref(), plane.clone()).await?;
         let control = Control::new(
             store_dyn,

@@ -42,13 +42,15 @@ fn key_error(e: impl std::fmt::Display) -> ServerError {
     ServerError::MasterKey(e.to_string())
 }
 
-/// Loads the master key, checks that it opens every secret in the store,
-/// re-seals what an older key sealed, and completes a key-file rotation.
-pub(crate) async fn open_keyring(
+/// Loads the master key, opens every secret in the store with it (the
+/// vaults the node starts with), re-seals what an older key sealed, and
+/// completes a key-file rotation. Nothing writes to the store before the
+/// sync starts, so these vaults are the store's state at its start.
+pub(crate) async fn open(
     store: &dyn Store,
     source: &KeySource,
     rotate: bool,
-) -> Result<Arc<Keyring>, ServerError> {
+) -> Result<Vaults, ServerError> {
     let secrets = store.list(SECRETS_PREFIX).await?;
     let loaded = Keyring::load(source, !secrets.is_empty(), rotate).map_err(key_error)?;
     let mut keyring = loaded.keyring;
@@ -56,6 +58,7 @@ pub(crate) async fn open_keyring(
         tracing::info!("created a new master key for secrets");
     }
     let mut ops = Vec::new();
+    let mut vaults: HashMap<String, Arc<Vault>> = HashMap::new();
     for entry in &secrets {
         let record = read_record(&entry.key, &entry.value)
             .map_err(|e| ServerError::MasterKey(format!("secret record `{}` {e}", entry.key)))?;
@@ -65,6 +68,19 @@ pub(crate) async fn open_keyring(
                 record.name, record.tenant, record.app
             ))
         })?;
+        let text = std::str::from_utf8(&value).map_err(|_| {
+            ServerError::MasterKey(format!(
+                "secret `{}` of app `{}/{}` is not UTF-8 text",
+                record.name, record.tenant, record.app
+            ))
+        })?;
+        vaults
+            .entry(format!("{}/{}", record.tenant, record.app))
+            .or_default()
+            .values
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(record.name.clone(), Arc::from(text));
         if keyring.is_stale(&record.sealed) {
             let mut fresh = record.clone();
             fresh.sealed = keyring.seal(record.id(), &value).map_err(key_error)?;
@@ -101,7 +117,10 @@ pub(crate) async fn open_keyring(
             "every secret is sealed under VERGE_MASTER_KEY; VERGE_MASTER_KEY_PREVIOUS can be removed"
         );
     }
-    Ok(Arc::new(keyring))
+    Ok(Vaults {
+        keyring: Arc::new(keyring),
+        vaults: Mutex::new(vaults),
+    })
 }
 
 /// A stored secret record, refused unless it names the very secret its key
@@ -118,11 +137,9 @@ fn read_record(store_key: &str, value: &[u8]) -> Result<SecretRecord, String> {
 }
 
 impl Vaults {
-    pub(crate) fn new(keyring: Arc<Keyring>) -> Self {
-        Self {
-            keyring,
-            vaults: Mutex::new(HashMap::new()),
-        }
+    /// The keyring that opened the vaults, for sealing new secrets.
+    pub(crate) fn keyring(&self) -> Arc<Keyring> {
+        self.keyring.clone()
     }
 
     /// The vault of app `key` (`tenant/app`), created empty if needed.

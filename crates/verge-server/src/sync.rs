@@ -32,10 +32,7 @@ pub(crate) async fn start(
     plane: Arc<NodePlane>,
 ) -> Result<(), ServerError> {
     let revision = store.revision().await?;
-    // Secrets first, so apps start with them.
-    for entry in store.list(SECRETS_PREFIX).await? {
-        plane.vaults.apply(&entry.key, Some(&entry.value));
-    }
+    // (The vaults already hold every secret: `secrets::open` read them.)
     let entries = store.list(APPS_PREFIX).await?;
     collect_garbage(store.as_ref(), blobs, &entries).await?;
     for entry in &entries {

@@ -23,6 +23,22 @@ impl Api {
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }
 
+    /// PUTs secret `name` of app `shop`.
+    async fn set_secret(
+        &self,
+        token: &str,
+        name: &str,
+        value: impl Into<Body>,
+    ) -> (StatusCode, Value) {
+        self.send(
+            Method::PUT,
+            &format!("/v1/apps/shop/secrets/{name}"),
+            token,
+            value,
+        )
+        .await
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -47,36 +63,15 @@ async fn secrets_are_write_only_sealed_and_per_tenant() {
     let bravo = api.token("bravo", &["apps:read", "secrets:write"]).await;
     let value = "k3y\0with NUL ✓";
     // Secrets belong to an existing app.
-    let (status, body) = api
-        .send(
-            Method::PUT,
-            "/v1/apps/shop/secrets/api_key",
-            &acme,
-            value.to_string(),
-        )
-        .await;
+    let (status, body) = api.set_secret(&acme, "api_key", value.to_string()).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert!(body.to_string().contains("deploy it first"), "{body}");
     let (status, body) = api.deploy(&acme, "shop", "/shop").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body) = api
-        .send(
-            Method::PUT,
-            "/v1/apps/shop/secrets/api_key",
-            &acme,
-            value.to_string(),
-        )
-        .await;
+    let (status, body) = api.set_secret(&acme, "api_key", value.to_string()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["created"], true);
-    let (status, body) = api
-        .send(
-            Method::PUT,
-            "/v1/apps/shop/secrets/api_key",
-            &acme,
-            "second".to_string(),
-        )
-        .await;
+    let (status, body) = api.set_secret(&acme, "api_key", "second".to_string()).await;
     assert_eq!(
         (status, body["created"].clone()),
         (StatusCode::OK, json!(false))
@@ -140,77 +135,33 @@ async fn secrets_are_write_only_sealed_and_per_tenant() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Bad input: names, non-UTF-8, over 1 MiB; 1 MiB exactly is fine.
-    let (status, _) = api
-        .send(
-            Method::PUT,
-            "/v1/apps/shop/secrets/Bad-Name",
-            &acme,
-            "x".to_string(),
-        )
-        .await;
+    let (status, _) = api.set_secret(&acme, "Bad-Name", "x".to_string()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, body) = api
-        .send(
-            Method::PUT,
-            "/v1/apps/shop/secrets/bin",
-            &acme,
-            vec![0xffu8, 0xfe],
-        )
-        .await;
+    let (status, body) = api.set_secret(&acme, "bin", vec![0xffu8, 0xfe]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.to_string().contains("UTF-8"), "{body}");
     let mib = "s".repeat(1024 * 1024);
-    let (status, _) = api
-        .send(Method::PUT, "/v1/apps/shop/secrets/big", &acme, mib.clone())
-        .await;
+    let (status, _) = api.set_secret(&acme, "big", mib.clone()).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) = api
-        .send(Method::PUT, "/v1/apps/shop/secrets/big", &acme, mib + "s")
-        .await;
+    let (status, _) = api.set_secret(&acme, "big", mib + "s").await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 
     // At most 64 secrets per app (there are 2 now).
     for i in 0..62 {
         let (status, _) = api
-            .send(
-                Method::PUT,
-                &format!("/v1/apps/shop/secrets/s{i}"),
-                &acme,
-                "v".to_string(),
-            )
+            .set_secret(&acme, &format!("s{i}"), "v".to_string())
             .await;
         assert_eq!(status, StatusCode::OK);
     }
-    let (status, body) = api
-        .send(
-            Method::PUT,
-            "/v1/apps/shop/secrets/one_more",
-            &acme,
-            "v".to_string(),
-        )
-        .await;
+    let (status, body) = api.set_secret(&acme, "one_more", "v".to_string()).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(body.to_string().contains("64 secrets, the limit"), "{body}");
-    let (status, _) = api
-        .send(
-            Method::PUT,
-            "/v1/apps/shop/secrets/s0",
-            &acme,
-            "updated".to_string(),
-        )
-        .await;
+    let (status, _) = api.set_secret(&acme, "s0", "updated".to_string()).await;
     assert_eq!(status, StatusCode::OK, "updating one is still fine");
 
     // Needs the scope.
     let reader = api.token("acme", &["apps:read"]).await;
-    let (status, _) = api
-        .send(
-            Method::PUT,
-            "/v1/apps/shop/secrets/x",
-            &reader,
-            "v".to_string(),
-        )
-        .await;
+    let (status, _) = api.set_secret(&reader, "x", "v".to_string()).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = api
         .call(

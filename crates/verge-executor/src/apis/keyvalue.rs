@@ -22,13 +22,10 @@ fn other(e: impl std::fmt::Display) -> KvFailure {
 /// The guest's view of an engine error: storage failures are logged here
 /// and reach the guest without details (paths, SQLite messages).
 fn from_kv(e: verge_kv::KvError) -> KvFailure {
-    match e {
-        verge_kv::KvError::Storage(detail) => {
-            tracing::error!("key-value storage failed: {detail}");
-            KvFailure::Other("key-value storage failed; the node log has details".into())
-        }
-        other => KvFailure::Other(other.to_string()),
+    if let verge_kv::KvError::Storage(detail) = &e {
+        tracing::error!("key-value storage failed: {detail}");
     }
+    KvFailure::Other(e.public_message())
 }
 
 impl Host {

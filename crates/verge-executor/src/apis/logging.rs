@@ -31,14 +31,7 @@ fn clean(text: &str, max: usize) -> String {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    let mut out = String::with_capacity(end);
-    for c in text[..end].chars() {
-        if c.is_control() && c != '\t' {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
+    let mut out = crate::guest_log::escape_controls(&text[..end]);
     if end < text.len() {
         out.push_str(" [cut]");
     }
