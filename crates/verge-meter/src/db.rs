@@ -1,0 +1,395 @@
+//! The usage database: one SQLite file (`DATA/usage.db`, WAL,
+//! `synchronous = FULL`) with one row per tenant, app, version and minute.
+//!
+//! **Invariants**
+//! - Rows only grow: [`UsageDb::add`] adds deltas in one transaction, so a
+//!   batch is stored whole or not at all.
+//! - A query never holds more than one page in memory: pages are keyed by
+//!   (bucket, tenant, app) and the caller follows the cursor.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::aggregate::{Totals, UsageDelta};
+
+/// Why the usage database failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UsageError {
+    /// SQLite failed.
+    #[error("usage database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A query was malformed (a bad cursor, an empty range).
+    #[error("{0}")]
+    Query(String),
+}
+
+/// The width of the buckets a query sums into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    /// One row per minute.
+    Minute,
+    /// One row per hour.
+    Hour,
+    /// One row per (UTC) day.
+    Day,
+}
+
+impl Granularity {
+    /// Minutes per bucket.
+    pub fn minutes(self) -> u64 {
+        match self {
+            Granularity::Minute => 1,
+            Granularity::Hour => 60,
+            Granularity::Day => 1440,
+        }
+    }
+}
+
+/// Where the next page of a query starts (exclusive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageCursor {
+    /// The bucket (minutes since the epoch) of the last row returned.
+    pub bucket: u64,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its app.
+    pub app: String,
+}
+
+impl UsageCursor {
+    /// The cursor as one opaque token for a URL.
+    pub fn encode(&self) -> String {
+        format!("{}.{}.{}", self.bucket, hex(&self.tenant), hex(&self.app))
+    }
+
+    /// Reads a token made by [`UsageCursor::encode`].
+    pub fn decode(token: &str) -> Result<Self, UsageError> {
+        let bad =
+            || UsageError::Query("the page cursor is malformed; start again without it".into());
+        let mut parts = token.split('.');
+        let (Some(bucket), Some(tenant), Some(app), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        Ok(Self {
+            bucket: bucket.parse().map_err(|_| bad())?,
+            tenant: unhex(tenant).ok_or_else(bad)?,
+            app: unhex(app).ok_or_else(bad)?,
+        })
+    }
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<String> {
+    if !s.len().is_multiple_of(2) || s.len() > 512 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// What to sum.
+#[derive(Debug, Clone)]
+pub struct UsageQuery {
+    /// Only this tenant.
+    pub tenant: Option<String>,
+    /// Only this app.
+    pub app: Option<String>,
+    /// First minute included.
+    pub since: u64,
+    /// First minute excluded.
+    pub until: u64,
+    /// Bucket width.
+    pub by: Granularity,
+    /// Continue after this row.
+    pub after: Option<UsageCursor>,
+    /// Most rows in the page.
+    pub limit: usize,
+}
+
+/// One bucket of one app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    /// Start of the bucket, minutes since the epoch.
+    pub bucket: u64,
+    /// The tenant.
+    pub tenant: String,
+    /// The app.
+    pub app: String,
+    /// Sums over all versions in the bucket.
+    pub totals: Totals,
+}
+
+/// One page of a query.
+#[derive(Debug, Clone)]
+pub struct UsagePage {
+    /// The rows, ordered by bucket, tenant, app.
+    pub rows: Vec<UsageRow>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<UsageCursor>,
+}
+
+/// The usage database.
+#[derive(Debug)]
+pub struct UsageDb {
+    conn: Mutex<Connection>,
+}
+
+const COLUMNS: &[&str] = &[
+    "requests",
+    "invocations",
+    "rejected_quota",
+    "rejected_limit",
+    "status_2xx",
+    "status_3xx",
+    "status_4xx",
+    "status_5xx",
+    "cold_starts",
+    "wall_us",
+    "billed_ms",
+    "cpu_us",
+    "memory_kib_ms",
+    "peak_memory",
+    "request_bytes",
+    "response_bytes",
+    "outbound_calls",
+    "outbound_bytes",
+    "kv_ops",
+];
+
+fn values(t: &Totals) -> [u64; 19] {
+    [
+        t.requests,
+        t.invocations,
+        t.rejected_quota,
+        t.rejected_limit,
+        t.status_2xx,
+        t.status_3xx,
+        t.status_4xx,
+        t.status_5xx,
+        t.cold_starts,
+        t.wall_us,
+        t.billed_ms,
+        t.cpu_us,
+        t.memory_kib_ms,
+        t.peak_memory,
+        t.request_bytes,
+        t.response_bytes,
+        t.outbound_calls,
+        t.outbound_bytes,
+        t.kv_ops,
+    ]
+}
+
+fn totals_from(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Totals> {
+    let v = |i: usize| -> rusqlite::Result<u64> {
+        Ok(u64::try_from(row.get::<_, i64>(first + i)?).unwrap_or(0))
+    };
+    Ok(Totals {
+        requests: v(0)?,
+        invocations: v(1)?,
+        rejected_quota: v(2)?,
+        rejected_limit: v(3)?,
+        status_2xx: v(4)?,
+        status_3xx: v(5)?,
+        status_4xx: v(6)?,
+        status_5xx: v(7)?,
+        cold_starts: v(8)?,
+        wall_us: v(9)?,
+        billed_ms: v(10)?,
+        cpu_us: v(11)?,
+        memory_kib_ms: v(12)?,
+        peak_memory: v(13)?,
+        request_bytes: v(14)?,
+        response_bytes: v(15)?,
+        outbound_calls: v(16)?,
+        outbound_bytes: v(17)?,
+        kv_ops: v(18)?,
+    })
+}
+
+/// SQLite integers are signed; usage saturates rather than wraps.
+fn signed(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl UsageDb {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, UsageError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let columns: String = COLUMNS
+            .iter()
+            .map(|c| format!("{c} INTEGER NOT NULL DEFAULT 0,\n"))
+            .collect();
+        conn.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS usage (
+                tenant TEXT NOT NULL,
+                app TEXT NOT NULL,
+                version TEXT NOT NULL,
+                minute INTEGER NOT NULL,
+                {columns}
+                PRIMARY KEY (tenant, app, version, minute)
+            ) WITHOUT ROWID;
+            CREATE INDEX IF NOT EXISTS usage_by_minute ON usage (minute, tenant, app);"
+        ))?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds `deltas`, all or nothing.
+    pub fn add(&self, deltas: &[UsageDelta]) -> Result<(), UsageError> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        {
+            let names = COLUMNS.join(", ");
+            let marks: String = (5..5 + COLUMNS.len()).map(|i| format!(", ?{i}")).collect();
+            let updates = COLUMNS
+                .iter()
+                .map(|c| match *c {
+                    "peak_memory" => format!("{c} = max({c}, excluded.{c})"),
+                    _ => format!("{c} = {c} + excluded.{c}"),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut stmt = tx.prepare_cached(&format!(
+                "INSERT INTO usage (tenant, app, version, minute, {names})
+                 VALUES (?1, ?2, ?3, ?4{marks})
+                 ON CONFLICT (tenant, app, version, minute) DO UPDATE SET {updates}"
+            ))?;
+            for d in deltas {
+                let mut args: Vec<rusqlite::types::Value> = vec![
+                    d.key.tenant.clone().into(),
+                    d.key.app.clone().into(),
+                    d.key.version.clone().into(),
+                    signed(d.minute).into(),
+                ];
+                args.extend(values(&d.totals).iter().map(|v| signed(*v).into()));
+                stmt.execute(rusqlite::params_from_iter(args))?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// One page of usage summed per bucket, tenant and app.
+    pub fn query(&self, q: &UsageQuery) -> Result<UsagePage, UsageError> {
+        if q.until <= q.since {
+            return Err(UsageError::Query("the time range is empty".into()));
+        }
+        let width = signed(q.by.minutes());
+        let limit = q.limit.clamp(1, 10_000);
+        let sums: String = COLUMNS
+            .iter()
+            .map(|c| match *c {
+                "peak_memory" => format!(", max({c})"),
+                _ => format!(", sum({c})"),
+            })
+            .collect();
+        let (after_bucket, after_tenant, after_app) = match &q.after {
+            Some(c) => (signed(c.bucket), c.tenant.clone(), c.app.clone()),
+            None => (-1, String::new(), String::new()),
+        };
+        // The cursor's bucket bounds the scan; rows of that bucket up to the
+        // cursor are skipped after grouping.
+        let start = signed(q.since).max(after_bucket);
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT (minute / ?1) * ?1 AS bucket, tenant, app{sums}
+             FROM usage
+             WHERE minute >= ?2 AND minute < ?3
+               AND (?4 IS NULL OR tenant = ?4) AND (?5 IS NULL OR app = ?5)
+             GROUP BY bucket, tenant, app
+             HAVING (bucket, tenant, app) > (?6, ?7, ?8)
+             ORDER BY bucket, tenant, app
+             LIMIT ?9"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    width,
+                    start,
+                    signed(q.until),
+                    q.tenant,
+                    q.app,
+                    after_bucket,
+                    after_tenant,
+                    after_app,
+                    signed(limit as u64 + 1),
+                ],
+                |row| {
+                    Ok(UsageRow {
+                        bucket: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+                        tenant: row.get(1)?,
+                        app: row.get(2)?,
+                        totals: totals_from(row, 3)?,
+                    })
+                },
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut rows = rows;
+        let next = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|r| UsageCursor {
+                bucket: r.bucket,
+                tenant: r.tenant.clone(),
+                app: r.app.clone(),
+            })
+        } else {
+            None
+        };
+        Ok(UsagePage { rows, next })
+    }
+
+    /// CPU microseconds used since minute `since`, per tenant and app: what
+    /// a restarted node counts against daily CPU quotas.
+    pub fn cpu_since(&self, since: u64) -> Result<Vec<(String, String, u64)>, UsageError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT tenant, app, sum(cpu_us) FROM usage WHERE minute >= ?1 GROUP BY tenant, app",
+        )?;
+        let rows = stmt
+            .query_map(params![signed(since)], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// The number of stored rows (tests and diagnostics).
+    pub fn row_count(&self) -> Result<u64, UsageError> {
+        let n: Option<i64> = self
+            .lock()
+            .query_row("SELECT count(*) FROM usage", [], |r| r.get(0))
+            .optional()?;
+        Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+    }
+}
+
+#[cfg(test)]
+mod tests;
