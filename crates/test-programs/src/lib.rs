@@ -31,6 +31,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Guest {
             "stream-loop" => stream_then_spin(out),
             "respond-then-trap" => respond_then_trap(out),
             "sleep" => sleep(&query, out),
+            "burn" => burn(&query, out),
             "bomb" => memory_bomb(),
             "alloc" => alloc(&query, out),
             "trap" => panic!("test-programs: trap requested"),
@@ -208,6 +209,20 @@ fn sleep(query: &str, out: ResponseOutparam) {
     println!("sleep started");
     wasip2::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
     respond(out, 200, &[], format!("slept {ms}ms\n").as_bytes());
+}
+
+/// `/burn?iters=N`: spins through N rounds of integer arithmetic (pure CPU,
+/// no host calls) and answers with the result, so tests can bill a known
+/// amount of CPU.
+fn burn(query: &str, out: ResponseOutparam) {
+    let iters: u64 = param(query, "iters")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..iters {
+        x = std::hint::black_box(x.rotate_left(7) ^ i).wrapping_mul(0x2545_F491_4F6C_DD1D);
+    }
+    respond(out, 200, &[], format!("burned {iters}: {x:x}\n").as_bytes());
 }
 
 /// `/bomb`: allocates and touches memory until the host refuses to grow it.

@@ -33,6 +33,8 @@ pub struct LoadedComponent {
     pub(crate) limits: Limits,
     pub(crate) grants: Arc<Grants>,
     from_cache: bool,
+    /// Whether a request was served already (the first one is cold).
+    pub(crate) served: std::sync::atomic::AtomicBool,
 }
 
 /// The app a component is loaded for, and what the node supplies to it
@@ -171,6 +173,10 @@ impl Executor {
         let grants = Arc::new(self.grants(app, capabilities)?);
         let shared = self.shared_pre(&hash);
         let from_cache = shared.is_some();
+        if from_cache {
+            let hits = &self.inner.stats.cache_hits;
+            hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let pre = match shared {
             Some(pre) => {
                 tracing::debug!(
@@ -193,6 +199,7 @@ impl Executor {
             limits,
             grants,
             from_cache,
+            served: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -248,6 +255,12 @@ impl Executor {
         let started = Instant::now();
         let cached = self.inner.cache.as_ref().and_then(|c| c.get(engine, hash));
         let from_cache = cached.is_some();
+        let counter = if from_cache {
+            &self.inner.stats.cache_hits
+        } else {
+            &self.inner.stats.cache_misses
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let component = match cached {
             Some(c) => c,
             None => self.compile(path, hash, bytes)?,

@@ -102,7 +102,34 @@ pub(crate) struct Inner {
             std::sync::Weak<wasmtime_wasi_http::p2::bindings::ProxyPre<crate::host::Host>>,
         >,
     >,
+    /// Counts for the node's metrics.
+    pub(crate) stats: Stats,
+    pub(crate) instance_slots: u64,
     _ticker: EpochTicker,
+}
+
+/// Counters the executor keeps for metrics, read with [`Executor::stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    /// Requests whose instance exists (from store creation until the guest
+    /// finished and its response was sent).
+    pub(crate) active: Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) cache_hits: std::sync::atomic::AtomicU64,
+    pub(crate) cache_misses: std::sync::atomic::AtomicU64,
+}
+
+/// A snapshot of the executor's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecutorStats {
+    /// Requests in progress, each with its own instance.
+    pub active_instances: u64,
+    /// Instances that may exist at once.
+    pub instance_slots: u64,
+    /// Components loaded from the compile cache (or shared with one
+    /// already loaded).
+    pub compile_cache_hits: u64,
+    /// Components compiled.
+    pub compile_cache_misses: u64,
 }
 
 impl Executor {
@@ -136,6 +163,8 @@ impl Executor {
                 key_value: config.key_value.clone(),
                 outbound_slots: Arc::new(tokio::sync::Semaphore::new(MAX_OUTBOUND_CONNECTIONS)),
                 linked: std::sync::Mutex::default(),
+                stats: Stats::default(),
+                instance_slots: u64::from(config.max_instances),
                 _ticker: ticker,
             }),
         })
@@ -148,6 +177,18 @@ impl Executor {
     /// runtime shuts down.
     pub fn shutdown(&self) {
         self.inner.slow_lane.shutdown();
+    }
+
+    /// The executor's counters, for metrics.
+    pub fn stats(&self) -> ExecutorStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.inner.stats;
+        ExecutorStats {
+            active_instances: s.active.load(Relaxed),
+            instance_slots: self.inner.instance_slots,
+            compile_cache_hits: s.cache_hits.load(Relaxed),
+            compile_cache_misses: s.cache_misses.load(Relaxed),
+        }
     }
 }
 

@@ -1,8 +1,17 @@
 //! The data each request's `Store` carries: WASI and `wasi:http` contexts,
 //! the resource table, the outbound-call gate and the memory limiter.
+//!
+//! **Invariant**: what the guest uses through the host (outbound calls and
+//! bytes, key-value operations, peak memory) is added to the request's
+//! usage counters as it happens; peak memory when the store is dropped.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
 use verge_capabilities::OutboundPolicy;
@@ -12,9 +21,12 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::invoke::RequestId;
+use crate::invoke::task::RequestShared;
 
 /// Per-request store data.
 pub(crate) struct Host {
+    /// The request's shared facts and usage counters.
+    pub(crate) shared: Arc<RequestShared>,
     pub(crate) table: ResourceTable,
     pub(crate) wasi: WasiCtx,
     pub(crate) http: WasiHttpCtx,
@@ -33,6 +45,16 @@ pub(crate) struct HostApis {
     pub(crate) log: crate::apis::LogState,
     /// Whether a denied store was logged already for this request.
     pub(crate) denied_logged: bool,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let peak = u64::try_from(self.limiter.peak).unwrap_or(u64::MAX);
+        self.shared
+            .usage
+            .peak_memory
+            .fetch_max(peak, Ordering::Relaxed);
+    }
 }
 
 impl WasiView for Host {
@@ -70,6 +92,8 @@ pub(crate) struct OutboundGate {
     pub(crate) process_slots: Arc<Semaphore>,
     /// Connections this request may have open, created on first use.
     pub(crate) request_slots: Option<Arc<Semaphore>>,
+    /// Where outbound calls and bytes are counted.
+    pub(crate) shared: Arc<RequestShared>,
 }
 
 /// Largest chunk of an outgoing body buffered in the host.
@@ -127,8 +151,21 @@ impl WasiHttpHooks for OutboundGate {
             uri = %uri,
             "outbound request"
         );
+        self.shared
+            .usage
+            .outbound_calls
+            .fetch_add(1, Ordering::Relaxed);
+        let shared = self.shared.clone();
+        let request = request.map(|inner| {
+            CountingBody {
+                inner,
+                shared: shared.clone(),
+            }
+            .boxed_unsync()
+        });
         Box::new(async move {
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            let response = response.map(|inner| CountingBody { inner, shared });
             // The slots are held for as long as the connection lives.
             let io = async move {
                 let result = io.await;
@@ -148,6 +185,39 @@ impl WasiHttpHooks for OutboundGate {
 
     fn p2_outgoing_body_chunk_size(&mut self) -> usize {
         BODY_CHUNK
+    }
+}
+
+/// Adds the bytes of an outbound body (either way) to the request's usage.
+struct CountingBody<B> {
+    inner: B,
+    shared: Arc<RequestShared>,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &poll
+            && let Some(data) = frame.data_ref()
+        {
+            let counter = &self.shared.usage.outbound_bytes;
+            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

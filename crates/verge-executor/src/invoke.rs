@@ -13,9 +13,13 @@
 //!   ticks a running guest yields, so a loop cannot monopolise a worker.
 //! - Nothing a guest does produces a panic or an unwrap in the host: every
 //!   failure becomes a [`HandleError`] with its cause.
+//! - Every request that reached [`LoadedComponent::handle`] reports exactly
+//!   one [`Invocation`] to its [`UsageSink`], when it is over: its CPU time
+//!   is the thread CPU clock summed over every poll of the guest, wherever
+//!   it ran (connection task, own task, slow lane).
 
 mod body;
-mod task;
+pub(crate) mod task;
 
 use std::fmt;
 use std::future::Future;
@@ -28,6 +32,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::StatusCode;
 use http_body::Body;
+use verge_meter::Invocation;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
@@ -37,7 +42,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
 pub use self::body::GuestBody;
 use self::body::LimitedBody;
-use self::task::{GuestFuture, GuestResult, GuestTask, RequestShared};
+use self::task::{GuestFuture, GuestResult, GuestTask, RequestShared, thread_cpu_ns};
 use crate::component::LoadedComponent;
 use crate::guest_log::GuestOutput;
 use crate::host::{Host, HostApis, MemoryLimiter, OutboundGate};
@@ -83,6 +88,13 @@ impl fmt::Display for RequestId {
     }
 }
 
+/// Receives what a request used once it is over: the guest finished (or
+/// was stopped) and its response was sent (or abandoned).
+pub trait UsageSink: Send + Sync + 'static {
+    /// Called exactly once per request, on whichever thread ends it.
+    fn finished(&self, invocation: Invocation);
+}
+
 /// Per-request facts the caller knows.
 pub struct RequestContext {
     /// The request's id, for logs.
@@ -92,12 +104,18 @@ pub struct RequestContext {
     /// off or is abandoned, whichever comes first, even if the response body
     /// is still being sent.
     pub hold: Option<Box<dyn std::any::Any + Send>>,
+    /// Where the request's usage goes.
+    pub usage: Option<Arc<dyn UsageSink>>,
 }
 
 impl RequestContext {
-    /// A context with nothing to hold.
+    /// A context with nothing to hold and no usage sink.
     pub fn new(id: RequestId) -> Self {
-        Self { id, hold: None }
+        Self {
+            id,
+            hold: None,
+            usage: None,
+        }
     }
 }
 
@@ -187,16 +205,45 @@ impl LoadedComponent {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
+        // Only the first request of a component is cold; after that the
+        // load is a plain read.
+        let cold =
+            !self.served.load(Ordering::Relaxed) && !self.served.swap(true, Ordering::Relaxed);
+        let shared = Arc::new(RequestShared::new(
+            self.limits.max_request_body,
+            cx.id,
+            self.name.clone(),
+            cold,
+            cx.usage.clone(),
+            self.executor.inner.stats.active.clone(),
+        ));
+        let result = self.serve(request, cx, shared.clone()).await;
+        let status = match &result {
+            Ok(response) => response.status(),
+            Err(e) => e.status(),
+        };
+        shared
+            .usage
+            .status
+            .store(status.as_u16(), Ordering::Relaxed);
+        result
+    }
+
+    async fn serve<B>(
+        self: &Arc<Self>,
+        request: http::Request<B>,
+        cx: RequestContext,
+        shared: Arc<RequestShared>,
+    ) -> Result<http::Response<GuestBody>, HandleError>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         let limits = self.limits;
         let now = Instant::now();
         let deadline = now
             .checked_add(limits.timeout.min(MAX_TIMEOUT))
             .unwrap_or(now);
-        let shared = Arc::new(RequestShared::new(
-            limits.max_request_body,
-            cx.id,
-            self.name.clone(),
-        ));
         let request = request.map(|inner| LimitedBody {
             inner,
             remaining: limits.max_request_body,
@@ -231,6 +278,21 @@ impl LoadedComponent {
         };
         let timeout = limits.timeout;
         let hold = cx.hold;
+        let clocked = shared.clone();
+        // The guest's CPU time: the thread CPU clock around every poll, on
+        // whichever thread the poll happens. Waiting (sleep, I/O) is not
+        // polling, so it is never counted.
+        let run = async move {
+            let mut run = std::pin::pin!(run);
+            std::future::poll_fn(|task| {
+                let before = thread_cpu_ns();
+                let poll = run.as_mut().poll(task);
+                let spent = thread_cpu_ns().saturating_sub(before);
+                clocked.usage.cpu_ns.fetch_add(spent, Ordering::Relaxed);
+                poll
+            })
+            .await
+        };
         let future: GuestFuture = Box::pin(async move {
             let result = match tokio::time::timeout_at(deadline.into(), run).await {
                 Ok(result) => result,
@@ -318,6 +380,7 @@ impl LoadedComponent {
         let mut http = WasiHttpCtx::new();
         http.set_field_size_limit(MAX_FIELDS_SIZE);
         let host = Host {
+            shared: shared.clone(),
             table,
             wasi: wasi.build(),
             http,
@@ -327,6 +390,7 @@ impl LoadedComponent {
                 request_id: id,
                 process_slots: self.executor.inner.outbound_slots.clone(),
                 request_slots: None,
+                shared: shared.clone(),
             },
             limiter: MemoryLimiter::new(self.limits.memory),
             apis: HostApis {

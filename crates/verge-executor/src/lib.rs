@@ -31,5 +31,6 @@ mod lane;
 
 pub use apis::SecretSource;
 pub use component::{AppContext, LoadError, LoadedComponent};
-pub use engine::{Executor, ExecutorConfig, ExecutorError};
-pub use invoke::{GuestBody, HandleError, RequestContext, RequestId};
+pub use engine::{Executor, ExecutorConfig, ExecutorError, ExecutorStats};
+pub use invoke::{GuestBody, HandleError, RequestContext, RequestId, UsageSink};
+pub use verge_meter::Invocation;

@@ -1,12 +1,14 @@
 //! Admission control: decides, before any guest code runs, whether a
-//! request may proceed. Today: a concurrency cap per component and the
-//! declared body size; later issues add quotas, authentication and shield
-//! rules here.
+//! request may proceed: quotas per tenant and app ([`quota`]), a
+//! concurrency cap per component and the declared body size. Later issues
+//! add authentication and shield rules here.
 //!
 //! **Invariant**: a rejected request costs no instance, no guest time and no
 //! body read. Rejections carry what the client needs (status, `Retry-After`).
 //!
 //! **API boundary**: no wasmtime, no routing; only `http` header types.
+
+pub mod quota;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -37,6 +39,9 @@ pub enum Rejection {
     /// The `Content-Length` header is malformed.
     #[error("malformed content-length header")]
     BadContentLength,
+    /// A quota of the app or its tenant is used up.
+    #[error("{0}")]
+    OverQuota(quota::Exceeded),
 }
 
 impl Rejection {
@@ -46,6 +51,7 @@ impl Rejection {
             Rejection::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::BadContentLength => StatusCode::BAD_REQUEST,
+            Rejection::OverQuota(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -53,6 +59,7 @@ impl Rejection {
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
             Rejection::Busy { retry_after, .. } => Some(retry_after.as_secs().max(1)),
+            Rejection::OverQuota(e) => Some(e.retry_after.as_secs().max(1)),
             _ => None,
         }
     }

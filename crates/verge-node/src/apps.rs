@@ -107,6 +107,11 @@ impl Apps {
         Self::build(slots)
     }
 
+    /// App versions served, over all apps.
+    pub fn version_count(&self) -> usize {
+        self.slots.values().map(|s| s.versions.len()).sum()
+    }
+
     /// A copy without `key`.
     pub(crate) fn without(&self, key: &str) -> Self {
         let mut slots = self.slots.clone();

@@ -21,6 +21,7 @@
 mod apps;
 mod body;
 mod pipeline;
+mod usage;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -36,6 +37,9 @@ use verge_router::{Route, RouteError, RouteTable};
 
 pub use apps::{AppSlot, Apps};
 pub use body::NodeBody;
+pub use usage::Telemetry;
+
+use usage::AppUsage;
 
 /// Where node-internal endpoints live.
 pub const INTERNAL_PREFIX: &str = "/.well-known/verge/";
@@ -128,12 +132,15 @@ pub struct AppRuntime {
     pub(crate) context: AppContext,
     pub(crate) routes: RouteTable<Arc<ComponentRuntime>>,
     pub(crate) components: HashMap<String, Arc<ComponentRuntime>>,
+    /// Usage, metrics and quotas of this version, when the node keeps any.
+    pub(crate) usage: Option<Arc<AppUsage>>,
 }
 
 impl AppRuntime {
     fn build(
         context: AppContext,
         components: Vec<Arc<ComponentRuntime>>,
+        usage: Option<Arc<AppUsage>>,
     ) -> Result<Self, RouteError> {
         let (name, version) = (context.key.clone(), context.version.clone());
         let routes = RouteTable::new(
@@ -151,6 +158,7 @@ impl AppRuntime {
             context,
             routes,
             components,
+            usage,
         })
     }
 
@@ -175,6 +183,8 @@ impl AppRuntime {
 /// The node: the apps it serves plus the executor that runs them.
 pub struct Node {
     executor: Executor,
+    telemetry: Telemetry,
+    pub(crate) metrics: Option<verge_meter::metric::NodeMetrics>,
     apps: ArcSwap<Apps>,
     /// Serialises changes to `apps` (readers never take it).
     updating: Mutex<()>,
@@ -185,8 +195,15 @@ impl Node {
     /// A node with no app yet; it answers 503 on health until it is marked
     /// ready or an app is installed.
     pub fn new(executor: Executor) -> Arc<Self> {
+        Self::with_telemetry(executor, Telemetry::default())
+    }
+
+    /// A node that measures and limits what `telemetry` says.
+    pub fn with_telemetry(executor: Executor, telemetry: Telemetry) -> Arc<Self> {
         Arc::new(Self {
             executor,
+            metrics: usage::node_metrics(&telemetry),
+            telemetry,
             apps: ArcSwap::from_pointee(Apps::default()),
             updating: Mutex::new(()),
             ready: AtomicBool::new(false),
@@ -221,7 +238,8 @@ impl Node {
         for c in &app.components {
             components.push(Arc::new(self.prepare_component(&context, c, previous)?));
         }
-        Ok(AppRuntime::build(context, components)?)
+        let usage = AppUsage::new(&self.telemetry, &context);
+        Ok(AppRuntime::build(context, components, usage)?)
     }
 
     fn prepare_component(
@@ -319,7 +337,11 @@ impl Node {
                 }
             })
             .collect();
-        self.install(AppRuntime::build(current.context.clone(), components)?);
+        self.install(AppRuntime::build(
+            current.context.clone(),
+            components,
+            current.usage.clone(),
+        )?);
         Ok(())
     }
 
@@ -333,6 +355,30 @@ impl Node {
     /// outside any async context once serving has stopped.
     pub fn shutdown(&self) {
         self.executor.shutdown();
+    }
+
+    /// The node's counters for metrics, read now.
+    pub fn snapshot(&self) -> verge_meter::metric::NodeSnapshot {
+        let stats = self.executor.stats();
+        let apps = self.apps.load();
+        verge_meter::metric::NodeSnapshot {
+            instances_active: stats.active_instances,
+            instance_slots: stats.instance_slots,
+            compile_cache_hits: stats.compile_cache_hits,
+            compile_cache_misses: stats.compile_cache_misses,
+            app_versions: apps.version_count() as u64,
+            resident_memory: 0,
+        }
+    }
+
+    /// Sets the node-wide metrics from [`Node::snapshot`] (before a scrape).
+    pub fn update_metrics(&self, resident_memory: u64) {
+        if let Some(metrics) = &self.metrics {
+            metrics.set(&verge_meter::metric::NodeSnapshot {
+                resident_memory,
+                ..self.snapshot()
+            });
+        }
     }
 
     /// Whether the node takes traffic: an app is installed or the node

@@ -1,19 +1,26 @@
 //! The request pipeline, in order: node endpoints, router (app, then
-//! version by weight, then component), guard, executor.
+//! version by weight, then component), guard (quotas, then the
+//! component's limits), executor.
 //!
-//! Why this order: the router must pick the component before the guard can
-//! apply that component's limits; the guard runs before the executor so a
-//! rejected request costs no instance.
+//! Why this order: the router must pick the app and component before the
+//! guard can apply their quotas and limits; the guard runs before the
+//! executor so a rejected request costs no instance. Quotas come before
+//! the concurrency cap so a tenant over its quota never takes a slot.
+//! Every request that reached an app is metered: rejected ones here, the
+//! others by the executor when they are over.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use verge_executor::{HandleError, RequestContext, RequestId};
 use verge_guard::{Rejection, check_declared_body};
 use verge_ingress::{Conn, Handler};
+use verge_meter::Rejected;
 
+use crate::usage::AppUsage;
 use crate::{ComponentRuntime, INTERNAL_PREFIX, Node, NodeBody};
 
 const REQUEST_ID: &str = "x-request-id";
@@ -65,19 +72,26 @@ impl Node {
         // A guard, not a counted reference: no shared counter is touched
         // per request. It is dropped before the guest runs.
         let apps = self.apps.load();
-        let Some(app) = apps.lookup(host, path).map(|slot| slot.pick()) else {
+        let routed = apps
+            .lookup(host, path)
+            .map(|slot| slot.pick())
+            .and_then(|app| {
+                let (_, component) = app.routes.lookup(host, path)?;
+                Some((app, Arc::clone(component)))
+            });
+        let Some((app, component)) = routed else {
+            if let Some(metrics) = &self.metrics {
+                metrics.unrouted.increment(1);
+            }
             return plain(StatusCode::NOT_FOUND, "no route matches this path", id);
         };
-        let Some((_, component)) = app.routes.lookup(host, path) else {
-            return plain(StatusCode::NOT_FOUND, "no route matches this path", id);
-        };
-        let component = Arc::clone(component);
         let version = app
             .version
             .as_deref()
             .and_then(|v| HeaderValue::from_str(v).ok());
+        let usage = app.usage.clone();
         drop(apps);
-        let mut response = self.serve(request, component, id, peer).await;
+        let mut response = self.serve(request, component, usage, id, peer).await;
         if let Some(version) = version {
             response.headers_mut().insert(VERSION, version);
         }
@@ -88,15 +102,30 @@ impl Node {
         &self,
         request: Request<Incoming>,
         component: Arc<ComponentRuntime>,
+        usage: Option<Arc<AppUsage>>,
         id: RequestId,
         peer: SocketAddr,
     ) -> Response<NodeBody> {
         let limits = component.loaded.limits();
-        let admitted = check_declared_body(request.headers(), limits.max_request_body)
+        let quota = match usage.as_ref().and_then(|u| u.quota.as_ref()) {
+            Some(quota) => quota.admit(SystemTime::now()).map_err(Rejection::OverQuota),
+            None => Ok(()),
+        };
+        let admitted = quota
+            .and_then(|()| check_declared_body(request.headers(), limits.max_request_body))
             .and_then(|()| component.limit.try_acquire());
         let permit = match admitted {
             Ok(p) => p,
-            Err(rejection) => return rejected(&rejection, &component, id, peer),
+            Err(rejection) => {
+                if let Some(usage) = &usage {
+                    let reason = match rejection {
+                        Rejection::OverQuota(_) => Rejected::Quota,
+                        _ => Rejected::Limit,
+                    };
+                    usage.rejected(reason, rejection.status().as_u16());
+                }
+                return rejected(&rejection, &component, id, peer);
+            }
         };
 
         match component
@@ -106,6 +135,7 @@ impl Node {
                 RequestContext {
                     id,
                     hold: Some(Box::new(permit)),
+                    usage: usage.map(|u| u as Arc<dyn verge_executor::UsageSink>),
                 },
             )
             .await
@@ -131,7 +161,13 @@ fn rejected(
     peer: SocketAddr,
 ) -> Response<NodeBody> {
     let (app, component) = (runtime.loaded.app(), runtime.loaded.name());
-    tracing::info!(request_id = %id, app, component, %peer, "request rejected: {rejection}");
+    if let Rejection::OverQuota(_) = rejection {
+        // A flood over quota must not flood the log: the refusal is
+        // audited once per window instead.
+        tracing::debug!(request_id = %id, app, component, %peer, "request rejected: {rejection}");
+    } else {
+        tracing::info!(request_id = %id, app, component, %peer, "request rejected: {rejection}");
+    }
     let mut response = plain(rejection.status(), &rejection.to_string(), id);
     if let Some(secs) = rejection.retry_after_secs() {
         response

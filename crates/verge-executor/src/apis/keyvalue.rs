@@ -29,7 +29,11 @@ fn from_kv(e: verge_kv::KvError) -> KvFailure {
 }
 
 impl Host {
+    /// The bucket behind `handle`; every key-value operation goes through
+    /// here, so this is where they are counted.
     fn bucket(&self, handle: &Resource<BucketHandle>) -> Result<verge_kv::Bucket, KvFailure> {
+        let ops = &self.shared.usage.kv_ops;
+        ops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.table.get(handle).map(|b| b.0.clone()).map_err(other)
     }
 }

@@ -73,7 +73,13 @@ impl Body for GuestBody {
             return this.fail(HandleError::BodyTooLarge(this.shared.body_limit), true);
         }
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let sent = &this.shared.usage.response_bytes;
+                    sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
             Some(Err(e)) => this.fail(HandleError::Body(e.to_string()), true),
             // The body is complete but the guest is still running: wait for
             // it (its waker was registered by the poll above).
@@ -126,6 +132,8 @@ where
                 ))));
             }
             this.remaining -= len;
+            let read = &this.shared.usage.request_bytes;
+            read.fetch_add(len, Ordering::Relaxed);
         }
         Poll::Ready(Some(Ok(frame)))
     }

@@ -9,20 +9,22 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
-
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use super::{HandleError, RequestId};
+use verge_meter::Invocation;
+
+use super::{HandleError, RequestId, UsageSink};
 
 /// What a guest future yields when it finishes.
 pub(crate) type GuestResult = Result<(), HandleError>;
 pub(crate) type GuestFuture = Pin<Box<dyn Future<Output = GuestResult> + Send>>;
 
 /// Facts about one request, shared by its guest future, its epoch callback,
-/// its request body and its response body.
-#[derive(Debug)]
+/// its store, its request body and its response body. It is dropped when
+/// the last of them is: the request is over, and its usage is reported.
 pub(crate) struct RequestShared {
     /// The request body passed the component's limit.
     pub(crate) too_large: AtomicBool,
@@ -34,16 +36,109 @@ pub(crate) struct RequestShared {
     pub(crate) id: RequestId,
     /// The component, for logs.
     pub(crate) component: Arc<str>,
+    /// What the request used so far.
+    pub(crate) usage: UsageCounters,
+    /// Where the usage goes when the request is over.
+    pub(crate) sink: Option<Arc<dyn UsageSink>>,
+    /// The executor's count of requests in progress.
+    pub(crate) active: Arc<AtomicU64>,
+}
+
+/// Usage of one request, added to as it happens.
+#[derive(Debug)]
+pub(crate) struct UsageCounters {
+    pub(crate) started: Instant,
+    pub(crate) cpu_ns: AtomicU64,
+    pub(crate) peak_memory: AtomicU64,
+    pub(crate) request_bytes: AtomicU64,
+    pub(crate) response_bytes: AtomicU64,
+    pub(crate) outbound_calls: AtomicU32,
+    pub(crate) outbound_bytes: AtomicU64,
+    pub(crate) kv_ops: AtomicU32,
+    pub(crate) status: AtomicU16,
+    pub(crate) cold: bool,
+}
+
+impl UsageCounters {
+    pub(crate) fn new(cold: bool) -> Self {
+        Self {
+            started: Instant::now(),
+            cpu_ns: AtomicU64::new(0),
+            peak_memory: AtomicU64::new(0),
+            request_bytes: AtomicU64::new(0),
+            response_bytes: AtomicU64::new(0),
+            outbound_calls: AtomicU32::new(0),
+            outbound_bytes: AtomicU64::new(0),
+            kv_ops: AtomicU32::new(0),
+            status: AtomicU16::new(0),
+            cold,
+        }
+    }
+
+    fn invocation(&self) -> Invocation {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Invocation {
+            wall: self.started.elapsed(),
+            cpu: Duration::from_nanos(load(&self.cpu_ns)),
+            peak_memory: load(&self.peak_memory),
+            request_bytes: load(&self.request_bytes),
+            response_bytes: load(&self.response_bytes),
+            outbound_calls: self.outbound_calls.load(Ordering::Relaxed),
+            outbound_bytes: load(&self.outbound_bytes),
+            kv_ops: self.kv_ops.load(Ordering::Relaxed),
+            status: self.status.load(Ordering::Relaxed),
+            cold: self.cold,
+            rejected: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for RequestShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestShared")
+            .field("id", &self.id)
+            .field("component", &self.component)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RequestShared {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(sink) = &self.sink {
+            sink.finished(self.usage.invocation());
+        }
+    }
+}
+
+/// CPU time the calling thread has used, in nanoseconds.
+pub(crate) fn thread_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    u64::try_from(t.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
 }
 
 impl RequestShared {
-    pub(crate) fn new(body_limit: u64, id: RequestId, component: Arc<str>) -> Self {
+    pub(crate) fn new(
+        body_limit: u64,
+        id: RequestId,
+        component: Arc<str>,
+        cold: bool,
+        sink: Option<Arc<dyn UsageSink>>,
+        active: Arc<AtomicU64>,
+    ) -> Self {
+        active.fetch_add(1, Ordering::Relaxed);
         Self {
             too_large: AtomicBool::new(false),
             heavy: AtomicBool::new(false),
             body_limit,
             id,
             component,
+            usage: UsageCounters::new(cold),
+            sink,
+            active,
         }
     }
 

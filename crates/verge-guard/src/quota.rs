@@ -1,0 +1,365 @@
+//! Quotas per tenant and per app: requests per minute and CPU-seconds per
+//! day, both over fixed UTC windows (the minute, the day), the windows
+//! usage is reported in.
+//!
+//! A [`QuotaBook`] holds the configured limits and one [`Cell`] of counts
+//! per tenant and per app, shared by every version of the app. A request
+//! is admitted against the app's cell and its tenant's cell before its
+//! guest runs; its CPU time is added when it is over.
+//!
+//! **Invariants**
+//! - Requests per minute are exact: the count and its minute change in
+//!   one atomic step, and a refused request is not counted.
+//! - CPU per day is checked before a request and added after it, so
+//!   requests already running when the quota runs out may pass it by
+//!   their own CPU time; the next ones are refused.
+//! - Each quota's refusal is reported (for the audit log) once per window.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The limits of one tenant or app. Unset means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaLimits {
+    /// Requests admitted per UTC minute.
+    pub requests_per_minute: Option<u64>,
+    /// Guest CPU-seconds per UTC day.
+    pub cpu_seconds_per_day: Option<u64>,
+}
+
+impl QuotaLimits {
+    fn is_unlimited(&self) -> bool {
+        self.requests_per_minute.is_none() && self.cpu_seconds_per_day.is_none()
+    }
+}
+
+/// Limits for every tenant and app: specific ones, else the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Limits of every tenant and app without their own.
+    #[serde(default)]
+    pub default: DefaultQuotas,
+    /// Limits by tenant name.
+    #[serde(default)]
+    pub tenants: HashMap<String, QuotaLimits>,
+    /// Limits by app, keyed `TENANT/APP`.
+    #[serde(default)]
+    pub apps: HashMap<String, QuotaLimits>,
+}
+
+/// Default limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultQuotas {
+    /// For each tenant (all its apps together).
+    #[serde(default)]
+    pub tenant: QuotaLimits,
+    /// For each app.
+    #[serde(default)]
+    pub app: QuotaLimits,
+}
+
+/// Which quota was used up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaKind {
+    /// Requests per minute.
+    RequestsPerMinute,
+    /// CPU-seconds per day.
+    CpuSecondsPerDay,
+}
+
+impl QuotaKind {
+    /// The name used in configuration, logs and the audit log.
+    pub fn name(self) -> &'static str {
+        match self {
+            QuotaKind::RequestsPerMinute => "requests_per_minute",
+            QuotaKind::CpuSecondsPerDay => "cpu_seconds_per_day",
+        }
+    }
+}
+
+/// A refusal: which quota of whom, and when it resets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exceeded {
+    /// The tenant whose quota (or whose app's quota) it is.
+    pub tenant: Arc<str>,
+    /// `tenant NAME` or `app TENANT/APP`.
+    pub scope: Arc<str>,
+    /// Which quota.
+    pub kind: QuotaKind,
+    /// Its limit.
+    pub limit: u64,
+    /// Until the window ends.
+    pub retry_after: Duration,
+    /// Start of the window, seconds since the epoch.
+    pub window_start: u64,
+}
+
+impl fmt::Display for Exceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            QuotaKind::RequestsPerMinute => "requests per minute",
+            QuotaKind::CpuSecondsPerDay => "CPU-seconds per day",
+        };
+        write!(
+            f,
+            "the {} quota of {} {what} is used up",
+            self.scope, self.limit
+        )
+    }
+}
+
+/// Counts of one tenant or app.
+#[derive(Debug)]
+pub struct Cell {
+    tenant: Arc<str>,
+    scope: Arc<str>,
+    limits: QuotaLimits,
+    /// Minute in the high 32 bits, requests admitted in it in the low 32.
+    window: AtomicU64,
+    /// The day `cpu_us` counts.
+    day: AtomicU64,
+    cpu_us: AtomicU64,
+    /// Last minute and day whose refusal was reported.
+    reported_minute: AtomicU64,
+    reported_day: AtomicU64,
+}
+
+const SECS_PER_DAY: u64 = 86_400;
+
+impl Cell {
+    fn new(tenant: &str, scope: String, limits: QuotaLimits) -> Self {
+        Self {
+            tenant: tenant.into(),
+            scope: scope.into(),
+            limits,
+            window: AtomicU64::new(0),
+            day: AtomicU64::new(0),
+            cpu_us: AtomicU64::new(0),
+            reported_minute: AtomicU64::new(u64::MAX),
+            reported_day: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn check_cpu(&self, now: u64) -> Result<(), (Exceeded, bool)> {
+        let Some(limit) = self.limits.cpu_seconds_per_day else {
+            return Ok(());
+        };
+        let day = now / SECS_PER_DAY;
+        let used = if self.day.load(Ordering::Acquire) == day {
+            self.cpu_us.load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        if used < limit.saturating_mul(1_000_000) {
+            return Ok(());
+        }
+        let first = self.reported_day.swap(day, Ordering::Relaxed) != day;
+        Err((
+            Exceeded {
+                tenant: self.tenant.clone(),
+                scope: self.scope.clone(),
+                kind: QuotaKind::CpuSecondsPerDay,
+                limit,
+                retry_after: Duration::from_secs((day + 1) * SECS_PER_DAY - now),
+                window_start: day * SECS_PER_DAY,
+            },
+            first,
+        ))
+    }
+
+    fn take_request(&self, now: u64) -> Result<(), (Exceeded, bool)> {
+        let Some(limit) = self.limits.requests_per_minute else {
+            return Ok(());
+        };
+        let minute = now / 60;
+        let taken = self
+            .window
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                let (m, n) = (w >> 32, w & 0xffff_ffff);
+                if m != minute & 0xffff_ffff {
+                    Some(((minute & 0xffff_ffff) << 32) | 1)
+                } else if n < limit.min(0xffff_ffff) {
+                    Some(w + 1)
+                } else {
+                    None
+                }
+            });
+        if taken.is_ok() {
+            return Ok(());
+        }
+        let first = self.reported_minute.swap(minute, Ordering::Relaxed) != minute;
+        Err((
+            Exceeded {
+                tenant: self.tenant.clone(),
+                scope: self.scope.clone(),
+                kind: QuotaKind::RequestsPerMinute,
+                limit,
+                retry_after: Duration::from_secs((minute + 1) * 60 - now),
+                window_start: minute * 60,
+            },
+            first,
+        ))
+    }
+
+    fn add_cpu(&self, cpu_us: u64, now: u64) {
+        if self.limits.cpu_seconds_per_day.is_none() {
+            return;
+        }
+        let day = now / SECS_PER_DAY;
+        let seen = self.day.load(Ordering::Acquire);
+        if seen != day
+            && self
+                .day
+                .compare_exchange(seen, day, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // A new day: start over (CPU added by a request racing this
+            // reset may land in either day).
+            self.cpu_us.store(0, Ordering::Release);
+        }
+        self.cpu_us.fetch_add(cpu_us, Ordering::Relaxed);
+    }
+}
+
+/// Called once per quota and window when a quota starts refusing.
+pub type OnExceeded = Arc<dyn Fn(&Exceeded) + Send + Sync>;
+
+/// Every configured limit and the counts against them.
+pub struct QuotaBook {
+    config: QuotaConfig,
+    cells: Mutex<HashMap<String, Arc<Cell>>>,
+    on_exceeded: Option<OnExceeded>,
+}
+
+impl fmt::Debug for QuotaBook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuotaBook")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The quotas one app is admitted against.
+#[derive(Clone)]
+pub struct AppQuota {
+    cells: Vec<Arc<Cell>>,
+    on_exceeded: Option<OnExceeded>,
+}
+
+impl fmt::Debug for AppQuota {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppQuota")
+            .field("cells", &self.cells)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_secs(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl AppQuota {
+    /// Admits a request arriving at `now`, or says which quota refuses it.
+    pub fn admit(&self, now: SystemTime) -> Result<(), Exceeded> {
+        let now = unix_secs(now);
+        let result = self
+            .cells
+            .iter()
+            .try_for_each(|c| c.check_cpu(now))
+            .and_then(|()| self.cells.iter().try_for_each(|c| c.take_request(now)));
+        result.map_err(|(exceeded, first)| {
+            if first && let Some(report) = &self.on_exceeded {
+                report(&exceeded);
+            }
+            exceeded
+        })
+    }
+
+    /// Counts CPU time used by a request that ended at `now`.
+    pub fn add_cpu(&self, cpu: Duration, now: SystemTime) {
+        let now = unix_secs(now);
+        let us = u64::try_from(cpu.as_micros()).unwrap_or(u64::MAX);
+        for cell in &self.cells {
+            cell.add_cpu(us, now);
+        }
+    }
+}
+
+impl QuotaBook {
+    /// A book with `config`'s limits; `on_exceeded` hears of each refusing
+    /// quota once per window.
+    pub fn new(config: QuotaConfig, on_exceeded: Option<OnExceeded>) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            cells: Mutex::default(),
+            on_exceeded,
+        })
+    }
+
+    /// Whether any quota is configured at all.
+    pub fn is_empty(&self) -> bool {
+        self.config.default.tenant.is_unlimited()
+            && self.config.default.app.is_unlimited()
+            && self.config.tenants.values().all(QuotaLimits::is_unlimited)
+            && self.config.apps.values().all(QuotaLimits::is_unlimited)
+    }
+
+    fn cell(&self, tenant: &str, key: String, limits: QuotaLimits) -> Option<Arc<Cell>> {
+        if limits.is_unlimited() {
+            return None;
+        }
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        let cell = cells
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Cell::new(tenant, key, limits)));
+        Some(cell.clone())
+    }
+
+    fn cells_of(&self, tenant: &str, app: &str) -> Vec<Arc<Cell>> {
+        let app_key = format!("{tenant}/{app}");
+        let app_limits = self
+            .config
+            .apps
+            .get(&app_key)
+            .copied()
+            .unwrap_or(self.config.default.app);
+        let tenant_limits = self
+            .config
+            .tenants
+            .get(tenant)
+            .copied()
+            .unwrap_or(self.config.default.tenant);
+        [
+            self.cell(tenant, format!("app {app_key}"), app_limits),
+            self.cell(tenant, format!("tenant {tenant}"), tenant_limits),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// The quotas of app `app` of `tenant`; `None` when it has none.
+    pub fn for_app(&self, tenant: &str, app: &str) -> Option<AppQuota> {
+        let cells = self.cells_of(tenant, app);
+        (!cells.is_empty()).then(|| AppQuota {
+            cells,
+            on_exceeded: self.on_exceeded.clone(),
+        })
+    }
+
+    /// Counts CPU used earlier today (read back from usage after a restart).
+    pub fn seed_cpu(&self, tenant: &str, app: &str, cpu: Duration, now: SystemTime) {
+        if let Some(quota) = self.for_app(tenant, app) {
+            quota.add_cpu(cpu, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

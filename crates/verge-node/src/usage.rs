@@ -1,0 +1,83 @@
+//! What the node measures and limits per app version: its usage series
+//! (billing), its metric handles (Prometheus) and its quotas.
+//!
+//! Everything is resolved once, when a version is prepared, so a request
+//! only touches an `Arc` it already has; with nothing configured (`verge
+//! up`), an app has no [`AppUsage`] and a request pays nothing for it.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use verge_executor::{AppContext, Invocation, UsageSink};
+use verge_guard::quota::{AppQuota, QuotaBook};
+use verge_meter::metric::{AppMetrics, NodeMetrics};
+use verge_meter::{Meter, Rejected, Series, SeriesKey};
+
+/// What a node measures and limits besides serving.
+#[derive(Debug, Clone, Default)]
+pub struct Telemetry {
+    /// Usage per app version and minute, for billing.
+    pub meter: Option<Arc<Meter>>,
+    /// Quotas per tenant and app.
+    pub quotas: Option<Arc<QuotaBook>>,
+    /// Whether to keep Prometheus metrics (a recorder must be installed).
+    pub metrics: bool,
+}
+
+/// The usage handles of one app version.
+#[derive(Debug)]
+pub(crate) struct AppUsage {
+    series: Option<Arc<Series>>,
+    metrics: Option<AppMetrics>,
+    pub(crate) quota: Option<AppQuota>,
+}
+
+impl AppUsage {
+    /// The handles for `app`; `None` when the node measures nothing.
+    pub(crate) fn new(telemetry: &Telemetry, app: &AppContext) -> Option<Arc<Self>> {
+        let usage = Self {
+            series: telemetry.meter.as_ref().map(|meter| {
+                meter.series(SeriesKey {
+                    tenant: app.tenant.clone(),
+                    app: app.app.clone(),
+                    version: app.version.clone().unwrap_or_else(|| "-".to_string()),
+                })
+            }),
+            metrics: telemetry.metrics.then(|| AppMetrics::new(&app.key)),
+            quota: telemetry
+                .quotas
+                .as_ref()
+                .and_then(|book| book.for_app(&app.tenant, &app.app)),
+        };
+        let any = usage.series.is_some() || usage.metrics.is_some() || usage.quota.is_some();
+        any.then(|| Arc::new(usage))
+    }
+
+    /// Counts a request turned away before its guest ran.
+    pub(crate) fn rejected(&self, reason: Rejected, status: u16) {
+        self.record(&Invocation::rejected(reason, status));
+    }
+
+    fn record(&self, invocation: &Invocation) {
+        if let Some(series) = &self.series {
+            series.record(invocation);
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.record(invocation);
+        }
+    }
+}
+
+impl UsageSink for AppUsage {
+    fn finished(&self, invocation: Invocation) {
+        self.record(&invocation);
+        if let Some(quota) = &self.quota {
+            quota.add_cpu(invocation.cpu, SystemTime::now());
+        }
+    }
+}
+
+/// Node-wide metric handles, when metrics are kept.
+pub(crate) fn node_metrics(telemetry: &Telemetry) -> Option<NodeMetrics> {
+    telemetry.metrics.then(NodeMetrics::default)
+}
