@@ -44,6 +44,8 @@ pub const SCOPES: &[&str] = &[
     "kv:write",
     "tokens:admin",
     "audit:read",
+    "usage:read",
+    "metrics:read",
     "tenants:admin",
 ];
 

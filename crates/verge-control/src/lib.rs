@@ -1,6 +1,6 @@
 //! The control plane's HTTP API, under `/v1`: apps and their immutable
 //! versions, traffic splits and rollback, secrets and key-value data of
-//! apps, scoped tokens of tenants, and the audit log. Described by `/v1/openapi.json`.
+//! apps, scoped tokens of tenants, usage and cost, and the audit log. Described by `/v1/openapi.json`.
 //!
 //! The API never sits in the request path of apps. It writes desired state
 //! to the [`Store`]; nodes watch the store and serve what it says. Before a
@@ -27,6 +27,7 @@ pub mod logs;
 pub mod model;
 mod secrets;
 mod tokens;
+mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,6 +123,10 @@ pub struct Control {
     pub(crate) keyring: Arc<verge_secrets::Keyring>,
     /// Apps' key-value stores, for `verge kv`.
     pub(crate) key_value: Option<Arc<verge_kv::KeyValue>>,
+    /// Metered usage, for `verge usage`.
+    pub(crate) usage: Option<Arc<verge_meter::UsageDb>>,
+    /// Turns usage into cost.
+    pub(crate) prices: verge_meter::PriceSheet,
 }
 
 /// What the API needs besides the store to manage app state: the keyring
@@ -131,6 +136,10 @@ pub struct StateAccess {
     pub keyring: Arc<verge_secrets::Keyring>,
     /// Apps' key-value stores, for `verge kv`; `None` answers 503.
     pub key_value: Option<Arc<verge_kv::KeyValue>>,
+    /// Metered usage, for `verge usage`; `None` answers 503.
+    pub usage: Option<Arc<verge_meter::UsageDb>>,
+    /// Turns usage into cost.
+    pub prices: verge_meter::PriceSheet,
 }
 
 impl std::fmt::Debug for Control {
@@ -161,6 +170,8 @@ impl Control {
             deploy_lock: tokio::sync::Mutex::new(()),
             keyring: state.keyring,
             key_value: state.key_value,
+            usage: state.usage,
+            prices: state.prices,
         })
     }
 
@@ -268,6 +279,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/blobs/{digest}", put(deploy::upload_blob))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/v1/usage", get(usage::query))
         .route("/v1/audit", get(tokens::audit_list))
         .route("/v1/audit/verify", get(tokens::audit_verify))
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_string()) })

@@ -33,12 +33,14 @@ struct Api {
     router: Router,
     admin: String,
     store: Arc<SqliteStore>,
+    usage: Arc<verge_meter::UsageDb>,
 }
 
 async fn api_with(config: ControlConfig) -> Api {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(SqliteStore::open(&dir.path().join("state.db")).expect("store"));
     let blobs = Arc::new(FsBlobs::open(&dir.path().join("blobs")).expect("blobs"));
+    let usage = Arc::new(verge_meter::UsageDb::open(&dir.path().join("usage.db")).expect("usage"));
     let control = Control::new(
         store.clone(),
         blobs,
@@ -56,6 +58,11 @@ async fn api_with(config: ControlConfig) -> Api {
                     ..verge_kv::Quotas::default()
                 },
             )),
+            usage: Some(usage.clone()),
+            prices: verge_meter::PriceSheet {
+                per_million_requests: 1_000_000.0,
+                ..verge_meter::PriceSheet::default()
+            },
         },
     );
     let admin = control
@@ -73,6 +80,7 @@ async fn api_with(config: ControlConfig) -> Api {
         router: router(control),
         admin,
         store,
+        usage,
     }
 }
 
@@ -761,3 +769,4 @@ async fn a_log_stream_ends_when_its_token_is_revoked() {
 }
 
 mod state;
+mod usage;

@@ -40,8 +40,9 @@ pub struct Diagnostic {
 impl std::error::Error for ManifestError {}
 
 impl ManifestError {
-    /// An error at byte `span` of manifest `text`.
-    pub(crate) fn at(
+    /// An error at byte `span` of `text`, the content of the TOML file
+    /// `path` (a manifest, or another configuration file in its format).
+    pub fn at(
         path: &Path,
         text: &str,
         span: Range<usize>,

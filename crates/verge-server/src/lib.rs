@@ -12,9 +12,15 @@
 //!   a version and then waits until the sync has applied the store.
 //! - One process owns a data folder at a time (an exclusive lock).
 //!
+//! Usage is metered per app version and minute into `DATA/usage.db`
+//! (flushed every [`TelemetryConfig::usage_flush`]); quotas refuse requests
+//! before their guest runs, and each refusing quota is audited once per
+//! window; [`admin`] serves Prometheus metrics.
+//!
 //! **API boundary**: no argument parsing or printing; the CLI wires flags
 //! to a [`ServerConfig`].
 
+pub mod admin;
 mod gateway;
 mod plane;
 mod secrets;
@@ -25,11 +31,16 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::time::{Duration, SystemTime};
+use verge_control::audit;
 use verge_control::logs::LogHub;
 use verge_control::{Control, ControlConfig, Issued};
 use verge_executor::{Executor, ExecutorConfig};
+
+use verge_guard::quota::{Exceeded, QuotaBook, QuotaConfig};
 use verge_kv::{KeyValue, Quotas};
-use verge_node::Node;
+use verge_meter::{Flusher, Meter, PriceSheet, UsageDb};
+use verge_node::{Node, Telemetry};
 use verge_secrets::KeySource;
 use verge_store::{FsBlobs, SqliteStore, Store};
 
@@ -59,6 +70,34 @@ pub struct ServerConfig {
     /// Where app log lines are collected for `verge logs` (install its
     /// layer in the process's `tracing` subscriber).
     pub logs: Arc<LogHub>,
+    /// Metering, prices, quotas and metrics.
+    pub telemetry: TelemetryConfig,
+}
+
+/// What the server measures and limits.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// Turns usage into cost in `verge usage`.
+    pub prices: PriceSheet,
+    /// Quotas per tenant and app.
+    pub quotas: QuotaConfig,
+    /// How often usage goes from memory to `DATA/usage.db`; a `kill -9`
+    /// loses at most this much usage.
+    pub usage_flush: Duration,
+    /// Keep Prometheus metrics (a recorder must be installed, see
+    /// [`admin::install_recorder`]).
+    pub metrics: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            prices: PriceSheet::default(),
+            quotas: QuotaConfig::default(),
+            usage_flush: Duration::from_secs(10),
+            metrics: false,
+        }
+    }
 }
 
 /// Why the server could not start.
@@ -88,6 +127,9 @@ pub enum ServerError {
     /// The first admin token could not be created.
     #[error("cannot create the first admin token: {0}")]
     Bootstrap(String),
+    /// The usage database cannot be used.
+    #[error("usage database: {0}")]
+    Usage(String),
 }
 
 /// A running server.
@@ -98,6 +140,8 @@ pub struct Server {
     pub control: Arc<Control>,
     /// What the ingress serves.
     pub gateway: Arc<Gateway>,
+    /// Writes the last usage when the server is dropped.
+    _flusher: Flusher,
     _lock: File,
 }
 
@@ -139,7 +183,22 @@ impl Server {
             key_value: Some(key_value.clone()),
             ..ExecutorConfig::default()
         })?;
-        let node = Node::new(executor);
+        let usage = Arc::new(
+            UsageDb::open(&data.join("usage.db")).map_err(|e| ServerError::Usage(e.to_string()))?,
+        );
+        let meter = Meter::new();
+        let flusher = Flusher::start(meter.clone(), usage.clone(), config.telemetry.usage_flush)
+            .map_err(|e| ServerError::Usage(format!("cannot start the flush thread: {e}")))?;
+        let (exceeded, mut refusals) = tokio::sync::mpsc::unbounded_channel::<Exceeded>();
+        let quotas = quota_book(&config.telemetry.quotas, &usage, exceeded)?;
+        let node = Node::with_telemetry(
+            executor,
+            Telemetry {
+                meter: Some(meter),
+                quotas,
+                metrics: config.telemetry.metrics,
+            },
+        );
         let store_dyn: Arc<dyn Store> = store;
         let plane = plane::NodePlane::new(node.clone(), blobs.clone(), vaults);
         sync::start(store_dyn.clone(), blobs.as_ref(), plane.clone()).await?;
@@ -152,8 +211,28 @@ impl Server {
             verge_control::StateAccess {
                 keyring,
                 key_value: Some(key_value),
+                usage: Some(usage),
+                prices: config.telemetry.prices.clone(),
             },
         );
+        let auditor = control.clone();
+        tokio::spawn(async move {
+            while let Some(e) = refusals.recv().await {
+                tracing::warn!(tenant = %e.tenant, "{e}; refusing until the window ends");
+                auditor
+                    .audit(
+                        audit::Record::new("quota.exceeded", &e.scope, audit::Outcome::Denied)
+                            .actor("-", &e.tenant)
+                            .detail(format!(
+                                "{} limit {} reached; requests get 429 for {}s",
+                                e.kind.name(),
+                                e.limit,
+                                e.retry_after.as_secs()
+                            )),
+                    )
+                    .await;
+            }
+        });
         let issued = control
             .bootstrap(config.issue_admin_token)
             .await
@@ -164,11 +243,39 @@ impl Server {
                 node,
                 control,
                 gateway,
+                _flusher: flusher,
                 _lock: lock,
             },
             issued,
         ))
     }
+}
+
+/// The quota book, with today's CPU read back from usage (so a restart does
+/// not reset daily quotas); `None` when no quota is configured.
+fn quota_book(
+    config: &QuotaConfig,
+    usage: &UsageDb,
+    exceeded: tokio::sync::mpsc::UnboundedSender<Exceeded>,
+) -> Result<Option<Arc<QuotaBook>>, ServerError> {
+    let book = QuotaBook::new(
+        config.clone(),
+        Some(Arc::new(move |e: &Exceeded| {
+            let _ = exceeded.send(e.clone());
+        })),
+    );
+    if book.is_empty() {
+        return Ok(None);
+    }
+    let now = SystemTime::now();
+    let today = verge_meter::unix_minute(now) / 1440 * 1440;
+    let used = usage
+        .cpu_since(today)
+        .map_err(|e| ServerError::Usage(e.to_string()))?;
+    for (tenant, app, cpu_us) in used {
+        book.seed_cpu(&tenant, &app, Duration::from_micros(cpu_us), now);
+    }
+    Ok(Some(book))
 }
 
 fn lock(data: &Path) -> Result<File, ServerError> {

@@ -12,8 +12,10 @@ mod env;
 mod manage;
 mod new;
 mod server;
+mod server_config;
 mod state;
 mod up;
+mod usage;
 mod watch;
 
 use std::process::ExitCode;
@@ -59,6 +61,8 @@ enum Command {
     Tokens(manage::TokensCommand),
     /// Read the audit log, or verify its hash chain.
     Audit(manage::AuditArgs),
+    /// Show metered usage and its cost, per app and hour (or minute, day).
+    Usage(usage::UsageArgs),
     /// Set, list and delete an app's secrets (values are write-only).
     #[command(subcommand)]
     Secrets(state::SecretsCommand),
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => manage::logs(args, &env),
         Command::Tokens(args) => manage::tokens(args, &env),
         Command::Audit(args) => manage::audit(args, &env),
+        Command::Usage(args) => usage::run(args, &env),
         Command::Secrets(command) => state::secrets(command, &env),
         Command::Kv(command) => state::kv(command, &env),
     };

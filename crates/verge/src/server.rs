@@ -2,8 +2,9 @@
 //! state in a data folder (SQLite and a blob folder; no external service).
 //!
 //! On the first start it creates an admin token and shows it once: on
-//! stdout, or in `--admin-token-file` (mode 0600) for automation. Then, as
-//! with `verge up`, exactly one `Serving http://ADDR` line goes to stdout.
+//! stdout, or in `--admin-token-file` (mode 0600) for automation. Then a
+//! `Metrics http://ADDR/metrics` line for the admin listener, and, as with
+//! `verge up`, exactly one `Serving http://ADDR` line goes to stdout.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -89,6 +90,22 @@ pub(crate) struct ServerArgs {
     #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
     kv_max_store: u64,
 
+    /// Server configuration file (TOML): the price sheet (`[prices]`) and
+    /// quotas (`[quotas]`); see docs/metering.md.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Address of the admin listener (Prometheus metrics at `/metrics`).
+    /// On a loopback address it is open to local scrapers; on any other,
+    /// scrapers need a token with the `metrics:read` scope.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    admin_listen: SocketAddr,
+
+    /// How often metered usage is written to DATA/usage.db; a `kill -9`
+    /// loses at most this much usage.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    usage_flush_interval: Duration,
+
     /// Test hook: make deploys stop forever at a stage (`validated`,
     /// `prepared`, `recorded`) so crash tests can kill the server there.
     #[arg(long, value_name = "STAGE", hide = true)]
@@ -137,8 +154,12 @@ pub(crate) fn run(args: ServerArgs, env: &dyn Env, logs: Arc<LogHub>) -> Result<
                 .unwrap_or_else(|| data.join("master.key")),
         ),
     };
+    let file = match &args.config {
+        Some(path) => crate::server_config::load(path)?,
+        None => crate::server_config::ServerFile::default(),
+    };
     let rt = worker_runtime()?;
-    let result = rt.block_on(serve(args, data, master_key, logs));
+    let result = rt.block_on(serve(args, data, master_key, logs, file));
     rt.shutdown_timeout(Duration::from_secs(1));
     result
 }
@@ -148,10 +169,25 @@ async fn serve(
     data: PathBuf,
     master_key: verge_secrets::KeySource,
     logs: Arc<LogHub>,
+    file: crate::server_config::ServerFile,
 ) -> Result<(), Failure> {
     // Bind first: a token issued by a server that then cannot listen
     // would never be shown.
     let ingress = bind(args.listen, args.header_read_timeout, args.shutdown_grace).await?;
+    let admin_ingress = bind(
+        args.admin_listen,
+        args.header_read_timeout,
+        Duration::from_secs(1),
+    )
+    .await
+    .map_err(|e| {
+        Failure::runtime(anyhow!(
+            "admin listener: {:#}; choose another address with --admin-listen",
+            e.error
+        ))
+    })?;
+    let metrics = verge_server::admin::install_recorder()
+        .map_err(|e| Failure::runtime(anyhow!("cannot keep metrics: {e}")))?;
     let (server, issued) = Server::start(ServerConfig {
         data_dir: data.clone(),
         cache_dir: args.cache_dir.clone(),
@@ -171,10 +207,27 @@ async fn serve(
         master_key,
         rotate_master_key: args.rotate_master_key,
         logs,
+        telemetry: verge_server::TelemetryConfig {
+            prices: file.prices,
+            quotas: file.quotas,
+            usage_flush: args.usage_flush_interval,
+            metrics: true,
+        },
     })
     .await
     .map_err(Failure::runtime)?;
     let addr = ingress.local_addr().map_err(Failure::runtime)?;
+    let admin_addr = admin_ingress.local_addr().map_err(Failure::runtime)?;
+    let admin = Arc::new(verge_server::admin::Admin::new(
+        metrics,
+        server.node.clone(),
+        server.control.clone(),
+        admin_addr.ip().is_loopback(),
+    ));
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = tokio::spawn(admin_ingress.serve(admin, async move {
+        let _ = admin_stopped.await;
+    }));
     tracing::info!(data = %data.display(), "state in {}", data.display());
     {
         let mut stdout = std::io::stdout().lock();
@@ -197,10 +250,13 @@ async fn serve(
                 }
             }
         }
+        let _ = writeln!(stdout, "Metrics http://{admin_addr}/metrics");
         let _ = writeln!(stdout, "Serving http://{addr}");
         let _ = stdout.flush();
     }
     serve_until_signal(ingress, server.gateway.clone()).await;
+    let _ = stop_admin.send(());
+    let _ = admin_task.await;
     let node = server.node.clone();
     drop(server);
     tokio::task::spawn_blocking(move || node.shutdown())

@@ -150,7 +150,7 @@ fn printable(key: &str) -> String {
 }
 
 /// Percent-encodes one URL path segment or query value.
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 

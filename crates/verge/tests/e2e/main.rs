@@ -18,6 +18,7 @@ mod http;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod metering;
 mod new;
 mod outbound;
 mod routes;

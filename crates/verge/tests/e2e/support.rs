@@ -93,6 +93,8 @@ pub fn verge_bin() -> &'static str {
 pub struct Verge {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The admin listener of `verge server` (metrics).
+    pub metrics_addr: Option<SocketAddr>,
     stderr: Arc<Mutex<String>>,
     stdout: Arc<Mutex<Vec<String>>>,
 }
@@ -165,6 +167,9 @@ impl Verge {
         if !up.args.iter().any(|a| a == "--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
+        if up.command == "server" && !up.args.iter().any(|a| a == "--admin-listen") {
+            cmd.args(["--admin-listen", "127.0.0.1:0"]);
+        }
         match &up.cache {
             Some(dir) => cmd.arg("--cache-dir").arg(dir),
             None if up.command == "up" => cmd.arg("--no-cache"),
@@ -198,9 +203,14 @@ impl Verge {
             });
         }
         let deadline = Instant::now() + Duration::from_secs(120);
+        let mut metrics_addr = None;
         let addr = loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) => {
+                    if let Some(url) = line.strip_prefix("Metrics http://") {
+                        let addr = url.trim_end_matches("/metrics");
+                        metrics_addr = Some(addr.parse().expect("Metrics line has an address"));
+                    }
                     if let Some(url) = line.strip_prefix("Serving http://") {
                         break url.parse().expect("Serving line has an address");
                     }
@@ -224,6 +234,7 @@ impl Verge {
         Verge {
             child: Some(child),
             addr,
+            metrics_addr,
             stderr,
             stdout,
         }
@@ -281,6 +292,25 @@ impl Verge {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// CPU time the whole process has used so far (user + system), from
+    /// `/proc/PID/stat`.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("stat");
+        // Fields after the command name (which may hold spaces): state is
+        // field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        let per_sec = rustix::param::clock_ticks_per_second();
+        Duration::from_secs_f64(ticks as f64 / per_sec as f64)
     }
 
     /// Sends a signal to the process.

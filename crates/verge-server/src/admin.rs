@@ -1,0 +1,136 @@
+//! The admin listener: Prometheus metrics at `/metrics`, on an address of
+//! its own so it can stay off the public network.
+//!
+//! **Invariant**: bound to a loopback address, the endpoint is open to
+//! local scrapers; bound to any other address, every request needs a
+//! token with the `metrics:read` scope (checked like the control API's,
+//! failures audited and rate-limited).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, State};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use http::{Request, Response, header};
+use hyper::body::Incoming;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tower::ServiceExt;
+use verge_control::{ApiError, Caller, Control};
+use verge_ingress::{Conn, Handler};
+use verge_meter::metric;
+use verge_node::Node;
+
+/// Installs the process's metrics recorder (once; later calls get the
+/// same handle) and describes every metric.
+pub fn install_recorder() -> Result<PrometheusHandle, String> {
+    static HANDLE: std::sync::OnceLock<Result<PrometheusHandle, String>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(metric::REQUEST_DURATION.name.to_string()),
+                    metric::DURATION_BUCKETS,
+                )
+                .map_err(|e| e.to_string())?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+            metric::describe();
+            Ok(handle)
+        })
+        .clone()
+}
+
+#[derive(Clone)]
+struct AdminState {
+    handle: PrometheusHandle,
+    node: Arc<Node>,
+    control: Arc<Control>,
+}
+
+impl axum::extract::FromRef<AdminState> for Arc<Control> {
+    fn from_ref(state: &AdminState) -> Self {
+        state.control.clone()
+    }
+}
+
+/// What the admin listener serves.
+pub struct Admin {
+    router: Router,
+}
+
+impl Admin {
+    /// Serves the node's metrics; `open` when bound to loopback (no token).
+    pub fn new(
+        handle: PrometheusHandle,
+        node: Arc<Node>,
+        control: Arc<Control>,
+        open: bool,
+    ) -> Self {
+        let state = AdminState {
+            handle,
+            node,
+            control,
+        };
+        let metrics = if open {
+            get(open_metrics)
+        } else {
+            get(guarded_metrics)
+        };
+        Self {
+            router: Router::new()
+                .route("/metrics", metrics)
+                .fallback(|| async {
+                    ApiError::NotFound("the admin listener serves /metrics".into())
+                })
+                .with_state(state),
+        }
+    }
+}
+
+async fn open_metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    render(&state)
+}
+
+async fn guarded_metrics(
+    State(state): State<AdminState>,
+    caller: Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require("metrics:read", "metrics").await?;
+    Ok(render(&state))
+}
+
+fn render(state: &AdminState) -> impl IntoResponse + use<> {
+    state.node.update_metrics(resident_memory());
+    state.handle.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.handle.render(),
+    )
+}
+
+/// Resident memory of this process, from `/proc/self/statm` (0 if unknown).
+fn resident_memory() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    pages * rustix::param::page_size() as u64
+}
+
+impl Handler for Admin {
+    type Body = axum::body::Body;
+    type BodyError = axum::Error;
+
+    async fn handle(&self, mut request: Request<Incoming>, conn: Conn) -> Response<Self::Body> {
+        request.extensions_mut().insert(ConnectInfo(conn.peer));
+        let request = request.map(axum::body::Body::new);
+        let Ok(response) = self.router.clone().oneshot(request).await;
+        response
+    }
+}
