@@ -113,7 +113,7 @@ type SendFuture = Box<
 impl WasiHttpHooks for OutboundGate {
     fn send_request(
         &mut self,
-        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        mut request: http::Request<wasmtime_wasi_http::WasiBody>,
         options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> SendFuture {
@@ -155,6 +155,29 @@ impl WasiHttpHooks for OutboundGate {
             .usage
             .outbound_calls
             .fetch_add(1, Ordering::Relaxed);
+        let traced = self.shared.trace.as_ref().map(|trace| {
+            let span_id = crate::invoke::trace::new_span_id();
+            let header = trace.parent().header_for(span_id);
+            // The guest's own trace context, if it set one, wins.
+            if !request.headers().contains_key("traceparent")
+                && let Ok(value) = http::HeaderValue::from_str(&header)
+            {
+                request.headers_mut().insert("traceparent", value);
+            }
+            let uri = request.uri();
+            trace.call_started(crate::invoke::OutboundCall {
+                span_id,
+                method: request.method().to_string(),
+                destination: format!(
+                    "{}://{}",
+                    uri.scheme_str().unwrap_or("https"),
+                    uri.authority().map_or("", |a| a.as_str())
+                ),
+                started: std::time::Instant::now(),
+                ended: None,
+                status: None,
+            })
+        });
         let shared = self.shared.clone();
         let request = request.map(|inner| {
             CountingBody {
@@ -164,7 +187,11 @@ impl WasiHttpHooks for OutboundGate {
             .boxed_unsync()
         });
         Box::new(async move {
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            let sent = wasmtime_wasi_http::default_send_request(request, options).await;
+            if let (Some(trace), Some(Some(index))) = (&shared.trace, traced) {
+                trace.call_ended(index, sent.as_ref().ok().map(|(r, _)| r.status().as_u16()));
+            }
+            let (response, io) = sent?;
             let response = response.map(|inner| CountingBody { inner, shared });
             // The slots are held for as long as the connection lives.
             let io = async move {

@@ -20,6 +20,7 @@
 
 mod body;
 pub(crate) mod task;
+pub(crate) mod trace;
 
 use std::fmt;
 use std::future::Future;
@@ -43,6 +44,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 pub use self::body::GuestBody;
 use self::body::LimitedBody;
 use self::task::{GuestFuture, GuestResult, GuestTask, RequestShared, thread_cpu_ns};
+pub use self::trace::{GuestTrace, OutboundCall, TraceParent};
 use crate::component::LoadedComponent;
 use crate::guest_log::GuestOutput;
 use crate::host::{Host, HostApis, MemoryLimiter, OutboundGate};
@@ -91,8 +93,9 @@ impl fmt::Display for RequestId {
 /// Receives what a request used once it is over: the guest finished (or
 /// was stopped) and its response was sent (or abandoned).
 pub trait UsageSink: Send + Sync + 'static {
-    /// Called exactly once per request, on whichever thread ends it.
-    fn finished(&self, invocation: Invocation);
+    /// Called exactly once per request, on whichever thread ends it, with
+    /// the executor's timeline when the request was traced.
+    fn finished(&self, invocation: Invocation, trace: Option<GuestTrace>);
 }
 
 /// Per-request facts the caller knows.
@@ -106,6 +109,9 @@ pub struct RequestContext {
     pub hold: Option<Box<dyn std::any::Any + Send>>,
     /// Where the request's usage goes.
     pub usage: Option<Arc<dyn UsageSink>>,
+    /// The trace the request belongs to, when it is traced: its timeline
+    /// is recorded and outbound calls carry `traceparent`.
+    pub trace: Option<TraceParent>,
 }
 
 impl RequestContext {
@@ -115,6 +121,7 @@ impl RequestContext {
             id,
             hold: None,
             usage: None,
+            trace: None,
         }
     }
 }
@@ -216,6 +223,7 @@ impl LoadedComponent {
             cold,
             cx.usage.clone(),
             self.executor.inner.stats.active.clone(),
+            cx.trace.map(trace::TraceRecorder::new),
         ));
         let result = self.serve(request, cx, shared.clone()).await;
         let status = match &result {
@@ -257,6 +265,9 @@ impl LoadedComponent {
                 Ok(p) => p,
                 Err(e) => return Err(classify(&store, e, &limits)),
             };
+            if let Some(trace) = &store.data().shared.trace {
+                trace.instantiated();
+            }
             let req = store
                 .data_mut()
                 .http()
@@ -267,14 +278,14 @@ impl LoadedComponent {
                 .http()
                 .new_response_outparam(sender)
                 .map_err(|e| HandleError::Overloaded(format!("{e:#}")))?;
-            match proxy
+            let result = proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
-                .await
-            {
-                Ok(()) => Ok(()),
-                Err(e) => Err(classify(&store, e, &limits)),
+                .await;
+            if let Some(trace) = &store.data().shared.trace {
+                trace.finished();
             }
+            result.map_err(|e| classify(&store, e, &limits))
         };
         let timeout = limits.timeout;
         let hold = cx.hold;

@@ -32,5 +32,9 @@ mod lane;
 pub use apis::SecretSource;
 pub use component::{AppContext, LoadError, LoadedComponent};
 pub use engine::{Executor, ExecutorConfig, ExecutorError, ExecutorStats};
-pub use invoke::{GuestBody, HandleError, RequestContext, RequestId, UsageSink};
+pub use invoke::trace::{hex, new_span_id};
+pub use invoke::{
+    GuestBody, GuestTrace, HandleError, OutboundCall, RequestContext, RequestId, TraceParent,
+    UsageSink,
+};
 pub use verge_meter::Invocation;

@@ -21,6 +21,7 @@
 mod apps;
 mod body;
 mod pipeline;
+mod trace;
 mod usage;
 
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ use verge_router::{Route, RouteError, RouteTable};
 
 pub use apps::{AppSlot, Apps};
 pub use body::NodeBody;
+pub use trace::Tracing;
 pub use usage::Telemetry;
 
 use usage::AppUsage;

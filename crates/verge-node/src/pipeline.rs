@@ -20,6 +20,7 @@ use verge_guard::{Rejection, check_declared_body};
 use verge_ingress::{Conn, Handler};
 use verge_meter::Rejected;
 
+use crate::trace::{RequestTrace, TracedSink};
 use crate::usage::AppUsage;
 use crate::{ComponentRuntime, INTERNAL_PREFIX, Node, NodeBody};
 
@@ -41,7 +42,16 @@ impl Handler for Node {
         {
             request.headers_mut().insert(header::HOST, host);
         }
-        let mut response = self.route(request, conn.peer, id).await;
+        let trace = self.telemetry.tracing.as_ref().and_then(|t| {
+            RequestTrace::start(
+                t,
+                request.headers(),
+                request.method(),
+                request.uri().path(),
+                id,
+            )
+        });
+        let mut response = self.route(request, conn.peer, id, trace).await;
         if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
             response.headers_mut().insert(REQUEST_ID, value);
         }
@@ -55,13 +65,21 @@ impl Node {
         request: Request<Incoming>,
         peer: SocketAddr,
         id: RequestId,
+        mut trace: Option<RequestTrace>,
     ) -> Response<NodeBody> {
         let path = request.uri().path();
+        let answer = |trace: Option<RequestTrace>, response: Response<NodeBody>| {
+            if let Some(trace) = trace {
+                trace.finish(response.status().as_u16(), None);
+            }
+            response
+        };
         if path.starts_with(INTERNAL_PREFIX) {
-            return self.internal(path);
+            return answer(trace, self.internal(path));
         }
         if !self.is_ready() {
-            return plain(StatusCode::SERVICE_UNAVAILABLE, "no app is loaded yet", id);
+            let response = plain(StatusCode::SERVICE_UNAVAILABLE, "no app is loaded yet", id);
+            return answer(trace, response);
         }
         let host = request.uri().host().or_else(|| {
             request
@@ -83,15 +101,19 @@ impl Node {
             if let Some(metrics) = &self.metrics {
                 metrics.unrouted.increment(1);
             }
-            return plain(StatusCode::NOT_FOUND, "no route matches this path", id);
+            let response = plain(StatusCode::NOT_FOUND, "no route matches this path", id);
+            return answer(trace, response);
         };
         let version = app
             .version
             .as_deref()
             .and_then(|v| HeaderValue::from_str(v).ok());
         let usage = app.usage.clone();
+        if let Some(trace) = &mut trace {
+            trace.routed(&app.name, app.version.as_deref(), usage.clone());
+        }
         drop(apps);
-        let mut response = self.serve(request, component, usage, id, peer).await;
+        let mut response = self.serve(request, component, usage, id, peer, trace).await;
         if let Some(version) = version {
             response.headers_mut().insert(VERSION, version);
         }
@@ -105,6 +127,7 @@ impl Node {
         usage: Option<Arc<AppUsage>>,
         id: RequestId,
         peer: SocketAddr,
+        trace: Option<RequestTrace>,
     ) -> Response<NodeBody> {
         let limits = component.loaded.limits();
         let quota = match usage.as_ref().and_then(|u| u.quota.as_ref()) {
@@ -124,8 +147,21 @@ impl Node {
                     };
                     usage.rejected(reason, rejection.status().as_u16());
                 }
+                if let Some(trace) = trace {
+                    trace.finish(rejection.status().as_u16(), None);
+                }
                 return rejected(&rejection, &component, id, peer);
             }
+        };
+        // A traced request reports through its trace, which passes the
+        // usage on before emitting its spans.
+        let (sink, parent): (Option<Arc<dyn verge_executor::UsageSink>>, _) = match trace {
+            Some(trace) => {
+                let parent = trace.parent_for_guest();
+                let sink = TracedSink(std::sync::Mutex::new(Some(trace)));
+                (Some(Arc::new(sink)), Some(parent))
+            }
+            None => (usage.map(|u| u as Arc<dyn verge_executor::UsageSink>), None),
         };
 
         match component
@@ -135,7 +171,8 @@ impl Node {
                 RequestContext {
                     id,
                     hold: Some(Box::new(permit)),
-                    usage: usage.map(|u| u as Arc<dyn verge_executor::UsageSink>),
+                    usage: sink,
+                    trace: parent,
                 },
             )
             .await

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use verge_executor::{AppContext, Invocation, UsageSink};
+use verge_executor::{AppContext, GuestTrace, Invocation, UsageSink};
 use verge_guard::quota::{AppQuota, QuotaBook};
 use verge_meter::metric::{AppMetrics, NodeMetrics};
 use verge_meter::{Meter, Rejected, Series, SeriesKey};
@@ -22,6 +22,8 @@ pub struct Telemetry {
     pub quotas: Option<Arc<QuotaBook>>,
     /// Whether to keep Prometheus metrics (a recorder must be installed).
     pub metrics: bool,
+    /// OpenTelemetry spans per request, when exported.
+    pub tracing: Option<Arc<crate::trace::Tracing>>,
 }
 
 /// The usage handles of one app version.
@@ -69,7 +71,7 @@ impl AppUsage {
 }
 
 impl UsageSink for AppUsage {
-    fn finished(&self, invocation: Invocation) {
+    fn finished(&self, invocation: Invocation, _trace: Option<GuestTrace>) {
         self.record(&invocation);
         if let Some(quota) = &self.quota {
             quota.add_cpu(invocation.cpu, SystemTime::now());

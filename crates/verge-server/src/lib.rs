@@ -22,6 +22,7 @@
 
 pub mod admin;
 mod gateway;
+pub mod otel;
 mod plane;
 mod secrets;
 mod sync;
@@ -87,6 +88,8 @@ pub struct TelemetryConfig {
     /// Keep Prometheus metrics (a recorder must be installed, see
     /// [`admin::install_recorder`]).
     pub metrics: bool,
+    /// Trace requests (see [`otel::Traces`]).
+    pub tracing: Option<Arc<verge_node::Tracing>>,
 }
 
 impl Default for TelemetryConfig {
@@ -96,6 +99,7 @@ impl Default for TelemetryConfig {
             quotas: QuotaConfig::default(),
             usage_flush: Duration::from_secs(10),
             metrics: false,
+            tracing: None,
         }
     }
 }
@@ -197,6 +201,7 @@ impl Server {
                 meter: Some(meter),
                 quotas,
                 metrics: config.telemetry.metrics,
+                tracing: config.telemetry.tracing.clone(),
             },
         );
         let store_dyn: Arc<dyn Store> = store;

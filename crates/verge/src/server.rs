@@ -106,10 +106,39 @@ pub(crate) struct ServerArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     usage_flush_interval: Duration,
 
+    /// Export OpenTelemetry traces over OTLP/HTTP (JSON) to this URL, e.g.
+    /// `http://127.0.0.1:4318/v1/traces`. A W3C `traceparent` on incoming
+    /// requests is continued and passed on to outbound calls.
+    #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
+    otlp_endpoint: Option<String>,
+
+    /// Share of new traces (requests without `traceparent`) recorded, from
+    /// 0 to 1; requests with one follow its sampled flag.
+    #[arg(long, value_name = "RATIO", default_value_t = 1.0, value_parser = parse_ratio)]
+    otlp_sample_ratio: f64,
+
     /// Test hook: make deploys stop forever at a stage (`validated`,
     /// `prepared`, `recorded`) so crash tests can kill the server there.
     #[arg(long, value_name = "STAGE", hide = true)]
     pause_deploys_at: Option<String>,
+}
+
+fn parse_endpoint(s: &str) -> Result<String, String> {
+    match reqwest::Url::parse(s) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+            Ok(s.to_string())
+        }
+        _ => Err("give the collector's full http(s) URL, e.g. \
+                  http://127.0.0.1:4318/v1/traces"
+            .to_string()),
+    }
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err("a ratio is a number from 0 to 1, e.g. 0.1".to_string()),
+    }
 }
 
 fn parse_kv_value(s: &str) -> Result<u64, String> {
@@ -188,6 +217,13 @@ async fn serve(
     })?;
     let metrics = verge_server::admin::install_recorder()
         .map_err(|e| Failure::runtime(anyhow!("cannot keep metrics: {e}")))?;
+    let traces = match &args.otlp_endpoint {
+        Some(url) => Some(
+            verge_server::otel::Traces::start(url, args.otlp_sample_ratio)
+                .map_err(|e| Failure::input(anyhow!("--otlp-endpoint: {e}")))?,
+        ),
+        None => None,
+    };
     let (server, issued) = Server::start(ServerConfig {
         data_dir: data.clone(),
         cache_dir: args.cache_dir.clone(),
@@ -212,6 +248,7 @@ async fn serve(
             quotas: file.quotas,
             usage_flush: args.usage_flush_interval,
             metrics: true,
+            tracing: traces.as_ref().map(|t| t.tracing.clone()),
         },
     })
     .await
@@ -257,6 +294,9 @@ async fn serve(
     serve_until_signal(ingress, server.gateway.clone()).await;
     let _ = stop_admin.send(());
     let _ = admin_task.await;
+    if let Some(traces) = traces {
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    }
     let node = server.node.clone();
     drop(server);
     tokio::task::spawn_blocking(move || node.shutdown())

@@ -42,6 +42,8 @@ pub(crate) struct RequestShared {
     pub(crate) sink: Option<Arc<dyn UsageSink>>,
     /// The executor's count of requests in progress.
     pub(crate) active: Arc<AtomicU64>,
+    /// The request's timeline, when it is traced.
+    pub(crate) trace: Option<super::trace::TraceRecorder>,
 }
 
 /// Usage of one request, added to as it happens.
@@ -106,7 +108,8 @@ impl Drop for RequestShared {
     fn drop(&mut self) {
         self.active.fetch_sub(1, Ordering::Relaxed);
         if let Some(sink) = &self.sink {
-            sink.finished(self.usage.invocation());
+            let trace = self.trace.as_ref().map(|t| t.take());
+            sink.finished(self.usage.invocation(), trace);
         }
     }
 }
@@ -128,6 +131,7 @@ impl RequestShared {
         cold: bool,
         sink: Option<Arc<dyn UsageSink>>,
         active: Arc<AtomicU64>,
+        trace: Option<super::trace::TraceRecorder>,
     ) -> Self {
         active.fetch_add(1, Ordering::Relaxed);
         Self {
@@ -139,6 +143,7 @@ impl RequestShared {
             usage: UsageCounters::new(cold),
             sink,
             active,
+            trace,
         }
     }
 

@@ -41,7 +41,10 @@ impl Plane {
             token_file.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let verge = Up::server(&args).start();
+        // Traces leave in small batches, so tests see them quickly.
+        let verge = Up::server(&args)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .start();
         let admin = std::fs::read_to_string(&token_file)
             .expect("the first start writes the admin token")
             .trim()

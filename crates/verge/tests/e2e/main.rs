@@ -25,4 +25,5 @@ mod routes;
 mod secrets;
 mod state;
 mod toolchains;
+mod tracing;
 mod watch;
