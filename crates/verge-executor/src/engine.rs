@@ -105,15 +105,14 @@ pub(crate) struct Inner {
     /// Counts for the node's metrics.
     pub(crate) stats: Stats,
     pub(crate) instance_slots: u64,
+    /// Most CPU time billed for a guest's first poll (see `invoke`).
+    pub(crate) first_poll_cap: Duration,
     _ticker: EpochTicker,
 }
 
 /// Counters the executor keeps for metrics, read with [`Executor::stats`].
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
-    /// Requests whose instance exists (from store creation until the guest
-    /// finished and its response was sent).
-    pub(crate) active: Arc<std::sync::atomic::AtomicU64>,
     pub(crate) cache_hits: std::sync::atomic::AtomicU64,
     pub(crate) cache_misses: std::sync::atomic::AtomicU64,
 }
@@ -121,8 +120,12 @@ pub(crate) struct Stats {
 /// A snapshot of the executor's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExecutorStats {
-    /// Requests in progress, each with its own instance.
+    /// Component instances in the pool now.
     pub active_instances: u64,
+    /// Linear memories in use in the pool.
+    pub pool_memories: u64,
+    /// Resident bytes of unused memories kept warm for reuse.
+    pub pool_warm_bytes: u64,
     /// Instances that may exist at once.
     pub instance_slots: u64,
     /// Components loaded from the compile cache (or shared with one
@@ -165,6 +168,7 @@ impl Executor {
                 linked: std::sync::Mutex::default(),
                 stats: Stats::default(),
                 instance_slots: u64::from(config.max_instances),
+                first_poll_cap: config.epoch_tick.saturating_mul(2),
                 _ticker: ticker,
             }),
         })
@@ -183,8 +187,13 @@ impl Executor {
     pub fn stats(&self) -> ExecutorStats {
         use std::sync::atomic::Ordering::Relaxed;
         let s = &self.inner.stats;
+        let pool = self.inner.engine.pooling_allocator_metrics();
         ExecutorStats {
-            active_instances: s.active.load(Relaxed),
+            active_instances: pool.as_ref().map_or(0, |p| p.component_instances()),
+            pool_memories: pool.as_ref().map_or(0, |p| p.memories() as u64),
+            pool_warm_bytes: pool
+                .as_ref()
+                .map_or(0, |p| p.unused_memory_bytes_resident() as u64),
             instance_slots: self.inner.instance_slots,
             compile_cache_hits: s.cache_hits.load(Relaxed),
             compile_cache_misses: s.cache_misses.load(Relaxed),

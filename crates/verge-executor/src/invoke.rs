@@ -14,9 +14,13 @@
 //! - Nothing a guest does produces a panic or an unwrap in the host: every
 //!   failure becomes a [`HandleError`] with its cause.
 //! - Every request that reached [`LoadedComponent::handle`] reports exactly
-//!   one [`Invocation`] to its [`UsageSink`], when it is over: its CPU time
-//!   is the thread CPU clock summed over every poll of the guest, wherever
-//!   it ran (connection task, own task, slow lane).
+//!   one [`Invocation`] to its [`UsageSink`], when it is over. Its CPU time
+//!   is summed over every poll of the guest, wherever it ran (connection
+//!   task, own task, slow lane): the first poll is timed by the monotonic
+//!   clock (nanoseconds to read; the guest yields at the first epoch tick,
+//!   so the poll is short, and it is capped at two ticks), every later poll
+//!   by the thread CPU clock (a system call, worth it for a guest that
+//!   waits or runs long).
 
 mod body;
 pub(crate) mod task;
@@ -222,7 +226,6 @@ impl LoadedComponent {
             self.name.clone(),
             cold,
             cx.usage.clone(),
-            self.executor.inner.stats.active.clone(),
             cx.trace.map(trace::TraceRecorder::new),
         ));
         let result = self.serve(request, cx, shared.clone()).await;
@@ -290,15 +293,33 @@ impl LoadedComponent {
         let timeout = limits.timeout;
         let hold = cx.hold;
         let clocked = shared.clone();
-        // The guest's CPU time: the thread CPU clock around every poll, on
-        // whichever thread the poll happens. Waiting (sleep, I/O) is not
-        // polling, so it is never counted.
+        let first_poll_cap = self.executor.inner.first_poll_cap;
+        // Nobody reads the usage of a request without a sink: skip timing.
+        let timed = shared.sink.is_some();
+        // The guest's CPU time, measured around every poll on whichever
+        // thread the poll happens. Waiting (sleep, I/O) is not polling, so
+        // it is never counted. Most requests finish in their first poll,
+        // which is timed by the cheap monotonic clock; the thread CPU
+        // clock costs a system call, paid only from the second poll on.
         let run = async move {
             let mut run = std::pin::pin!(run);
+            let mut first = true;
             std::future::poll_fn(|task| {
-                let before = thread_cpu_ns();
-                let poll = run.as_mut().poll(task);
-                let spent = thread_cpu_ns().saturating_sub(before);
+                if !timed {
+                    return run.as_mut().poll(task);
+                }
+                let spent;
+                let poll;
+                if std::mem::take(&mut first) {
+                    let before = Instant::now();
+                    poll = run.as_mut().poll(task);
+                    let elapsed = before.elapsed().min(first_poll_cap);
+                    spent = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+                } else {
+                    let before = thread_cpu_ns();
+                    poll = run.as_mut().poll(task);
+                    spent = thread_cpu_ns().saturating_sub(before);
+                }
                 clocked.usage.cpu_ns.fetch_add(spent, Ordering::Relaxed);
                 poll
             })

@@ -5,7 +5,10 @@
 //! - Rows only grow: [`UsageDb::add`] adds deltas in one transaction, so a
 //!   batch is stored whole or not at all.
 //! - A query never holds more than one page in memory: pages are keyed by
-//!   (bucket, tenant, app) and the caller follows the cursor.
+//!   (bucket, tenant, app) and the caller follows the cursor. Each page
+//!   groups the range window by window (a day of minutes, a week of hours,
+//!   a month of days), jumping over stretches without usage, so a page over
+//!   years of data costs what its rows cost, not the whole range.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -45,6 +48,15 @@ impl Granularity {
             Granularity::Minute => 1,
             Granularity::Hour => 60,
             Granularity::Day => 1440,
+        }
+    }
+
+    /// Minutes grouped by one query of a page (a whole number of buckets).
+    fn window(self) -> u64 {
+        match self {
+            Granularity::Minute => 1440,
+            Granularity::Hour => 7 * 1440,
+            Granularity::Day => 31 * 1440,
         }
     }
 }
@@ -298,7 +310,7 @@ impl UsageDb {
         if q.until <= q.since {
             return Err(UsageError::Query("the time range is empty".into()));
         }
-        let width = signed(q.by.minutes());
+        let width = q.by.minutes();
         let limit = q.limit.clamp(1, 10_000);
         let sums: String = COLUMNS
             .iter()
@@ -311,44 +323,63 @@ impl UsageDb {
             Some(c) => (signed(c.bucket), c.tenant.clone(), c.app.clone()),
             None => (-1, String::new(), String::new()),
         };
-        // The cursor's bucket bounds the scan; rows of that bucket up to the
-        // cursor are skipped after grouping.
-        let start = signed(q.since).max(after_bucket);
+        let filters = "(?3 IS NULL OR tenant = ?3) AND (?4 IS NULL OR app = ?4)";
         let conn = self.lock();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT (minute / ?1) * ?1 AS bucket, tenant, app{sums}
+        let mut next_data = conn.prepare_cached(&format!(
+            "SELECT min(minute) FROM usage WHERE minute >= ?1 AND minute < ?2 AND {filters}"
+        ))?;
+        let mut grouped = conn.prepare_cached(&format!(
+            "SELECT (minute / ?5) * ?5 AS bucket, tenant, app{sums}
              FROM usage
-             WHERE minute >= ?2 AND minute < ?3
-               AND (?4 IS NULL OR tenant = ?4) AND (?5 IS NULL OR app = ?5)
+             WHERE minute >= ?1 AND minute < ?2 AND {filters}
              GROUP BY bucket, tenant, app
              HAVING (bucket, tenant, app) > (?6, ?7, ?8)
              ORDER BY bucket, tenant, app
              LIMIT ?9"
         ))?;
-        let rows = stmt
-            .query_map(
-                params![
-                    width,
-                    start,
-                    signed(q.until),
-                    q.tenant,
-                    q.app,
-                    after_bucket,
-                    after_tenant,
-                    after_app,
-                    signed(limit as u64 + 1),
-                ],
-                |row| {
-                    Ok(UsageRow {
-                        bucket: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
-                        tenant: row.get(1)?,
-                        app: row.get(2)?,
-                        totals: totals_from(row, 3)?,
-                    })
-                },
-            )?
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut rows = rows;
+        // The cursor's bucket bounds the scan; rows of that bucket up to
+        // the cursor are skipped after grouping.
+        let mut start = q.since.max(u64::try_from(after_bucket).unwrap_or(0));
+        let mut rows: Vec<UsageRow> = Vec::new();
+        while start < q.until && rows.len() <= limit {
+            let first: Option<i64> = next_data.query_row(
+                params![signed(start), signed(q.until), q.tenant, q.app],
+                |r| r.get(0),
+            )?;
+            let Some(first) = first.and_then(|m| u64::try_from(m).ok()) else {
+                break;
+            };
+            start = start.max(first);
+            // Windows end on bucket boundaries, so no bucket is split.
+            let end = (start / width * width)
+                .saturating_add(q.by.window())
+                .min(q.until);
+            let found = grouped
+                .query_map(
+                    params![
+                        signed(start),
+                        signed(end),
+                        q.tenant,
+                        q.app,
+                        signed(width),
+                        after_bucket,
+                        after_tenant,
+                        after_app,
+                        signed((limit + 1 - rows.len()) as u64),
+                    ],
+                    |row| {
+                        Ok(UsageRow {
+                            bucket: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
+                            tenant: row.get(1)?,
+                            app: row.get(2)?,
+                            totals: totals_from(row, 3)?,
+                        })
+                    },
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.extend(found);
+            start = end;
+        }
         let next = if rows.len() > limit {
             rows.truncate(limit);
             rows.last().map(|r| UsageCursor {

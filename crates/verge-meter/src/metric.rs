@@ -1,16 +1,17 @@
 //! Every Prometheus metric Verge exports, named and described once.
 //!
-//! Code elsewhere never writes a metric name: it holds the typed handles
-//! made here ([`AppMetrics`] per app version, [`NodeMetrics`] per node).
+//! Code elsewhere never writes a metric name. Per-app metrics come from
+//! the meter's [`Cumulative`] counts, rendered here at scrape time;
+//! node-wide ones are typed `metrics` handles ([`NodeMetrics`]).
 //! The anomaly detection reads these names, so they are stable: rename
 //! one only with a migration note.
 //!
-//! Recording goes to whatever `metrics` recorder the binary installed; with
-//! none installed every handle is a no-op.
+//! Node-wide handles record into whatever `metrics` recorder the binary
+//! installed; with none installed they are no-ops.
 
 #![allow(clippy::disallowed_macros)] // The one place metric macros are used.
 
-use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics::{Counter, Gauge, Unit};
 
 use crate::invocation::{Invocation, Rejected};
 
@@ -73,6 +74,16 @@ pub const APPS_LOADED: Def = Def {
     name: "verge_app_versions_loaded",
     help: "App versions the node serves.",
 };
+/// Linear memories in use in the pool.
+pub const POOL_MEMORIES: Def = Def {
+    name: "verge_pool_memories_in_use",
+    help: "Linear memories of the pooling allocator in use by instances.",
+};
+/// Warm memory kept resident for reuse.
+pub const POOL_WARM_BYTES: Def = Def {
+    name: "verge_pool_warm_memory_bytes",
+    help: "Resident bytes of unused linear memories kept warm for reuse (keep_resident).",
+};
 /// Resident memory of the process.
 pub const RESIDENT_MEMORY: Def = Def {
     name: "verge_process_resident_memory_bytes",
@@ -86,69 +97,156 @@ pub const DURATION_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0,
 ];
 
-/// Registers the help text and unit of every metric with the recorder.
+/// Registers the help text and unit of the node-wide metrics with the
+/// `metrics` recorder (the per-app ones are rendered by [`render_apps`]).
 pub fn describe() {
-    for def in [
-        REQUESTS,
-        REJECTIONS,
-        UNROUTED,
-        COMPILE_CACHE_HITS,
-        COMPILE_CACHE_MISSES,
-    ] {
+    for def in [UNROUTED, COMPILE_CACHE_HITS, COMPILE_CACHE_MISSES] {
         metrics::describe_counter!(def.name, def.help);
     }
-    metrics::describe_counter!(GUEST_CPU.name, Unit::Microseconds, GUEST_CPU.help);
-    metrics::describe_histogram!(REQUEST_DURATION.name, Unit::Seconds, REQUEST_DURATION.help);
-    for def in [INSTANCES_ACTIVE, INSTANCE_SLOTS, APPS_LOADED] {
+    for def in [INSTANCES_ACTIVE, INSTANCE_SLOTS, APPS_LOADED, POOL_MEMORIES] {
         metrics::describe_gauge!(def.name, def.help);
     }
-    metrics::describe_gauge!(RESIDENT_MEMORY.name, Unit::Bytes, RESIDENT_MEMORY.help);
+    for def in [RESIDENT_MEMORY, POOL_WARM_BYTES] {
+        metrics::describe_gauge!(def.name, Unit::Bytes, def.help);
+    }
 }
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Duration buckets plus `+Inf`.
+const BUCKETS: usize = DURATION_BUCKETS.len() + 1;
 
-/// The handles of one app, made when a version is loaded so a request only
-/// touches atomics.
-#[derive(Debug, Clone)]
-pub struct AppMetrics {
-    requests: [Counter; 5],
-    duration: [Histogram; 5],
-    rejected_quota: Counter,
-    rejected_limit: Counter,
-    cpu: Counter,
+/// Counts of one app since the node started, for the per-app metrics.
+/// Kept by the meter's series under the lock that also keeps usage, so a
+/// request pays one lock for billing and metrics together.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cumulative {
+    /// Requests by status class (`1xx`..`5xx`).
+    pub requests: [u64; 5],
+    /// Requests whose guest ran, by status class and duration bucket (not
+    /// cumulative: one bucket per request).
+    pub durations: [[u64; BUCKETS]; 5],
+    /// Sum of their durations, microseconds, by status class.
+    pub duration_us: [u64; 5],
+    /// Turned away by a quota.
+    pub rejected_quota: u64,
+    /// Turned away by a component limit.
+    pub rejected_limit: u64,
+    /// Guest CPU, microseconds.
+    pub cpu_us: u64,
 }
 
-impl AppMetrics {
-    /// Handles labelled with `app` (`tenant/app`).
-    pub fn new(app: &str) -> Self {
-        let requests = CLASSES
-            .map(|c| metrics::counter!(REQUESTS.name, "app" => app.to_string(), "status" => c));
-        let duration = CLASSES.map(
-            |c| metrics::histogram!(REQUEST_DURATION.name, "app" => app.to_string(), "status" => c),
-        );
-        Self {
-            requests,
-            duration,
-            rejected_quota: metrics::counter!(REJECTIONS.name, "app" => app.to_string(), "reason" => "quota"),
-            rejected_limit: metrics::counter!(REJECTIONS.name, "app" => app.to_string(), "reason" => "limit"),
-            cpu: metrics::counter!(GUEST_CPU.name, "app" => app.to_string()),
-        }
-    }
-
+impl Cumulative {
     /// Counts one request.
-    pub fn record(&self, inv: &Invocation) {
+    pub fn add(&mut self, inv: &Invocation) {
         let class = usize::from((inv.status / 100).clamp(1, 5)) - 1;
-        self.requests[class].increment(1);
+        self.requests[class] += 1;
         match inv.rejected {
-            Some(Rejected::Quota) => self.rejected_quota.increment(1),
-            Some(Rejected::Limit) => self.rejected_limit.increment(1),
+            Some(Rejected::Quota) => self.rejected_quota += 1,
+            Some(Rejected::Limit) => self.rejected_limit += 1,
             None => {
-                self.duration[class].record(inv.wall.as_secs_f64());
-                self.cpu
-                    .increment(u64::try_from(inv.cpu.as_micros()).unwrap_or(u64::MAX));
+                let secs = inv.wall.as_secs_f64();
+                let bucket = DURATION_BUCKETS.partition_point(|le| *le < secs);
+                self.durations[class][bucket] += 1;
+                let us = u64::try_from(inv.wall.as_micros()).unwrap_or(u64::MAX);
+                self.duration_us[class] = self.duration_us[class].saturating_add(us);
+                let cpu = u64::try_from(inv.cpu.as_micros()).unwrap_or(u64::MAX);
+                self.cpu_us = self.cpu_us.saturating_add(cpu);
             }
         }
     }
+
+    /// Adds other counts.
+    pub fn merge(&mut self, o: &Cumulative) {
+        for c in 0..5 {
+            self.requests[c] += o.requests[c];
+            self.duration_us[c] = self.duration_us[c].saturating_add(o.duration_us[c]);
+            for b in 0..BUCKETS {
+                self.durations[c][b] += o.durations[c][b];
+            }
+        }
+        self.rejected_quota += o.rejected_quota;
+        self.rejected_limit += o.rejected_limit;
+        self.cpu_us = self.cpu_us.saturating_add(o.cpu_us);
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped, as the text format asks.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn header(out: &mut String, def: Def, kind: &str) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# HELP {} {}", def.name, def.help);
+    let _ = writeln!(out, "# TYPE {} {kind}", def.name);
+}
+
+/// The per-app metrics in Prometheus text format, from the meter's
+/// cumulative counts (`(tenant/app, counts)`, sorted by app).
+pub fn render_apps(apps: &[(String, Cumulative)]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    header(&mut out, REQUESTS, "counter");
+    for (app, c) in apps {
+        let app = label(app);
+        for (class, n) in CLASSES.iter().zip(c.requests) {
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "{}{{app=\"{app}\",status=\"{class}\"}} {n}",
+                    REQUESTS.name
+                );
+            }
+        }
+    }
+    header(&mut out, REQUEST_DURATION, "histogram");
+    for (app, c) in apps {
+        let app = label(app);
+        for (i, class) in CLASSES.iter().enumerate() {
+            let count: u64 = c.durations[i].iter().sum();
+            if count == 0 {
+                continue;
+            }
+            let name = REQUEST_DURATION.name;
+            let labels = format!("app=\"{app}\",status=\"{class}\"");
+            let mut running = 0;
+            for (b, n) in c.durations[i].iter().enumerate() {
+                running += n;
+                let le = DURATION_BUCKETS
+                    .get(b)
+                    .map_or_else(|| "+Inf".to_string(), |v| v.to_string());
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {running}");
+            }
+            let sum = c.duration_us[i] as f64 / 1e6;
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+        }
+    }
+    header(&mut out, REJECTIONS, "counter");
+    for (app, c) in apps {
+        let app = label(app);
+        for (reason, n) in [("quota", c.rejected_quota), ("limit", c.rejected_limit)] {
+            let _ = writeln!(
+                out,
+                "{}{{app=\"{app}\",reason=\"{reason}\"}} {n}",
+                REJECTIONS.name
+            );
+        }
+    }
+    header(&mut out, GUEST_CPU, "counter");
+    for (app, c) in apps {
+        let _ = writeln!(
+            out,
+            "{}{{app=\"{}\"}} {}",
+            GUEST_CPU.name,
+            label(app),
+            c.cpu_us
+        );
+    }
+    out
 }
 
 /// Node-wide handles.
@@ -162,6 +260,8 @@ pub struct NodeMetrics {
     cache_misses: Counter,
     apps_loaded: Gauge,
     resident_memory: Gauge,
+    pool_memories: Gauge,
+    pool_warm: Gauge,
 }
 
 /// Node-wide values read when metrics are scraped.
@@ -179,6 +279,10 @@ pub struct NodeSnapshot {
     pub app_versions: u64,
     /// Resident memory, bytes.
     pub resident_memory: u64,
+    /// Pool memories in use.
+    pub pool_memories: u64,
+    /// Warm, unused pool memory kept resident, bytes.
+    pub pool_warm_bytes: u64,
 }
 
 impl Default for NodeMetrics {
@@ -191,6 +295,8 @@ impl Default for NodeMetrics {
             cache_misses: metrics::counter!(COMPILE_CACHE_MISSES.name),
             apps_loaded: metrics::gauge!(APPS_LOADED.name),
             resident_memory: metrics::gauge!(RESIDENT_MEMORY.name),
+            pool_memories: metrics::gauge!(POOL_MEMORIES.name),
+            pool_warm: metrics::gauge!(POOL_WARM_BYTES.name),
         }
     }
 }
@@ -204,5 +310,50 @@ impl NodeMetrics {
         self.cache_misses.absolute(s.compile_cache_misses);
         self.apps_loaded.set(s.app_versions as f64);
         self.resident_memory.set(s.resident_memory as f64);
+        self.pool_memories.set(s.pool_memories as f64);
+        self.pool_warm.set(s.pool_warm_bytes as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn app_metrics_render_as_prometheus_text() {
+        let mut counts = Cumulative::default();
+        for (wall_us, status) in [(50, 200), (700, 200), (2_000_000, 503)] {
+            counts.add(&Invocation {
+                wall: Duration::from_micros(wall_us),
+                cpu: Duration::from_micros(10),
+                status,
+                ..Invocation::default()
+            });
+        }
+        counts.add(&Invocation::rejected(Rejected::Quota, 429));
+        let text = render_apps(&[("t/a\"b".to_string(), counts)]);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        let app = r#"app="t/a\"b""#;
+        for expected in [
+            format!(r#"verge_requests_total{{{app},status="2xx"}} 2"#),
+            format!(r#"verge_requests_total{{{app},status="4xx"}} 1"#),
+            format!(r#"verge_request_duration_seconds_bucket{{{app},status="2xx",le="0.0001"}} 1"#),
+            format!(r#"verge_request_duration_seconds_bucket{{{app},status="2xx",le="0.001"}} 2"#),
+            format!(r#"verge_request_duration_seconds_bucket{{{app},status="2xx",le="+Inf"}} 2"#),
+            format!(r#"verge_request_duration_seconds_count{{{app},status="5xx"}} 1"#),
+            format!(r#"verge_request_duration_seconds_sum{{{app},status="5xx"}} 2"#),
+            format!(r#"verge_rejections_total{{{app},reason="quota"}} 1"#),
+            format!(r#"verge_guest_cpu_microseconds_total{{{app}}} 30"#),
+        ] {
+            assert!(
+                lines.contains(&expected.as_str()),
+                "missing {expected}:\n{text}"
+            );
+        }
+        // No empty status classes, and no duration for rejected requests.
+        assert!(!text.contains(r#"status="1xx""#));
+        assert!(!text.contains(r#"duration_seconds_count{app="t/a\"b",status="4xx"}"#));
     }
 }

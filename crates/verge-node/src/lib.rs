@@ -370,6 +370,8 @@ impl Node {
             compile_cache_misses: stats.compile_cache_misses,
             app_versions: apps.version_count() as u64,
             resident_memory: 0,
+            pool_memories: stats.pool_memories,
+            pool_warm_bytes: stats.pool_warm_bytes,
         }
     }
 

@@ -1,5 +1,6 @@
 //! What the node measures and limits per app version: its usage series
-//! (billing), its metric handles (Prometheus) and its quotas.
+//! (billing, and the per-app Prometheus counts kept with it) and its
+//! quotas.
 //!
 //! Everything is resolved once, when a version is prepared, so a request
 //! only touches an `Arc` it already has; with nothing configured (`verge
@@ -10,7 +11,7 @@ use std::time::SystemTime;
 
 use verge_executor::{AppContext, GuestTrace, Invocation, UsageSink};
 use verge_guard::quota::{AppQuota, QuotaBook};
-use verge_meter::metric::{AppMetrics, NodeMetrics};
+use verge_meter::metric::NodeMetrics;
 use verge_meter::{Meter, Rejected, Series, SeriesKey};
 
 /// What a node measures and limits besides serving.
@@ -20,7 +21,8 @@ pub struct Telemetry {
     pub meter: Option<Arc<Meter>>,
     /// Quotas per tenant and app.
     pub quotas: Option<Arc<QuotaBook>>,
-    /// Whether to keep Prometheus metrics (a recorder must be installed).
+    /// Whether to keep the node-wide Prometheus metrics (a recorder must be
+    /// installed; per-app metrics come from the meter).
     pub metrics: bool,
     /// OpenTelemetry spans per request, when exported.
     pub tracing: Option<Arc<crate::trace::Tracing>>,
@@ -30,7 +32,6 @@ pub struct Telemetry {
 #[derive(Debug)]
 pub(crate) struct AppUsage {
     series: Option<Arc<Series>>,
-    metrics: Option<AppMetrics>,
     pub(crate) quota: Option<AppQuota>,
 }
 
@@ -45,13 +46,12 @@ impl AppUsage {
                     version: app.version.clone().unwrap_or_else(|| "-".to_string()),
                 })
             }),
-            metrics: telemetry.metrics.then(|| AppMetrics::new(&app.key)),
             quota: telemetry
                 .quotas
                 .as_ref()
                 .and_then(|book| book.for_app(&app.tenant, &app.app)),
         };
-        let any = usage.series.is_some() || usage.metrics.is_some() || usage.quota.is_some();
+        let any = usage.series.is_some() || usage.quota.is_some();
         any.then(|| Arc::new(usage))
     }
 
@@ -63,9 +63,6 @@ impl AppUsage {
     fn record(&self, invocation: &Invocation) {
         if let Some(series) = &self.series {
             series.record(invocation);
-        }
-        if let Some(metrics) = &self.metrics {
-            metrics.record(invocation);
         }
     }
 }

@@ -14,11 +14,11 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use http::{Request, Response, header};
 use hyper::body::Incoming;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tower::ServiceExt;
 use verge_control::{ApiError, Caller, Control};
 use verge_ingress::{Conn, Handler};
-use verge_meter::metric;
+use verge_meter::{Meter, metric};
 use verge_node::Node;
 
 /// Installs the process's metrics recorder (once; later calls get the
@@ -28,13 +28,7 @@ pub fn install_recorder() -> Result<PrometheusHandle, String> {
         std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Full(metric::REQUEST_DURATION.name.to_string()),
-                    metric::DURATION_BUCKETS,
-                )
-                .map_err(|e| e.to_string())?
-                .build_recorder();
+            let recorder = PrometheusBuilder::new().build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
             metric::describe();
@@ -48,6 +42,7 @@ struct AdminState {
     handle: PrometheusHandle,
     node: Arc<Node>,
     control: Arc<Control>,
+    meter: Option<Arc<Meter>>,
 }
 
 impl axum::extract::FromRef<AdminState> for Arc<Control> {
@@ -62,17 +57,14 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Serves the node's metrics; `open` when bound to loopback (no token).
-    pub fn new(
-        handle: PrometheusHandle,
-        node: Arc<Node>,
-        control: Arc<Control>,
-        open: bool,
-    ) -> Self {
+    /// Serves the metrics of `server`; `open` when bound to loopback (no
+    /// token).
+    pub fn new(handle: PrometheusHandle, server: &crate::Server, open: bool) -> Self {
         let state = AdminState {
             handle,
-            node,
-            control,
+            node: server.node.clone(),
+            control: server.control.clone(),
+            meter: server.meter.clone(),
         };
         let metrics = if open {
             get(open_metrics)
@@ -105,12 +97,16 @@ async fn guarded_metrics(
 fn render(state: &AdminState) -> impl IntoResponse + use<> {
     state.node.update_metrics(resident_memory());
     state.handle.run_upkeep();
+    let mut text = state.handle.render();
+    if let Some(meter) = &state.meter {
+        text.push_str(&metric::render_apps(&meter.cumulative()));
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.handle.render(),
+        text,
     )
 }
 

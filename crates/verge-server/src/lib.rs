@@ -90,6 +90,8 @@ pub struct TelemetryConfig {
     pub metrics: bool,
     /// Trace requests (see [`otel::Traces`]).
     pub tracing: Option<Arc<verge_node::Tracing>>,
+    /// Meter usage (off only to measure what metering costs).
+    pub metering: bool,
 }
 
 impl Default for TelemetryConfig {
@@ -100,6 +102,7 @@ impl Default for TelemetryConfig {
             usage_flush: Duration::from_secs(10),
             metrics: false,
             tracing: None,
+            metering: true,
         }
     }
 }
@@ -144,6 +147,8 @@ pub struct Server {
     pub control: Arc<Control>,
     /// What the ingress serves.
     pub gateway: Arc<Gateway>,
+    /// Usage and per-app metric counts, when metering is on.
+    pub meter: Option<Arc<Meter>>,
     /// Writes the last usage when the server is dropped.
     _flusher: Flusher,
     _lock: File,
@@ -198,9 +203,9 @@ impl Server {
         let node = Node::with_telemetry(
             executor,
             Telemetry {
-                meter: Some(meter),
+                meter: config.telemetry.metering.then(|| meter.clone()),
                 quotas,
-                metrics: config.telemetry.metrics,
+                metrics: config.telemetry.metrics && config.telemetry.metering,
                 tracing: config.telemetry.tracing.clone(),
             },
         );
@@ -223,7 +228,13 @@ impl Server {
         let auditor = control.clone();
         tokio::spawn(async move {
             while let Some(e) = refusals.recv().await {
-                tracing::warn!(tenant = %e.tenant, "{e}; refusing until the window ends");
+                // An app's quota shows in its live log (`verge logs`).
+                match e.scope.strip_prefix("app ") {
+                    Some(app) => tracing::warn!(app, "{e}; refusing until the window ends"),
+                    None => {
+                        tracing::warn!(tenant = %e.tenant, "{e}; refusing until the window ends")
+                    }
+                }
                 auditor
                     .audit(
                         audit::Record::new("quota.exceeded", &e.scope, audit::Outcome::Denied)
@@ -248,6 +259,7 @@ impl Server {
                 node,
                 control,
                 gateway,
+                meter: config.telemetry.metering.then_some(meter),
                 _flusher: flusher,
                 _lock: lock,
             },

@@ -117,6 +117,11 @@ pub(crate) struct ServerArgs {
     #[arg(long, value_name = "RATIO", default_value_t = 1.0, value_parser = parse_ratio)]
     otlp_sample_ratio: f64,
 
+    /// Benchmark hook: serve without metering usage or keeping metrics,
+    /// to measure what they cost (bench/metering.py).
+    #[arg(long, hide = true)]
+    no_metering: bool,
+
     /// Test hook: make deploys stop forever at a stage (`validated`,
     /// `prepared`, `recorded`) so crash tests can kill the server there.
     #[arg(long, value_name = "STAGE", hide = true)]
@@ -249,6 +254,7 @@ async fn serve(
             usage_flush: args.usage_flush_interval,
             metrics: true,
             tracing: traces.as_ref().map(|t| t.tracing.clone()),
+            metering: !args.no_metering,
         },
     })
     .await
@@ -257,8 +263,7 @@ async fn serve(
     let admin_addr = admin_ingress.local_addr().map_err(Failure::runtime)?;
     let admin = Arc::new(verge_server::admin::Admin::new(
         metrics,
-        server.node.clone(),
-        server.control.clone(),
+        &server,
         admin_addr.ip().is_loopback(),
     ));
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();

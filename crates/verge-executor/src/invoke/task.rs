@@ -40,8 +40,6 @@ pub(crate) struct RequestShared {
     pub(crate) usage: UsageCounters,
     /// Where the usage goes when the request is over.
     pub(crate) sink: Option<Arc<dyn UsageSink>>,
-    /// The executor's count of requests in progress.
-    pub(crate) active: Arc<AtomicU64>,
     /// The request's timeline, when it is traced.
     pub(crate) trace: Option<super::trace::TraceRecorder>,
 }
@@ -106,7 +104,6 @@ impl std::fmt::Debug for RequestShared {
 
 impl Drop for RequestShared {
     fn drop(&mut self) {
-        self.active.fetch_sub(1, Ordering::Relaxed);
         if let Some(sink) = &self.sink {
             let trace = self.trace.as_ref().map(|t| t.take());
             sink.finished(self.usage.invocation(), trace);
@@ -130,10 +127,8 @@ impl RequestShared {
         component: Arc<str>,
         cold: bool,
         sink: Option<Arc<dyn UsageSink>>,
-        active: Arc<AtomicU64>,
         trace: Option<super::trace::TraceRecorder>,
     ) -> Self {
-        active.fetch_add(1, Ordering::Relaxed);
         Self {
             too_large: AtomicBool::new(false),
             heavy: AtomicBool::new(false),
@@ -142,7 +137,6 @@ impl RequestShared {
             component,
             usage: UsageCounters::new(cold),
             sink,
-            active,
             trace,
         }
     }

@@ -106,6 +106,43 @@ fn paging_returns_every_row_once_in_order() {
 }
 
 #[test]
+fn pages_span_windows_and_gaps_without_splitting_buckets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = UsageDb::open(&dir.path().join("usage.db")).expect("open");
+    // Usage on three days years apart, two apps, a row every 7 minutes.
+    let mut deltas = Vec::new();
+    for day in [10_000u64, 10_001, 12_345] {
+        for m in (0..1440).step_by(7) {
+            for app in ["a", "b"] {
+                deltas.push(delta("t", app, "v1", day * 1440 + m, 1));
+            }
+        }
+    }
+    db.add(&deltas).expect("add");
+    let per_day = 2 * 1440_u64.div_ceil(7);
+    for (by, rows) in [
+        (Granularity::Minute, 3 * per_day),
+        (Granularity::Hour, 3 * 24 * 2),
+        (Granularity::Day, 3 * 2),
+    ] {
+        for limit in [1, 50, 10_000] {
+            let got = query(&db, by, limit);
+            assert_eq!(got.len() as u64, rows, "{by:?} limit {limit}");
+            let total: u64 = got.iter().map(|r| r.totals.requests).sum();
+            assert_eq!(total, 3 * per_day, "{by:?} limit {limit}: every row once");
+            let mut keys: Vec<_> = got.iter().map(|r| (r.bucket, r.app.clone())).collect();
+            let n = keys.len();
+            keys.dedup();
+            assert_eq!(
+                keys.len(),
+                n,
+                "{by:?} limit {limit}: no bucket split or repeated"
+            );
+        }
+    }
+}
+
+#[test]
 fn filters_and_ranges_select_rows() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = UsageDb::open(&dir.path().join("usage.db")).expect("open");

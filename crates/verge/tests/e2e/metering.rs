@@ -131,6 +131,47 @@ fn guest_cpu_is_billed_within_ten_percent_and_sleeping_is_not() {
     );
 }
 
+#[test]
+fn failing_guests_are_metered_for_what_they_used() {
+    let plane = plane(&[]);
+    let app = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        app.path().join("verge.toml"),
+        format!(
+            "name = \"failing\"\n\n[component.web]\nsource = {}\nroutes = [\"/f\"]\n\n\
+             [component.web.limits]\nmemory = \"32MiB\"\ntimeout = \"1s\"\n",
+            crate::support::toml_path(&guests().test_programs)
+        ),
+    )
+    .expect("manifest");
+    let run = plane.cli_in(&plane.admin, &["deploy"], app.path(), None);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(plane.get("/f/trap").0, 500);
+    assert_eq!(plane.get("/f/bomb").0, 500);
+    let started = Instant::now();
+    assert_eq!(plane.get("/f/loop").0, 504);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    wait_for_requests(&plane, "failing", 3);
+    let row = &usage(&plane, "failing")[0];
+    assert_eq!(row["status_5xx"], 3, "{row}");
+    assert_eq!(
+        row["invocations"], 3,
+        "failed guests ran, so they are billed"
+    );
+    // The memory bomb reached (nearly) its cap.
+    let peak = row["peak_memory_bytes"].as_u64().expect("peak");
+    assert!(
+        peak > 24 * 1024 * 1024 && peak <= 32 * 1024 * 1024,
+        "{peak}"
+    );
+    // The loop burned CPU until its 1 s deadline (at lower priority, on a
+    // shared machine: at least a good part of it), and no more.
+    let cpu = row["cpu_seconds"].as_f64().expect("cpu");
+    assert!(cpu > 0.05 && cpu < 1.5, "{cpu}");
+    let wall = row["wall_seconds"].as_f64().expect("wall");
+    assert!(wall >= 1.0, "{wall}");
+}
+
 fn write_config(dir: &Path, text: &str) -> String {
     let path = dir.join("server.toml");
     std::fs::write(&path, text).expect("config");
@@ -216,6 +257,15 @@ fn quotas_refuse_with_429_are_audited_once_and_survive_a_restart() {
         .collect();
     assert_eq!(quota_entries.len(), 1, "{quota_entries:?}");
     assert_eq!(quota_entries[0]["target"], "app default/limited");
+    // And one line in the app's live log.
+    let logs = plane.cli(&["logs", "limited"]);
+    assert_eq!(
+        logs.stdout.matches("quota").count(),
+        1,
+        "{}\n{}",
+        logs.stdout,
+        logs.stderr
+    );
 
     // CPU per day: burn past one second, then the app is refused until midnight.
     let deadline = Instant::now() + Duration::from_secs(60);
