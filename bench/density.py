@@ -60,7 +60,8 @@ def main():
         port = free_port()
         token_file = Path(tmp) / "token"
         proc = subprocess.Popen([TARGET / "release/verge", "server", "--data", Path(tmp) / "data",
-                                 "--listen", f"127.0.0.1:{port}", "--admin-token-file", token_file,
+                                 "--listen", f"127.0.0.1:{port}", "--admin-listen", "127.0.0.1:0",
+                                 "--admin-token-file", token_file,
                                  "--max-instances", "10000"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

@@ -55,7 +55,7 @@ class Server:
         started = time.perf_counter()
         self.proc = subprocess.Popen(
             [VERGE, "server", "--data", self.data, "--listen", f"127.0.0.1:{self.port}",
-             "--admin-token-file", self.token_file],
+             "--admin-listen", "127.0.0.1:0", "--admin-token-file", self.token_file],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.perf_counter() + 60
         while not answers(self.port, "/v1/health", b"ok"):

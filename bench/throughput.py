@@ -66,7 +66,8 @@ def peers(cache_dir):
                                        "--addr", f"127.0.0.1:{p}", HELLO],
         "verge": lambda p: [verge, "up", HELLO, "--listen", f"127.0.0.1:{p}", "--cache-dir", cache_dir],
         "verge-server": lambda p: [verge, "server", "--data", Path(cache_dir) / f"server-{p}",
-                                   "--listen", f"127.0.0.1:{p}", "--cache-dir", cache_dir,
+                                   "--listen", f"127.0.0.1:{p}", "--admin-listen", "127.0.0.1:0",
+                                   "--cache-dir", cache_dir,
                                    "--admin-token-file", Path(cache_dir) / f"server-{p}.token"],
     }
 
