@@ -18,15 +18,14 @@ import http.server
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TARGET, WASMTIME, free_port  # noqa: E402
-from throughput import HELLO, build, deploy_hello, log, start, wait_ready, wrk  # noqa: E402
+from common import TARGET, WASMTIME  # noqa: E402
+from throughput import HELLO, build, measure  # noqa: E402
 
 
 class Sink(http.server.BaseHTTPRequestHandler):
@@ -78,27 +77,9 @@ def main():
         endpoint = f"http://127.0.0.1:{sink.server_address[1]}/v1/traces"
         commands["server-traced"] = server(["--otlp-endpoint", endpoint])
 
-    results = {name: [] for name in commands}
-    running = {}
     try:
-        for name, cmd_for in commands.items():
-            port = free_port()
-            proc = start(cmd_for(port))
-            if name.startswith("server"):
-                deploy_hello(port, cache_dir)
-            wait_ready(port, proc)
-            running[name] = (port, proc)
-        for r in range(args.rounds):
-            for name, (port, _) in running.items():
-                subprocess.run(["wrk", "-t2", "-c64", f"-d{args.warmup}s", f"http://127.0.0.1:{port}/"],
-                               capture_output=True)
-                rps, p50, p99 = wrk(port, args.duration)
-                results[name].append((rps, p50, p99))
-                log(f"round {r + 1} {name:17} {rps:10.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
+        results = measure(commands, args, cache_dir, lambda name: name.startswith("server"))
     finally:
-        for _, proc in running.values():
-            proc.terminate()
-            proc.wait()
         if sink:
             sink.shutdown()
         shutil.rmtree(cache_dir, ignore_errors=True)

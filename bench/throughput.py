@@ -140,6 +140,34 @@ def startup(cmd_for, runs=10):
     return statistics.median(times[1:])  # the first run warms the cache
 
 
+def measure(commands, args, cache_dir, is_server):
+    """Starts every peer (deploying hello to those `is_server(name)` says are
+    `verge server`s), then measures each once per round, alternating, after
+    a warm-up. Returns {name: [(req/s, p50 ms, p99 ms), ...]}."""
+    results = {name: [] for name in commands}
+    running = {}
+    try:
+        for name, cmd_for in commands.items():
+            port = free_port()
+            proc = start(cmd_for(port))
+            if is_server(name):
+                deploy_hello(port, cache_dir)
+            wait_ready(port, proc)
+            running[name] = (port, proc)
+        for r in range(args.rounds):
+            for name, (port, _) in running.items():
+                subprocess.run(["wrk", "-t2", "-c64", f"-d{args.warmup}s", f"http://127.0.0.1:{port}/"],
+                               capture_output=True)
+                rps, p50, p99 = wrk(port, args.duration)
+                results[name].append((rps, p50, p99))
+                log(f"round {r + 1} {name:17} {rps:10.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
+    finally:
+        for _, proc in running.values():
+            proc.terminate()
+            proc.wait()
+    return results
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -153,27 +181,7 @@ def main():
     cache_dir = tempfile.mkdtemp(prefix="verge-bench-cache-")
     os.chmod(cache_dir, 0o700)
     commands = peers(cache_dir)
-    results = {name: [] for name in commands}
-    running = {}
-    try:
-        for name, cmd_for in commands.items():
-            port = free_port()
-            proc = start(cmd_for(port))
-            if name == "verge-server":
-                deploy_hello(port, cache_dir)
-            wait_ready(port, proc)
-            running[name] = (port, proc)
-        for r in range(args.rounds):
-            for name, (port, _) in running.items():
-                wrk_warm = subprocess.run(["wrk", "-t2", "-c64", f"-d{args.warmup}s", f"http://127.0.0.1:{port}/"],
-                                          capture_output=True)
-                rps, p50, p99 = wrk(port, args.duration)
-                results[name].append((rps, p50, p99))
-                log(f"round {r + 1} {name:17} {rps:10.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
-    finally:
-        for _, proc in running.values():
-            proc.terminate()
-            proc.wait()
+    results = measure(commands, args, cache_dir, lambda name: name == "verge-server")
 
     def med(name, i):
         return statistics.median(x[i] for x in results[name])
