@@ -144,6 +144,7 @@ fn row(r: &UsageRow, prices: &verge_meter::PriceSheet) -> Value {
         "response_bytes": t.response_bytes,
         "outbound_calls": t.outbound_calls,
         "outbound_bytes": t.outbound_bytes,
+        "outbound_bytes_sent": t.outbound_bytes_sent,
         "egress_bytes": verge_meter::egress_bytes(t),
         "kv_ops": t.kv_ops,
         "cost": prices.cost(t),

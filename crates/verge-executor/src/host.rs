@@ -155,17 +155,21 @@ impl WasiHttpHooks for OutboundGate {
             .usage
             .outbound_calls
             .fetch_add(1, Ordering::Relaxed);
-        let traced = self.shared.trace.as_ref().map(|trace| {
-            let span_id = crate::invoke::trace::new_span_id();
-            let header = trace.parent().header_for(span_id);
+        // Trace context: a recorded request names the call's own span; an
+        // unsampled one passes its caller's context on, flagged unsampled.
+        let traced = self.shared.traceparent.map(|parent| {
+            let span_id = match &self.shared.trace {
+                Some(_) => crate::invoke::trace::new_span_id(),
+                None => parent.span_id,
+            };
             // The guest's own trace context, if it set one, wins.
             if !request.headers().contains_key("traceparent")
-                && let Ok(value) = http::HeaderValue::from_str(&header)
+                && let Ok(value) = http::HeaderValue::from_str(&parent.header_for(span_id))
             {
                 request.headers_mut().insert("traceparent", value);
             }
             let uri = request.uri();
-            trace.call_started(crate::invoke::OutboundCall {
+            let call = crate::invoke::OutboundCall {
                 span_id,
                 method: request.method().to_string(),
                 destination: format!(
@@ -176,13 +180,18 @@ impl WasiHttpHooks for OutboundGate {
                 started: std::time::Instant::now(),
                 ended: None,
                 status: None,
-            })
+            };
+            self.shared
+                .trace
+                .as_ref()
+                .and_then(|t| t.call_started(call))
         });
         let shared = self.shared.clone();
         let request = request.map(|inner| {
             CountingBody {
                 inner,
                 shared: shared.clone(),
+                sent: true,
             }
             .boxed_unsync()
         });
@@ -192,7 +201,11 @@ impl WasiHttpHooks for OutboundGate {
                 trace.call_ended(index, sent.as_ref().ok().map(|(r, _)| r.status().as_u16()));
             }
             let (response, io) = sent?;
-            let response = response.map(|inner| CountingBody { inner, shared });
+            let response = response.map(|inner| CountingBody {
+                inner,
+                shared,
+                sent: false,
+            });
             // The slots are held for as long as the connection lives.
             let io = async move {
                 let result = io.await;
@@ -219,6 +232,8 @@ impl WasiHttpHooks for OutboundGate {
 struct CountingBody<B> {
     inner: B,
     shared: Arc<RequestShared>,
+    /// A request body (sent: egress) rather than a response body.
+    sent: bool,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
@@ -233,8 +248,12 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
         if let Poll::Ready(Some(Ok(frame))) = &poll
             && let Some(data) = frame.data_ref()
         {
-            let counter = &self.shared.usage.outbound_bytes;
-            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            let usage = &self.shared.usage;
+            let len = data.len() as u64;
+            usage.outbound_bytes.fetch_add(len, Ordering::Relaxed);
+            if self.sent {
+                usage.outbound_bytes_sent.fetch_add(len, Ordering::Relaxed);
+            }
         }
         poll
     }

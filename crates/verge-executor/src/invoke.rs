@@ -113,8 +113,8 @@ pub struct RequestContext {
     pub hold: Option<Box<dyn std::any::Any + Send>>,
     /// Where the request's usage goes.
     pub usage: Option<Arc<dyn UsageSink>>,
-    /// The trace the request belongs to, when it is traced: its timeline
-    /// is recorded and outbound calls carry `traceparent`.
+    /// The trace the request belongs to: outbound calls carry
+    /// `traceparent`, and a sampled request's timeline is recorded.
     pub trace: Option<TraceParent>,
 }
 
@@ -226,7 +226,7 @@ impl LoadedComponent {
             self.name.clone(),
             cold,
             cx.usage.clone(),
-            cx.trace.map(trace::TraceRecorder::new),
+            cx.trace,
         ));
         let result = self.serve(request, cx, shared.clone()).await;
         let status = match &result {
@@ -237,6 +237,9 @@ impl LoadedComponent {
             .usage
             .status
             .store(status.as_u16(), Ordering::Relaxed);
+        if let Err(HandleError::Overloaded(_) | HandleError::BadRequest(_)) = &result {
+            shared.usage.refused.store(true, Ordering::Relaxed);
+        }
         result
     }
 

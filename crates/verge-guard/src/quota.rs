@@ -9,10 +9,13 @@
 //!
 //! **Invariants**
 //! - Requests per minute are exact: the count and its minute change in
-//!   one atomic step, and a refused request is not counted.
+//!   one atomic step, and a refused request is not counted (a slot taken
+//!   in one cell is given back when another cell, or a later limit,
+//!   refuses the request).
 //! - CPU per day is checked before a request and added after it, so
 //!   requests already running when the quota runs out may pass it by
-//!   their own CPU time; the next ones are refused.
+//!   their own CPU time; the next ones are refused. The day and its CPU
+//!   change in one atomic step.
 //! - Each quota's refusal is reported (for the audit log) once per window.
 
 use std::collections::HashMap;
@@ -122,9 +125,8 @@ pub struct Cell {
     limits: QuotaLimits,
     /// Minute in the high 32 bits, requests admitted in it in the low 32.
     window: AtomicU64,
-    /// The day `cpu_us` counts.
-    day: AtomicU64,
-    cpu_us: AtomicU64,
+    /// Day in the high 16 bits, CPU microseconds used in it in the low 48.
+    cpu: AtomicU64,
     /// Last minute and day whose refusal was reported.
     reported_minute: AtomicU64,
     reported_day: AtomicU64,
@@ -139,8 +141,7 @@ impl Cell {
             scope: scope.into(),
             limits,
             window: AtomicU64::new(0),
-            day: AtomicU64::new(0),
-            cpu_us: AtomicU64::new(0),
+            cpu: AtomicU64::new(0),
             reported_minute: AtomicU64::new(u64::MAX),
             reported_day: AtomicU64::new(u64::MAX),
         }
@@ -151,11 +152,8 @@ impl Cell {
             return Ok(());
         };
         let day = now / SECS_PER_DAY;
-        let used = if self.day.load(Ordering::Acquire) == day {
-            self.cpu_us.load(Ordering::Relaxed)
-        } else {
-            0
-        };
+        let (seen, used) = unpack_cpu(self.cpu.load(Ordering::Acquire));
+        let used = if seen == day & DAY_MASK { used } else { 0 };
         if used < limit.saturating_mul(1_000_000) {
             return Ok(());
         }
@@ -178,17 +176,13 @@ impl Cell {
             return Ok(());
         };
         let minute = now / 60;
+        let limit32 = limit.min(0xffff_ffff);
         let taken = self
             .window
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
                 let (m, n) = (w >> 32, w & 0xffff_ffff);
-                if m != minute & 0xffff_ffff {
-                    Some(((minute & 0xffff_ffff) << 32) | 1)
-                } else if n < limit.min(0xffff_ffff) {
-                    Some(w + 1)
-                } else {
-                    None
-                }
+                let n = if m == minute & 0xffff_ffff { n } else { 0 };
+                (n < limit32).then(|| ((minute & 0xffff_ffff) << 32) | (n + 1))
             });
         if taken.is_ok() {
             return Ok(());
@@ -207,24 +201,46 @@ impl Cell {
         ))
     }
 
+    /// Gives back a request slot taken at `now` (the request was refused
+    /// after all).
+    fn return_request(&self, now: u64) {
+        if self.limits.requests_per_minute.is_none() {
+            return;
+        }
+        let minute = (now / 60) & 0xffff_ffff;
+        let _ = self
+            .window
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w >> 32 == minute && w & 0xffff_ffff > 0).then(|| w - 1)
+            });
+    }
+
     fn add_cpu(&self, cpu_us: u64, now: u64) {
         if self.limits.cpu_seconds_per_day.is_none() {
             return;
         }
-        let day = now / SECS_PER_DAY;
-        let seen = self.day.load(Ordering::Acquire);
-        if seen != day
-            && self
-                .day
-                .compare_exchange(seen, day, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            // A new day: start over (CPU added by a request racing this
-            // reset may land in either day).
-            self.cpu_us.store(0, Ordering::Release);
-        }
-        self.cpu_us.fetch_add(cpu_us, Ordering::Relaxed);
+        let day = (now / SECS_PER_DAY) & DAY_MASK;
+        let _ = self
+            .cpu
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                let (seen, used) = unpack_cpu(w);
+                // A new day starts over.
+                let used = if seen == day { used } else { 0 };
+                Some((day << 48) | used.saturating_add(cpu_us).min(CPU_MASK))
+            });
     }
+}
+
+/// Days fit 16 bits until 2149; CPU microseconds 48 bits (78 hours a day,
+/// the most a quota may allow).
+const DAY_MASK: u64 = 0xffff;
+const CPU_MASK: u64 = (1 << 48) - 1;
+
+/// Largest `cpu_seconds_per_day` a quota can count to.
+pub const MAX_CPU_SECONDS_PER_DAY: u64 = CPU_MASK / 1_000_000;
+
+fn unpack_cpu(w: u64) -> (u64, u64) {
+    (w >> 48, w & CPU_MASK)
 }
 
 /// Called once per quota and window when a quota starts refusing.
@@ -266,19 +282,38 @@ fn unix_secs(now: SystemTime) -> u64 {
 
 impl AppQuota {
     /// Admits a request arriving at `now`, or says which quota refuses it.
+    /// A request admitted here but refused later must be handed to
+    /// [`AppQuota::refund`] with the same `now`.
     pub fn admit(&self, now: SystemTime) -> Result<(), Exceeded> {
-        let now = unix_secs(now);
-        let result = self
-            .cells
-            .iter()
-            .try_for_each(|c| c.check_cpu(now))
-            .and_then(|()| self.cells.iter().try_for_each(|c| c.take_request(now)));
+        let secs = unix_secs(now);
+        let mut result = self.cells.iter().try_for_each(|c| c.check_cpu(secs));
+        if result.is_ok() {
+            for (i, cell) in self.cells.iter().enumerate() {
+                if let Err(refused) = cell.take_request(secs) {
+                    // Give back the slots the other cells gave.
+                    for taken in &self.cells[..i] {
+                        taken.return_request(secs);
+                    }
+                    result = Err(refused);
+                    break;
+                }
+            }
+        }
         result.map_err(|(exceeded, first)| {
             if first && let Some(report) = &self.on_exceeded {
                 report(&exceeded);
             }
             exceeded
         })
+    }
+
+    /// Gives back the request slots of a request admitted at `now` and then
+    /// refused by a later check (a component limit).
+    pub fn refund(&self, now: SystemTime) {
+        let secs = unix_secs(now);
+        for cell in &self.cells {
+            cell.return_request(secs);
+        }
     }
 
     /// Counts CPU time used by a request that ended at `now`.

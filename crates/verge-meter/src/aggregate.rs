@@ -72,6 +72,8 @@ pub struct Totals {
     pub outbound_calls: u64,
     /// Outbound body bytes, both ways.
     pub outbound_bytes: u64,
+    /// Outbound body bytes sent.
+    pub outbound_bytes_sent: u64,
     /// Key-value operations.
     pub kv_ops: u64,
 }
@@ -115,6 +117,9 @@ impl Totals {
         self.response_bytes = self.response_bytes.saturating_add(inv.response_bytes);
         self.outbound_calls += u64::from(inv.outbound_calls);
         self.outbound_bytes = self.outbound_bytes.saturating_add(inv.outbound_bytes);
+        self.outbound_bytes_sent = self
+            .outbound_bytes_sent
+            .saturating_add(inv.outbound_bytes_sent);
         self.kv_ops += u64::from(inv.kv_ops);
     }
 
@@ -138,6 +143,9 @@ impl Totals {
         self.response_bytes = self.response_bytes.saturating_add(o.response_bytes);
         self.outbound_calls += o.outbound_calls;
         self.outbound_bytes = self.outbound_bytes.saturating_add(o.outbound_bytes);
+        self.outbound_bytes_sent = self
+            .outbound_bytes_sent
+            .saturating_add(o.outbound_bytes_sent);
         self.kv_ops += o.kv_ops;
     }
 
@@ -290,18 +298,14 @@ impl Meter {
     /// Cumulative counts per app (`tenant/app`), summed over its versions,
     /// sorted by app: what the per-app Prometheus metrics show.
     pub fn cumulative(&self) -> Vec<(String, Cumulative)> {
+        let map = self.series.lock().unwrap_or_else(|p| p.into_inner());
         let mut by_app: HashMap<String, Cumulative> = self
             .retired
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let series: Vec<Arc<Series>> = self
-            .series
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let series: Vec<Arc<Series>> = map.values().cloned().collect();
+        drop(map);
         for s in series {
             let app = format!("{}/{}", s.key.tenant, s.key.app);
             by_app.entry(app).or_default().merge(&s.cumulative());
@@ -315,23 +319,21 @@ impl Meter {
     /// (their version was unloaded) are forgotten once drained.
     pub fn drain(&self) -> Vec<UsageDelta> {
         let mut out = Vec::new();
-        let mut retired = Vec::new();
+        // Lock order: the map, then `retired` (as in `cumulative`), so a
+        // scrape never sees a retired series in neither place.
         let mut map = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, series| {
-            series.drain_into(&mut out);
-            // Nobody else holds it: nothing can be recorded into it again.
+            // Decided before draining: nobody else holds it, and nobody can
+            // get it while the map is locked, so this drain is its last.
             let held = Arc::strong_count(series) > 1;
+            series.drain_into(&mut out);
             if !held {
-                retired.push(series.clone());
+                let app = format!("{}/{}", series.key.tenant, series.key.app);
+                retired.entry(app).or_default().merge(&series.cumulative());
             }
             held
         });
-        drop(map);
-        let mut totals = self.retired.lock().unwrap_or_else(|p| p.into_inner());
-        for s in retired {
-            let app = format!("{}/{}", s.key.tenant, s.key.app);
-            totals.entry(app).or_default().merge(&s.cumulative());
-        }
         out
     }
 }

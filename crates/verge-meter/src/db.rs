@@ -178,9 +178,10 @@ const COLUMNS: &[&str] = &[
     "outbound_calls",
     "outbound_bytes",
     "kv_ops",
+    "outbound_bytes_sent",
 ];
 
-fn values(t: &Totals) -> [u64; 19] {
+fn values(t: &Totals) -> [u64; 20] {
     [
         t.requests,
         t.invocations,
@@ -201,6 +202,7 @@ fn values(t: &Totals) -> [u64; 19] {
         t.outbound_calls,
         t.outbound_bytes,
         t.kv_ops,
+        t.outbound_bytes_sent,
     ]
 }
 
@@ -228,6 +230,7 @@ fn totals_from(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Totals
         outbound_calls: v(16)?,
         outbound_bytes: v(17)?,
         kv_ops: v(18)?,
+        outbound_bytes_sent: v(19)?,
     })
 }
 

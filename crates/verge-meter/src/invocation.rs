@@ -23,6 +23,8 @@ pub struct Invocation {
     pub outbound_calls: u32,
     /// Outbound body bytes, sent and received.
     pub outbound_bytes: u64,
+    /// Of those, the bytes sent (request bodies): egress.
+    pub outbound_bytes_sent: u64,
     /// Key-value operations (each call of `wasi:keyvalue` counts one).
     pub kv_ops: u32,
     /// The status the client got.

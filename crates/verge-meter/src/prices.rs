@@ -3,7 +3,7 @@
 //! Billing follows the public models: requests per million (every
 //! invocation whose guest ran), CPU-seconds (Workers' CPU time), GB-seconds
 //! of memory (Lambda's: peak memory times duration rounded up to the
-//! millisecond) and GB of egress (response bytes plus outbound bytes).
+//! millisecond) and GB of egress (response bytes plus outbound bytes sent).
 //! Requests turned away before their guest ran cost nothing.
 
 use crate::aggregate::Totals;
@@ -24,7 +24,8 @@ pub struct PriceSheet {
     /// Price of one GB-second of memory (GB = 2³⁰ bytes).
     #[serde(default)]
     pub per_gb_second: f64,
-    /// Price of one GB of egress (GB = 2³⁰ bytes).
+    /// Price of one GB of egress: response bytes plus outbound bytes sent
+    /// (GB = 2³⁰ bytes).
     #[serde(default)]
     pub per_gb_egress: f64,
 }
@@ -89,9 +90,11 @@ pub fn gb_seconds(usage: &Totals) -> f64 {
     usage.memory_kib_ms as f64 / (1024.0 * 1024.0) / 1000.0
 }
 
-/// Bytes that left the node for the app: responses and outbound traffic.
+/// Bytes that left the node for the app: responses and outbound requests.
 pub fn egress_bytes(usage: &Totals) -> u64 {
-    usage.response_bytes.saturating_add(usage.outbound_bytes)
+    usage
+        .response_bytes
+        .saturating_add(usage.outbound_bytes_sent)
 }
 
 #[cfg(test)]
@@ -114,7 +117,9 @@ mod tests {
             // 1 GiB for 1.5 s.
             memory_kib_ms: 1024 * 1024 * 1500,
             response_bytes: 1 << 30,
-            outbound_bytes: 1 << 30,
+            outbound_bytes: 3 << 30,
+            // Only what was sent is egress.
+            outbound_bytes_sent: 1 << 30,
             ..Totals::default()
         };
         let cost = sheet.cost(&usage);

@@ -42,7 +42,7 @@ impl Handler for Node {
         {
             request.headers_mut().insert(header::HOST, host);
         }
-        let trace = self.telemetry.tracing.as_ref().and_then(|t| {
+        let trace = self.telemetry.tracing.as_ref().map(|t| {
             RequestTrace::start(
                 t,
                 request.headers(),
@@ -122,7 +122,7 @@ impl Node {
 
     async fn serve(
         &self,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         component: Arc<ComponentRuntime>,
         usage: Option<Arc<AppUsage>>,
         id: RequestId,
@@ -130,13 +130,23 @@ impl Node {
         trace: Option<RequestTrace>,
     ) -> Response<NodeBody> {
         let limits = component.loaded.limits();
-        let quota = match usage.as_ref().and_then(|u| u.quota.as_ref()) {
-            Some(quota) => quota.admit(SystemTime::now()).map_err(Rejection::OverQuota),
+        let quota = usage
+            .as_ref()
+            .and_then(|u| u.quota.as_ref())
+            .map(|q| (q, SystemTime::now()));
+        let admitted = match quota {
+            Some((quota, now)) => quota.admit(now).map_err(Rejection::OverQuota),
             None => Ok(()),
         };
-        let admitted = quota
-            .and_then(|()| check_declared_body(request.headers(), limits.max_request_body))
-            .and_then(|()| component.limit.try_acquire());
+        let admitted = admitted.and_then(|()| {
+            let limited = check_declared_body(request.headers(), limits.max_request_body)
+                .and_then(|()| component.limit.try_acquire());
+            if let (Err(_), Some((quota, now))) = (&limited, quota) {
+                // Refused by a limit after all: it takes no quota.
+                quota.refund(now);
+            }
+            limited
+        });
         let permit = match admitted {
             Ok(p) => p,
             Err(rejection) => {
@@ -156,11 +166,21 @@ impl Node {
         // A traced request reports through its trace, which passes the
         // usage on before emitting its spans.
         let (sink, parent): (Option<Arc<dyn verge_executor::UsageSink>>, _) = match trace {
-            Some(trace) => {
+            Some(trace) if trace.sampled() => {
                 let parent = trace.parent_for_guest();
+                // The guest sees its own span as its parent: a guest that
+                // forwards the header it got keeps the tree whole.
+                if let Ok(value) = HeaderValue::from_str(&parent.header_for(parent.span_id)) {
+                    request.headers_mut().insert("traceparent", value);
+                }
                 let sink = TracedSink(std::sync::Mutex::new(Some(trace)));
                 (Some(Arc::new(sink)), Some(parent))
             }
+            // Not recorded: the context is only passed on.
+            Some(trace) => (
+                usage.map(|u| u as Arc<dyn verge_executor::UsageSink>),
+                Some(trace.parent_for_guest()),
+            ),
             None => (usage.map(|u| u as Arc<dyn verge_executor::UsageSink>), None),
         };
 

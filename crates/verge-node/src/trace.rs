@@ -4,7 +4,10 @@
 //!
 //! A W3C `traceparent` on the incoming request makes the request span its
 //! child and follows its sampled flag; a malformed one is ignored (a new
-//! trace starts). Outbound calls carry `traceparent` naming their own span.
+//! trace starts). Outbound calls of a recorded request carry `traceparent`
+//! naming their own span, and the guest sees one naming its `guest` span
+//! (so a guest that forwards it keeps the tree whole); an unsampled request
+//! records nothing and passes its context on, flagged unsampled.
 //!
 //! **Invariant**: with tracing off the node does nothing per request; with
 //! it on, spans are handed to the exporter's queue, never awaited.
@@ -100,34 +103,49 @@ pub(crate) struct RequestTrace {
     routed: Option<Instant>,
     attributes: Vec<KeyValue>,
     usage: Option<Arc<AppUsage>>,
+    /// Recorded; else only passed on.
+    sampled: bool,
 }
 
 impl RequestTrace {
-    /// Starts tracing a request, or `None` when it is not sampled.
+    /// Starts the trace of a request: recorded, or (not sampled) only
+    /// passed on to its outbound calls.
     pub(crate) fn start(
         tracing: &Arc<Tracing>,
         headers: &HeaderMap,
         method: &http::Method,
         path: &str,
         id: RequestId,
-    ) -> Option<Self> {
+    ) -> Self {
         let arrived = (Instant::now(), SystemTime::now());
-        let (trace_id, remote_parent) = match parse_traceparent(headers) {
-            Some(incoming) if !incoming.sampled => return None,
-            Some(incoming) => (incoming.trace_id, Some(incoming.parent_id)),
+        let (trace_id, remote_parent, sampled) = match parse_traceparent(headers) {
+            Some(incoming) => (
+                incoming.trace_id,
+                Some(incoming.parent_id),
+                incoming.sampled,
+            ),
             None => {
                 let mut id = [0u8; 16];
                 id[..8].copy_from_slice(&new_span_id());
                 id[8..].copy_from_slice(&new_span_id());
                 // Ratio sampling on the trace id, as TraceIdRatioBased does.
-                let low = u64::from_be_bytes(id[8..].try_into().ok()?);
-                if (low >> 11) as f64 >= tracing.sample_ratio * (1u64 << 53) as f64 {
-                    return None;
-                }
-                (id, None)
+                let mut low = [0u8; 8];
+                low.copy_from_slice(&id[8..]);
+                let low = u64::from_be_bytes(low);
+                let sampled = ((low >> 11) as f64) < tracing.sample_ratio * (1u64 << 53) as f64;
+                (id, None, sampled)
             }
         };
-        Some(Self {
+        let attributes = if sampled {
+            vec![
+                KeyValue::new("http.request.method", method.to_string()),
+                KeyValue::new("url.path", path.chars().take(512).collect::<String>()),
+                KeyValue::new("verge.request_id", id.to_string()),
+            ]
+        } else {
+            Vec::new()
+        };
+        Self {
             tracing: tracing.clone(),
             trace_id,
             remote_parent,
@@ -135,13 +153,15 @@ impl RequestTrace {
             guest_span: new_span_id(),
             arrived,
             routed: None,
-            attributes: vec![
-                KeyValue::new("http.request.method", method.to_string()),
-                KeyValue::new("url.path", path.chars().take(512).collect::<String>()),
-                KeyValue::new("verge.request_id", id.to_string()),
-            ],
+            attributes,
             usage: None,
-        })
+            sampled,
+        }
+    }
+
+    /// Whether the request is recorded.
+    pub(crate) fn sampled(&self) -> bool {
+        self.sampled
     }
 
     /// The request reached `app` (`tenant/app`, version).
@@ -152,20 +172,28 @@ impl RequestTrace {
         usage: Option<Arc<AppUsage>>,
     ) {
         self.routed = Some(Instant::now());
+        self.usage = usage;
+        if !self.sampled {
+            return;
+        }
         self.attributes
             .push(KeyValue::new("verge.app", app.to_string()));
         if let Some(v) = version {
             self.attributes
                 .push(KeyValue::new("verge.version", v.to_string()));
         }
-        self.usage = usage;
     }
 
     /// What the executor needs to propagate the trace.
     pub(crate) fn parent_for_guest(&self) -> TraceParent {
         TraceParent {
             trace_id: self.trace_id,
-            span_id: self.guest_span,
+            // Unsampled: downstream continues from the caller's span.
+            span_id: match (self.sampled, self.remote_parent) {
+                (false, Some(caller)) => caller,
+                _ => self.guest_span,
+            },
+            sampled: self.sampled,
         }
     }
 
@@ -207,6 +235,9 @@ impl RequestTrace {
     /// Emits the spans of a request answered with `status`, using the
     /// executor's timeline when its guest ran.
     pub(crate) fn finish(self, status: u16, guest: Option<GuestTrace>) {
+        if !self.sampled {
+            return;
+        }
         let end = Instant::now();
         let root_parent = match self.remote_parent {
             Some(parent) => self.context(parent, true),

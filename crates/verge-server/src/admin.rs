@@ -4,7 +4,8 @@
 //! **Invariant**: bound to a loopback address, the endpoint is open to
 //! local scrapers; bound to any other address, every request needs a
 //! token with the `metrics:read` scope (checked like the control API's,
-//! failures audited and rate-limited).
+//! failures audited and rate-limited), and sees the per-app metrics of its
+//! own tenant only, unless it also holds `tenants:admin`.
 
 use std::sync::Arc;
 
@@ -83,7 +84,7 @@ impl Admin {
 }
 
 async fn open_metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    render(&state)
+    render(&state, None)
 }
 
 async fn guarded_metrics(
@@ -91,15 +92,22 @@ async fn guarded_metrics(
     caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require("metrics:read", "metrics").await?;
-    Ok(render(&state))
+    let tenant = (!caller.has("tenants:admin")).then(|| caller.tenant().to_string());
+    Ok(render(&state, tenant.as_deref()))
 }
 
-fn render(state: &AdminState) -> impl IntoResponse + use<> {
+/// The metrics text; per-app metrics only of `tenant` when given.
+fn render(state: &AdminState, tenant: Option<&str>) -> impl IntoResponse + use<> {
     state.node.update_metrics(resident_memory());
     state.handle.run_upkeep();
     let mut text = state.handle.render();
     if let Some(meter) = &state.meter {
-        text.push_str(&metric::render_apps(&meter.cumulative()));
+        let mut apps = meter.cumulative();
+        if let Some(tenant) = tenant {
+            let prefix = format!("{tenant}/");
+            apps.retain(|(app, _)| app.starts_with(&prefix));
+        }
+        text.push_str(&metric::render_apps(&apps));
     }
     (
         [(

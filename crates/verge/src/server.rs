@@ -195,7 +195,11 @@ pub(crate) fn run(args: ServerArgs, env: &dyn Env, logs: Arc<LogHub>) -> Result<
     let rt = worker_runtime()?;
     let result = rt.block_on(serve(args, data, master_key, logs, file));
     rt.shutdown_timeout(Duration::from_secs(1));
-    result
+    // Dropping the server writes the last usage.
+    let server = result?;
+    drop(server);
+    tracing::info!("stopped");
+    Ok(())
 }
 
 async fn serve(
@@ -204,7 +208,7 @@ async fn serve(
     master_key: verge_secrets::KeySource,
     logs: Arc<LogHub>,
     file: crate::server_config::ServerFile,
-) -> Result<(), Failure> {
+) -> Result<Server, Failure> {
     // Bind first: a token issued by a server that then cannot listen
     // would never be shown.
     let ingress = bind(args.listen, args.header_read_timeout, args.shutdown_grace).await?;
@@ -303,10 +307,10 @@ async fn serve(
         let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
     }
     let node = server.node.clone();
-    drop(server);
     tokio::task::spawn_blocking(move || node.shutdown())
         .await
         .map_err(Failure::runtime)?;
-    tracing::info!("stopped");
-    Ok(())
+    // The caller drops the server once the runtime has stopped: guests
+    // still finishing on it are metered before the last usage flush.
+    Ok(server)
 }

@@ -69,6 +69,29 @@ fn parse(path: &Path, text: &str) -> Result<ServerFile, anyhow::Error> {
         let span = text.find("[prices]").map_or(0..0, |i| i..i + 8);
         anyhow!(ManifestError::at(path, text, span, message, None))
     })?;
+    let q = &file.quotas;
+    let all_limits = [&q.default.tenant, &q.default.app]
+        .into_iter()
+        .chain(q.tenants.values())
+        .chain(q.apps.values());
+    for limits in all_limits {
+        if limits
+            .cpu_seconds_per_day
+            .is_some_and(|s| s > verge_guard::quota::MAX_CPU_SECONDS_PER_DAY)
+        {
+            let span = text.find("cpu_seconds_per_day").map_or(0..0, |i| i..i + 19);
+            return Err(anyhow!(ManifestError::at(
+                path,
+                text,
+                span,
+                format!(
+                    "`cpu_seconds_per_day` can be at most {}",
+                    verge_guard::quota::MAX_CPU_SECONDS_PER_DAY
+                ),
+                Some("leave it out for no limit".to_string()),
+            )));
+        }
+    }
     for key in file.quotas.apps.keys() {
         if key.split('/').count() != 2 || key.starts_with('/') || key.ends_with('/') {
             let span = text.find(key.as_str()).map_or(0..0, |i| i..i + key.len());

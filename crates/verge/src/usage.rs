@@ -79,6 +79,7 @@ const CSV_FIELDS: &[&str] = &[
     "response_bytes",
     "outbound_calls",
     "outbound_bytes",
+    "outbound_bytes_sent",
     "egress_bytes",
     "kv_ops",
 ];

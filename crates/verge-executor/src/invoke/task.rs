@@ -42,6 +42,8 @@ pub(crate) struct RequestShared {
     pub(crate) sink: Option<Arc<dyn UsageSink>>,
     /// The request's timeline, when it is traced.
     pub(crate) trace: Option<super::trace::TraceRecorder>,
+    /// The trace context outbound calls carry, when the request has one.
+    pub(crate) traceparent: Option<super::trace::TraceParent>,
 }
 
 /// Usage of one request, added to as it happens.
@@ -54,9 +56,13 @@ pub(crate) struct UsageCounters {
     pub(crate) response_bytes: AtomicU64,
     pub(crate) outbound_calls: AtomicU32,
     pub(crate) outbound_bytes: AtomicU64,
+    pub(crate) outbound_bytes_sent: AtomicU64,
     pub(crate) kv_ops: AtomicU32,
     pub(crate) status: AtomicU16,
     pub(crate) cold: bool,
+    /// The guest never ran: no instance slot, or a request the guest API
+    /// cannot represent. Counted, not billed.
+    pub(crate) refused: AtomicBool,
 }
 
 impl UsageCounters {
@@ -69,9 +75,11 @@ impl UsageCounters {
             response_bytes: AtomicU64::new(0),
             outbound_calls: AtomicU32::new(0),
             outbound_bytes: AtomicU64::new(0),
+            outbound_bytes_sent: AtomicU64::new(0),
             kv_ops: AtomicU32::new(0),
             status: AtomicU16::new(0),
             cold,
+            refused: AtomicBool::new(false),
         }
     }
 
@@ -85,10 +93,19 @@ impl UsageCounters {
             response_bytes: load(&self.response_bytes),
             outbound_calls: self.outbound_calls.load(Ordering::Relaxed),
             outbound_bytes: load(&self.outbound_bytes),
+            outbound_bytes_sent: load(&self.outbound_bytes_sent),
             kv_ops: self.kv_ops.load(Ordering::Relaxed),
-            status: self.status.load(Ordering::Relaxed),
+            // No status yet: the client went away before the response
+            // head (499, "client closed request", as nginx logs it).
+            status: match self.status.load(Ordering::Relaxed) {
+                0 => 499,
+                status => status,
+            },
             cold: self.cold,
-            rejected: None,
+            rejected: self
+                .refused
+                .load(Ordering::Relaxed)
+                .then_some(verge_meter::Rejected::Limit),
         }
     }
 }
@@ -127,7 +144,7 @@ impl RequestShared {
         component: Arc<str>,
         cold: bool,
         sink: Option<Arc<dyn UsageSink>>,
-        trace: Option<super::trace::TraceRecorder>,
+        traceparent: Option<super::trace::TraceParent>,
     ) -> Self {
         Self {
             too_large: AtomicBool::new(false),
@@ -137,7 +154,10 @@ impl RequestShared {
             component,
             usage: UsageCounters::new(cold),
             sink,
-            trace,
+            trace: traceparent
+                .filter(|t| t.sampled)
+                .map(super::trace::TraceRecorder::new),
+            traceparent,
         }
     }
 

@@ -18,14 +18,19 @@ const MAX_RECORDED_CALLS: usize = 64;
 pub struct TraceParent {
     /// W3C trace id.
     pub trace_id: [u8; 16],
-    /// The span of the guest's execution: parent of its outbound calls.
+    /// The parent of the guest's outbound calls: the span of the guest's
+    /// execution when recorded, else the caller's span (passed on).
     pub span_id: [u8; 8],
+    /// Whether the request is recorded. An unsampled one records nothing
+    /// but still passes its context on, flagged unsampled.
+    pub sampled: bool,
 }
 
 impl TraceParent {
-    /// The `traceparent` header for a child span `span_id` (sampled).
+    /// The `traceparent` header for a child span `span_id`.
     pub fn header_for(&self, span_id: [u8; 8]) -> String {
-        format!("00-{}-{}-01", hex(&self.trace_id), hex(&span_id))
+        let flags = if self.sampled { "01" } else { "00" };
+        format!("00-{}-{}-{flags}", hex(&self.trace_id), hex(&span_id))
     }
 }
 
@@ -83,10 +88,6 @@ impl TraceRecorder {
 
     fn with<R>(&self, f: impl FnOnce(&mut GuestTrace) -> R) -> R {
         f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    pub(crate) fn parent(&self) -> TraceParent {
-        self.with(|t| t.parent)
     }
 
     pub(crate) fn instantiated(&self) {

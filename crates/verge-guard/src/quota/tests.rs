@@ -57,6 +57,77 @@ fn requests_per_minute_are_exact_and_reset_with_the_minute() {
 }
 
 #[test]
+fn a_zero_limit_refuses_everything_and_refusals_take_no_slot() {
+    let book = QuotaBook::new(
+        QuotaConfig {
+            apps: [
+                ("t/zero".to_string(), limits(Some(0), Some(0))),
+                ("t/one".to_string(), limits(Some(1), None)),
+            ]
+            .into(),
+            tenants: [("t".to_string(), limits(Some(2), None))].into(),
+            ..QuotaConfig::default()
+        },
+        None,
+    );
+    let zero = book.for_app("t", "zero").expect("quota");
+    for second in [0, 60, 120] {
+        zero.admit(at(second)).expect_err("a zero limit refuses");
+    }
+    let one = book.for_app("t", "one").expect("quota");
+    one.admit(at(0)).expect("the app's one request");
+    // The app refuses the next one: the tenant's count must not move.
+    one.admit(at(1)).expect_err("the app's limit");
+    let other = book.for_app("t", "other").expect("tenant quota");
+    other.admit(at(2)).expect("the tenant has one request left");
+    // Now the tenant refuses: the app slot taken first is given back.
+    let other_app = book.for_app("t", "third").expect("quota");
+    let refused = other_app.admit(at(3)).expect_err("tenant used up");
+    assert_eq!(&*refused.scope, "tenant t");
+    // A request refused by a later limit gives its slots back.
+    let fresh = QuotaBook::new(
+        QuotaConfig {
+            apps: [("t/a".to_string(), limits(Some(1), None))].into(),
+            ..QuotaConfig::default()
+        },
+        None,
+    );
+    let a = fresh.for_app("t", "a").expect("quota");
+    a.admit(at(5)).expect("first");
+    a.refund(at(5));
+    a.admit(at(6)).expect("the refunded slot is free again");
+}
+
+#[test]
+fn the_day_and_its_cpu_change_together() {
+    let book = QuotaBook::new(
+        QuotaConfig {
+            apps: [("t/a".to_string(), limits(None, Some(1)))].into(),
+            ..QuotaConfig::default()
+        },
+        None,
+    );
+    let quota = book.for_app("t", "a").expect("quota");
+    let day = 20_000 * SECS_PER_DAY;
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..1000 {
+                    quota.add_cpu(Duration::from_micros(250), at(day + 10));
+                }
+            });
+        }
+    });
+    // Exactly one second: refused, never lost in a race.
+    quota
+        .admit(at(day + 11))
+        .expect_err("4 x 1000 x 250 us = 1 s");
+    // The first CPU of the next day replaces yesterday's, atomically.
+    quota.add_cpu(Duration::from_micros(1), at(day + SECS_PER_DAY));
+    quota.admit(at(day + SECS_PER_DAY + 1)).expect("a new day");
+}
+
+#[test]
 fn a_tenant_quota_covers_all_its_apps() {
     let book = QuotaBook::new(
         QuotaConfig {

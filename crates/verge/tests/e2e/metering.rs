@@ -322,13 +322,23 @@ fn usage_survives_kill_9_and_is_never_counted_twice() {
     let Plane { verge, .. } = plane;
     verge.signal(rustix::process::Signal::TERM);
     assert!(verge.wait().success());
-    let plane = Plane::open(&data, &flags);
+    let plane = Plane::open(&data, &flags_slow);
     assert_eq!(total(&plane, "counted", "requests"), 75.0);
     assert_eq!(
         total(&plane, "counted", "cold_starts"),
         3.0,
         "one per start"
     );
+    // kill -9 loses what was not flushed yet, as documented, and nothing
+    // else: one flush interval (here an hour) of usage.
+    for _ in 0..7 {
+        assert_eq!(plane.get("/counted/echo").0, 200);
+    }
+    plane.verge.signal(rustix::process::Signal::KILL);
+    let Plane { verge, .. } = plane;
+    let _ = verge.wait();
+    let plane = Plane::open(&data, &flags);
+    assert_eq!(total(&plane, "counted", "requests"), 75.0);
 }
 
 #[test]
@@ -462,10 +472,23 @@ fn metrics_are_on_the_admin_listener_and_need_a_token_off_loopback() {
     assert_eq!(scrape(admin, None).0, 401);
     let reader = open.token("default", "apps:read");
     assert_eq!(scrape(admin, Some(&reader)).0, 403);
+    open.deploy_file(&open.admin, &guests().test_programs, "mine", "/mine");
+    let other = open.token("acme", "apps:deploy");
+    open.deploy_file(&other, &guests().test_programs, "theirs", "/theirs");
+    assert_eq!(open.get("/mine/echo").0, 200);
+    assert_eq!(open.get("/theirs/echo").0, 200);
     let scraper = open.token("default", "metrics:read");
     let (status, text) = scrape(admin, Some(&scraper));
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("verge_instance_slots"), "{text}");
+    assert!(text.contains("app=\"default/mine\""), "{text}");
+    assert!(
+        !text.contains("acme/theirs"),
+        "another tenant's apps: {text}"
+    );
+    let operator = open.token("default", "metrics:read,tenants:admin");
+    let (_, text) = scrape(admin, Some(&operator));
+    assert!(text.contains("app=\"acme/theirs\""), "{text}");
 }
 
 #[test]

@@ -235,9 +235,21 @@ fn spans_continue_the_callers_trace_and_reach_outbound_calls() {
         }
     }
 
-    // A caller that does not sample is not recorded.
+    // A caller that does not sample is not recorded, but its context is
+    // passed on, still unsampled.
     let quiet = "1af7651916cd43dd8448eb211c80319c";
     get_with(&plane, "/t/echo", Some(&format!("00-{quiet}-{caller}-00")));
+    let raw = get_with(
+        &plane,
+        &format!("/t/outbound?url=http://{}/target", collector.addr),
+        Some(&format!("00-{quiet}-{caller}-00")),
+    );
+    assert!(raw.starts_with("HTTP/1.0 200"), "{raw}");
+    let sent = collector.traceparents.lock().expect("lock").clone();
+    assert_eq!(
+        sent.last().map(String::as_str),
+        Some(format!("00-{quiet}-{caller}-00").as_str())
+    );
     let marker = "2af7651916cd43dd8448eb211c80319c";
     get_with(&plane, "/t/echo", Some(&format!("00-{marker}-{caller}-01")));
     collector.wait_for("the marker trace", |c| {
