@@ -172,6 +172,44 @@ fn failing_guests_are_metered_for_what_they_used() {
     assert!(wall >= 1.0, "{wall}");
 }
 
+#[test]
+fn outbound_calls_and_key_value_operations_are_metered() {
+    let plane = plane(&[]);
+    let app = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        app.path().join("verge.toml"),
+        format!(
+            "name = \"busy\"\n\n[component.web]\nsource = {}\nroutes = [\"/w\"]\n\
+             allowed_outbound_hosts = [\"http://{}\"]\n\n\
+             [component.kv]\nsource = {}\nroutes = [\"/kv\"]\nkey_value_stores = [\"default\"]\n",
+            crate::support::toml_path(&guests().test_programs),
+            plane.verge.addr,
+            crate::support::toml_path(&guests().state),
+        ),
+    )
+    .expect("manifest");
+    let run = plane.cli_in(&plane.admin, &["deploy"], app.path(), None);
+    assert!(run.status.success(), "{}", run.stderr);
+    // The web component fetches 5,000 bytes from itself: two requests.
+    let (status, body, _) = plane.get(&format!(
+        "/w/outbound?url=http://{}/w/big?size=5000",
+        plane.verge.addr
+    ));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(plane.get("/kv/kv-set?store=default&key=k").0, 204);
+    assert_eq!(plane.get("/kv/kv-get?store=default&key=k").0, 200);
+    wait_for_requests(&plane, "busy", 4);
+    let row = &usage(&plane, "busy")[0];
+    assert_eq!(row["outbound_calls"], 1, "{row}");
+    let received = row["outbound_bytes"].as_u64().expect("bytes");
+    assert!(received >= 5000, "{row}");
+    assert_eq!(row["outbound_bytes_sent"], 0, "a GET sends no body: {row}");
+    assert_eq!(row["kv_ops"], 2, "{row}");
+    // What was received from the call is not egress; what was sent is.
+    assert_eq!(row["egress_bytes"], row["response_bytes"], "{row}");
+    assert!(row["response_bytes"].as_u64().expect("bytes") >= 5000);
+}
+
 fn write_config(dir: &Path, text: &str) -> String {
     let path = dir.join("server.toml");
     std::fs::write(&path, text).expect("config");

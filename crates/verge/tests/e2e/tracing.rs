@@ -206,6 +206,24 @@ fn spans_continue_the_callers_trace_and_reach_outbound_calls() {
     assert!(time(request, "startTimeUnixNano") <= time(&spans["guest"], "startTimeUnixNano"));
     assert!(time(&spans["guest"], "endTimeUnixNano") <= time(request, "endTimeUnixNano"));
 
+    // The guest sees its own span as its parent, so a guest that forwards
+    // the header it got keeps the tree whole.
+    let seen = "3af7651916cd43dd8448eb211c80319c";
+    let raw = get_with(
+        &plane,
+        "/t/headers",
+        Some(&format!("00-{seen}-{caller}-01")),
+    );
+    collector.wait_for("the headers trace", |c| c.trace(seen).contains_key("guest"));
+    let guest_span = collector.trace(seen)["guest"]["spanId"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert!(
+        raw.contains(&format!("traceparent: 00-{seen}-{guest_span}-01")),
+        "{raw}"
+    );
+
     // Malformed headers are ignored: the request is served, in a new trace.
     let before = collector.spans.lock().expect("lock").len();
     for bad in [
