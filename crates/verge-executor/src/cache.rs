@@ -45,7 +45,7 @@ impl Hasher for Sha256Hasher {
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const_hex::encode(bytes)
 }
 
 impl CompileCache {

@@ -20,13 +20,10 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use crate::invoke::RequestId;
 use crate::invoke::task::RequestShared;
 
 /// Per-request store data.
 pub(crate) struct Host {
-    /// The request's shared facts and usage counters.
-    pub(crate) shared: Arc<RequestShared>,
     pub(crate) table: ResourceTable,
     pub(crate) wasi: WasiCtx,
     pub(crate) http: WasiHttpCtx,
@@ -47,10 +44,17 @@ pub(crate) struct HostApis {
     pub(crate) denied_logged: bool,
 }
 
+impl Host {
+    /// The request's shared facts and usage counters.
+    pub(crate) fn shared(&self) -> &RequestShared {
+        &self.hooks.shared
+    }
+}
+
 impl Drop for Host {
     fn drop(&mut self) {
         let peak = u64::try_from(self.limiter.peak).unwrap_or(u64::MAX);
-        self.shared
+        self.shared()
             .usage
             .peak_memory
             .fetch_max(peak, Ordering::Relaxed);
@@ -86,13 +90,12 @@ impl WasiHttpView for Host {
 /// body (one chunk of [`BODY_CHUNK`] bytes).
 pub(crate) struct OutboundGate {
     pub(crate) policy: Arc<OutboundPolicy>,
-    pub(crate) component: Arc<str>,
-    pub(crate) request_id: RequestId,
     /// Connections the whole process may have open (shared).
     pub(crate) process_slots: Arc<Semaphore>,
     /// Connections this request may have open, created on first use.
     pub(crate) request_slots: Option<Arc<Semaphore>>,
-    /// Where outbound calls and bytes are counted.
+    /// The request (its id and component, for logs) and where outbound
+    /// calls and bytes are counted.
     pub(crate) shared: Arc<RequestShared>,
 }
 
@@ -123,8 +126,8 @@ impl WasiHttpHooks for OutboundGate {
         let port = uri.port_u16();
         if !self.policy.allows(scheme, host, port) {
             tracing::warn!(
-                request_id = %self.request_id,
-                component = %self.component,
+                request_id = %self.shared.id,
+                component = %self.shared.component,
                 destination = %format_args!("{scheme}://{}", uri.authority().map(|a| a.as_str()).unwrap_or("")),
                 "outbound request denied: host not in allowed_outbound_hosts"
             );
@@ -139,15 +142,15 @@ impl WasiHttpHooks for OutboundGate {
             self.process_slots.clone().try_acquire_owned(),
         ) else {
             tracing::warn!(
-                request_id = %self.request_id,
-                component = %self.component,
+                request_id = %self.shared.id,
+                component = %self.shared.component,
                 "outbound request refused: too many connections open"
             );
             return Box::new(async { Err(wasmtime_wasi_http::Error::ConnectionLimitReached) });
         };
         tracing::debug!(
-            request_id = %self.request_id,
-            component = %self.component,
+            request_id = %self.shared.id,
+            component = %self.shared.component,
             uri = %uri,
             "outbound request"
         );

@@ -254,7 +254,8 @@ impl LoadedComponent {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let limits = self.limits;
-        let now = Instant::now();
+        // The request's clock started when its usage did.
+        let now = shared.usage.started;
         let deadline = now
             .checked_add(limits.timeout.min(MAX_TIMEOUT))
             .unwrap_or(now);
@@ -271,7 +272,7 @@ impl LoadedComponent {
                 Ok(p) => p,
                 Err(e) => return Err(classify(&store, e, &limits)),
             };
-            if let Some(trace) = &store.data().shared.trace {
+            if let Some(trace) = &store.data().shared().trace {
                 trace.instantiated();
             }
             let req = store
@@ -288,7 +289,7 @@ impl LoadedComponent {
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
                 .await;
-            if let Some(trace) = &store.data().shared.trace {
+            if let Some(trace) = &store.data().shared().trace {
                 trace.finished();
             }
             result.map_err(|e| classify(&store, e, &limits))
@@ -415,14 +416,11 @@ impl LoadedComponent {
         let mut http = WasiHttpCtx::new();
         http.set_field_size_limit(MAX_FIELDS_SIZE);
         let host = Host {
-            shared: shared.clone(),
             table,
             wasi: wasi.build(),
             http,
             hooks: OutboundGate {
                 policy: self.outbound.clone(),
-                component: self.name.clone(),
-                request_id: id,
                 process_slots: self.executor.inner.outbound_slots.clone(),
                 request_slots: None,
                 shared: shared.clone(),

@@ -32,7 +32,7 @@ mod lane;
 pub use apis::SecretSource;
 pub use component::{AppContext, LoadError, LoadedComponent};
 pub use engine::{Executor, ExecutorConfig, ExecutorError, ExecutorStats};
-pub use invoke::trace::{hex, new_span_id};
+pub use invoke::trace::new_span_id;
 pub use invoke::{
     GuestBody, GuestTrace, HandleError, OutboundCall, RequestContext, RequestId, TraceParent,
     UsageSink,

@@ -91,16 +91,25 @@ impl QuotaKind {
 pub struct Exceeded {
     /// The tenant whose quota (or whose app's quota) it is.
     pub tenant: Arc<str>,
-    /// `tenant NAME` or `app TENANT/APP`.
-    pub scope: Arc<str>,
+    /// The app (`TENANT/APP`) for an app's quota; `None` for the tenant's.
+    pub app: Option<Arc<str>>,
     /// Which quota.
     pub kind: QuotaKind,
     /// Its limit.
     pub limit: u64,
     /// Until the window ends.
     pub retry_after: Duration,
-    /// Start of the window, seconds since the epoch.
-    pub window_start: u64,
+}
+
+impl Exceeded {
+    /// `app TENANT/APP` or `tenant NAME`: whose quota, for logs and the
+    /// audit log.
+    pub fn scope(&self) -> String {
+        match &self.app {
+            Some(app) => format!("app {app}"),
+            None => format!("tenant {}", self.tenant),
+        }
+    }
 }
 
 impl fmt::Display for Exceeded {
@@ -112,7 +121,8 @@ impl fmt::Display for Exceeded {
         write!(
             f,
             "the {} quota of {} {what} is used up",
-            self.scope, self.limit
+            self.scope(),
+            self.limit
         )
     }
 }
@@ -121,7 +131,8 @@ impl fmt::Display for Exceeded {
 #[derive(Debug)]
 pub struct Cell {
     tenant: Arc<str>,
-    scope: Arc<str>,
+    /// `TENANT/APP` for an app's cell.
+    app: Option<Arc<str>>,
     limits: QuotaLimits,
     /// Minute in the high 32 bits, requests admitted in it in the low 32.
     window: AtomicU64,
@@ -135,10 +146,10 @@ pub struct Cell {
 const SECS_PER_DAY: u64 = 86_400;
 
 impl Cell {
-    fn new(tenant: &str, scope: String, limits: QuotaLimits) -> Self {
+    fn new(tenant: &str, app: Option<&str>, limits: QuotaLimits) -> Self {
         Self {
             tenant: tenant.into(),
-            scope: scope.into(),
+            app: app.map(Arc::from),
             limits,
             window: AtomicU64::new(0),
             cpu: AtomicU64::new(0),
@@ -161,11 +172,10 @@ impl Cell {
         Err((
             Exceeded {
                 tenant: self.tenant.clone(),
-                scope: self.scope.clone(),
+                app: self.app.clone(),
                 kind: QuotaKind::CpuSecondsPerDay,
                 limit,
                 retry_after: Duration::from_secs((day + 1) * SECS_PER_DAY - now),
-                window_start: day * SECS_PER_DAY,
             },
             first,
         ))
@@ -191,11 +201,10 @@ impl Cell {
         Err((
             Exceeded {
                 tenant: self.tenant.clone(),
-                scope: self.scope.clone(),
+                app: self.app.clone(),
                 kind: QuotaKind::RequestsPerMinute,
                 limit,
                 retry_after: Duration::from_secs((minute + 1) * 60 - now),
-                window_start: minute * 60,
             },
             first,
         ))
@@ -345,14 +354,19 @@ impl QuotaBook {
             && self.config.apps.values().all(QuotaLimits::is_unlimited)
     }
 
-    fn cell(&self, tenant: &str, key: String, limits: QuotaLimits) -> Option<Arc<Cell>> {
+    /// The cell of `app` (`TENANT/APP`), or of the tenant when `None`.
+    fn cell(&self, tenant: &str, app: Option<&str>, limits: QuotaLimits) -> Option<Arc<Cell>> {
         if limits.is_unlimited() {
             return None;
         }
+        let key = match app {
+            Some(app) => format!("app {app}"),
+            None => format!("tenant {tenant}"),
+        };
         let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
         let cell = cells
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(Cell::new(tenant, key, limits)));
+            .entry(key)
+            .or_insert_with(|| Arc::new(Cell::new(tenant, app, limits)));
         Some(cell.clone())
     }
 
@@ -371,8 +385,8 @@ impl QuotaBook {
             .copied()
             .unwrap_or(self.config.default.tenant);
         [
-            self.cell(tenant, format!("app {app_key}"), app_limits),
-            self.cell(tenant, format!("tenant {tenant}"), tenant_limits),
+            self.cell(tenant, Some(&app_key), app_limits),
+            self.cell(tenant, None, tenant_limits),
         ]
         .into_iter()
         .flatten()

@@ -202,11 +202,6 @@ pub struct Series {
 }
 
 impl Series {
-    /// Whose usage this is.
-    pub fn key(&self) -> &SeriesKey {
-        &self.key
-    }
-
     /// Adds an invocation that ended now.
     pub fn record(&self, inv: &Invocation) {
         self.record_at(inv, crate::unix_minute(SystemTime::now()));

@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
 use crate::aggregate::{Totals, UsageDelta};
 
@@ -97,18 +97,15 @@ impl UsageCursor {
 }
 
 fn hex(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
+    const_hex::encode(s)
 }
 
+/// A name back from [`hex`]; bounded, since cursors come from clients.
 fn unhex(s: &str) -> Option<String> {
-    if !s.len().is_multiple_of(2) || s.len() > 512 {
+    if s.len() > 512 {
         return None;
     }
-    let bytes: Option<Vec<u8>> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
+    String::from_utf8(const_hex::decode(s).ok()?).ok()
 }
 
 /// What to sum.
@@ -413,15 +410,6 @@ impl UsageDb {
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
-    }
-
-    /// The number of stored rows (tests and diagnostics).
-    pub fn row_count(&self) -> Result<u64, UsageError> {
-        let n: Option<i64> = self
-            .lock()
-            .query_row("SELECT count(*) FROM usage", [], |r| r.get(0))
-            .optional()?;
-        Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
     }
 }
 

@@ -204,7 +204,9 @@ impl Node {
     pub fn with_telemetry(executor: Executor, telemetry: Telemetry) -> Arc<Self> {
         Arc::new(Self {
             executor,
-            metrics: usage::node_metrics(&telemetry),
+            metrics: telemetry
+                .metrics
+                .then(verge_meter::metric::NodeMetrics::default),
             telemetry,
             apps: ArcSwap::from_pointee(Apps::default()),
             updating: Mutex::new(()),
@@ -359,30 +361,22 @@ impl Node {
         self.executor.shutdown();
     }
 
-    /// The node's counters for metrics, read now.
-    pub fn snapshot(&self) -> verge_meter::metric::NodeSnapshot {
+    /// Sets the node-wide metrics to what they are now (before a scrape).
+    pub fn update_metrics(&self, resident_memory: u64) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
         let stats = self.executor.stats();
-        let apps = self.apps.load();
-        verge_meter::metric::NodeSnapshot {
+        metrics.set(&verge_meter::metric::NodeSnapshot {
             instances_active: stats.active_instances,
             instance_slots: stats.instance_slots,
             compile_cache_hits: stats.compile_cache_hits,
             compile_cache_misses: stats.compile_cache_misses,
-            app_versions: apps.version_count() as u64,
-            resident_memory: 0,
+            app_versions: self.apps.load().version_count() as u64,
+            resident_memory,
             pool_memories: stats.pool_memories,
             pool_warm_bytes: stats.pool_warm_bytes,
-        }
-    }
-
-    /// Sets the node-wide metrics from [`Node::snapshot`] (before a scrape).
-    pub fn update_metrics(&self, resident_memory: u64) {
-        if let Some(metrics) = &self.metrics {
-            metrics.set(&verge_meter::metric::NodeSnapshot {
-                resident_memory,
-                ..self.snapshot()
-            });
-        }
+        });
     }
 
     /// Whether the node takes traffic: an app is installed or the node

@@ -20,7 +20,7 @@ use verge_guard::{Rejection, check_declared_body};
 use verge_ingress::{Conn, Handler};
 use verge_meter::Rejected;
 
-use crate::trace::{RequestTrace, TracedSink};
+use crate::trace::{RequestTrace, executor_context};
 use crate::usage::AppUsage;
 use crate::{ComponentRuntime, INTERNAL_PREFIX, Node, NodeBody};
 
@@ -110,7 +110,7 @@ impl Node {
             .and_then(|v| HeaderValue::from_str(v).ok());
         let usage = app.usage.clone();
         if let Some(trace) = &mut trace {
-            trace.routed(&app.name, app.version.as_deref(), usage.clone());
+            trace.routed(&app.name, app.version.as_deref());
         }
         drop(apps);
         let mut response = self.serve(request, component, usage, id, peer, trace).await;
@@ -163,27 +163,7 @@ impl Node {
                 return rejected(&rejection, &component, id, peer);
             }
         };
-        // A traced request reports through its trace, which passes the
-        // usage on before emitting its spans.
-        let (sink, parent): (Option<Arc<dyn verge_executor::UsageSink>>, _) = match trace {
-            Some(trace) if trace.sampled() => {
-                let parent = trace.parent_for_guest();
-                // The guest sees its own span as its parent: a guest that
-                // forwards the header it got keeps the tree whole.
-                if let Ok(value) = HeaderValue::from_str(&parent.header_for(parent.span_id)) {
-                    request.headers_mut().insert("traceparent", value);
-                }
-                let sink = TracedSink(std::sync::Mutex::new(Some(trace)));
-                (Some(Arc::new(sink)), Some(parent))
-            }
-            // Not recorded: the context is only passed on.
-            Some(trace) => (
-                usage.map(|u| u as Arc<dyn verge_executor::UsageSink>),
-                Some(trace.parent_for_guest()),
-            ),
-            None => (usage.map(|u| u as Arc<dyn verge_executor::UsageSink>), None),
-        };
-
+        let (sink, parent) = executor_context(trace, usage, request.headers_mut());
         match component
             .loaded
             .handle(

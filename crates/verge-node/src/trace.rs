@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{
     Span, SpanBuilder, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
@@ -51,15 +51,12 @@ pub(crate) struct Incoming {
     sampled: bool,
 }
 
+/// Exactly `N` bytes of lowercase hex, as W3C trace context requires.
 fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
     if text.len() != N * 2 || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
-    let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(out)
+    const_hex::decode_to_array(text).ok()
 }
 
 /// Reads a W3C `traceparent` header (`00-TRACE-PARENT-FLAGS`); anything
@@ -102,7 +99,6 @@ pub(crate) struct RequestTrace {
     arrived: (Instant, SystemTime),
     routed: Option<Instant>,
     attributes: Vec<KeyValue>,
-    usage: Option<Arc<AppUsage>>,
     /// Recorded; else only passed on.
     sampled: bool,
 }
@@ -154,25 +150,13 @@ impl RequestTrace {
             arrived,
             routed: None,
             attributes,
-            usage: None,
             sampled,
         }
     }
 
-    /// Whether the request is recorded.
-    pub(crate) fn sampled(&self) -> bool {
-        self.sampled
-    }
-
     /// The request reached `app` (`tenant/app`, version).
-    pub(crate) fn routed(
-        &mut self,
-        app: &str,
-        version: Option<&str>,
-        usage: Option<Arc<AppUsage>>,
-    ) {
+    pub(crate) fn routed(&mut self, app: &str, version: Option<&str>) {
         self.routed = Some(Instant::now());
-        self.usage = usage;
         if !self.sampled {
             return;
         }
@@ -211,6 +195,8 @@ impl RequestTrace {
         ))
     }
 
+    /// Emits one finished span; `error` marks it failed.
+    #[allow(clippy::too_many_arguments)] // One call site per span kind; a struct would only rename them.
     fn span(
         &self,
         name: &'static str,
@@ -219,6 +205,7 @@ impl RequestTrace {
         parent: &Context,
         (start, end): (Instant, Instant),
         attributes: Vec<KeyValue>,
+        error: Option<String>,
     ) {
         let mut builder = SpanBuilder::from_name(name)
             .with_kind(kind)
@@ -229,6 +216,9 @@ impl RequestTrace {
             builder.span_id = Some(SpanId::from_bytes(id));
         }
         let mut span = self.tracing.tracer.build_with_context(builder, parent);
+        if let Some(error) = error {
+            span.set_status(Status::error(error));
+        }
         span.end_with_timestamp(self.time(end));
     }
 
@@ -257,6 +247,7 @@ impl RequestTrace {
                 &request,
                 (self.arrived.0, routed),
                 Vec::new(),
+                None,
             );
         }
         if let Some(guest) = &guest {
@@ -268,6 +259,7 @@ impl RequestTrace {
                 &request,
                 (guest.started, ready),
                 Vec::new(),
+                None,
             );
             let done = guest.finished.unwrap_or(end);
             self.span(
@@ -277,6 +269,7 @@ impl RequestTrace {
                 &request,
                 (ready, done),
                 Vec::new(),
+                None,
             );
             let parent = self.context(self.guest_span, false);
             for call in &guest.outbound {
@@ -298,38 +291,66 @@ impl RequestTrace {
                     &parent,
                     (call.started, ended),
                     attributes,
+                    None,
                 );
             }
         }
-        let mut builder = SpanBuilder::from_name("request")
-            .with_kind(SpanKind::Server)
-            .with_start_time(self.arrived.1)
-            .with_attributes(attributes);
-        builder.trace_id = Some(TraceId::from_bytes(self.trace_id));
-        builder.span_id = Some(SpanId::from_bytes(self.request_span));
-        let mut span = self
-            .tracing
-            .tracer
-            .build_with_context(builder, &root_parent);
-        if status >= 500 {
-            span.set_status(Status::error(format!("status {status}")));
-        }
-        span.end_with_timestamp(self.time(end));
+        self.span(
+            "request",
+            SpanKind::Server,
+            Some(self.request_span),
+            &root_parent,
+            (self.arrived.0, end),
+            attributes,
+            (status >= 500).then(|| format!("status {status}")),
+        );
     }
 }
 
 /// The usage sink of a traced request: usage as usual, then the spans.
-pub(crate) struct TracedSink(pub(crate) std::sync::Mutex<Option<RequestTrace>>);
+struct TracedSink {
+    trace: std::sync::Mutex<Option<RequestTrace>>,
+    usage: Option<Arc<AppUsage>>,
+}
 
 impl UsageSink for TracedSink {
     fn finished(&self, invocation: Invocation, guest: Option<GuestTrace>) {
-        let trace = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(trace) = trace {
-            if let Some(usage) = &trace.usage {
-                usage.finished(invocation.clone(), None);
-            }
-            trace.finish(invocation.status, guest);
+        let status = invocation.status;
+        if let Some(usage) = &self.usage {
+            usage.finished(invocation, None);
         }
+        let trace = self.trace.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(trace) = trace {
+            trace.finish(status, guest);
+        }
+    }
+}
+
+/// What the executor gets for a request: where its usage goes and the
+/// trace context its outbound calls carry. A recorded request reports
+/// through its trace, and its guest sees its `guest` span in
+/// `traceparent` (a guest that forwards the header keeps the tree whole);
+/// an unrecorded one only passes its context on.
+pub(crate) fn executor_context(
+    trace: Option<RequestTrace>,
+    usage: Option<Arc<AppUsage>>,
+    headers: &mut HeaderMap,
+) -> (Option<Arc<dyn UsageSink>>, Option<TraceParent>) {
+    let parent = trace.as_ref().map(RequestTrace::parent_for_guest);
+    match trace {
+        Some(trace) if trace.sampled => {
+            if let Some(parent) = parent
+                && let Ok(value) = HeaderValue::from_str(&parent.header_for(parent.span_id))
+            {
+                headers.insert("traceparent", value);
+            }
+            let sink = TracedSink {
+                trace: std::sync::Mutex::new(Some(trace)),
+                usage,
+            };
+            (Some(Arc::new(sink)), parent)
+        }
+        _ => (usage.map(|u| u as Arc<dyn UsageSink>), parent),
     }
 }
 

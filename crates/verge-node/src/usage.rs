@@ -11,7 +11,6 @@ use std::time::SystemTime;
 
 use verge_executor::{AppContext, GuestTrace, Invocation, UsageSink};
 use verge_guard::quota::{AppQuota, QuotaBook};
-use verge_meter::metric::NodeMetrics;
 use verge_meter::{Meter, Rejected, Series, SeriesKey};
 
 /// What a node measures and limits besides serving.
@@ -57,26 +56,21 @@ impl AppUsage {
 
     /// Counts a request turned away before its guest ran.
     pub(crate) fn rejected(&self, reason: Rejected, status: u16) {
-        self.record(&Invocation::rejected(reason, status));
-    }
-
-    fn record(&self, invocation: &Invocation) {
         if let Some(series) = &self.series {
-            series.record(invocation);
+            series.record(&Invocation::rejected(reason, status));
         }
     }
 }
 
 impl UsageSink for AppUsage {
     fn finished(&self, invocation: Invocation, _trace: Option<GuestTrace>) {
-        self.record(&invocation);
+        // One clock read for the usage minute and the quota day.
+        let now = SystemTime::now();
+        if let Some(series) = &self.series {
+            series.record_at(&invocation, verge_meter::unix_minute(now));
+        }
         if let Some(quota) = &self.quota {
-            quota.add_cpu(invocation.cpu, SystemTime::now());
+            quota.add_cpu(invocation.cpu, now);
         }
     }
-}
-
-/// Node-wide metric handles, when metrics are kept.
-pub(crate) fn node_metrics(telemetry: &Telemetry) -> Option<NodeMetrics> {
-    telemetry.metrics.then(NodeMetrics::default)
 }

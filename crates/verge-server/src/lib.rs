@@ -150,7 +150,7 @@ pub struct Server {
     /// Usage and per-app metric counts, when metering is on.
     pub meter: Option<Arc<Meter>>,
     /// Writes the last usage when the server is dropped.
-    _flusher: Flusher,
+    _flusher: Option<Flusher>,
     _lock: File,
 }
 
@@ -195,17 +195,20 @@ impl Server {
         let usage = Arc::new(
             UsageDb::open(&data.join("usage.db")).map_err(|e| ServerError::Usage(e.to_string()))?,
         );
-        let meter = Meter::new();
-        let flusher = Flusher::start(meter.clone(), usage.clone(), config.telemetry.usage_flush)
+        let meter = config.telemetry.metering.then(Meter::new);
+        let flusher = meter
+            .as_ref()
+            .map(|meter| Flusher::start(meter.clone(), usage.clone(), config.telemetry.usage_flush))
+            .transpose()
             .map_err(|e| ServerError::Usage(format!("cannot start the flush thread: {e}")))?;
         let (exceeded, mut refusals) = tokio::sync::mpsc::unbounded_channel::<Exceeded>();
         let quotas = quota_book(&config.telemetry.quotas, &usage, exceeded)?;
         let node = Node::with_telemetry(
             executor,
             Telemetry {
-                meter: config.telemetry.metering.then(|| meter.clone()),
+                meter: meter.clone(),
                 quotas,
-                metrics: config.telemetry.metrics && config.telemetry.metering,
+                metrics: config.telemetry.metrics && meter.is_some(),
                 tracing: config.telemetry.tracing.clone(),
             },
         );
@@ -229,15 +232,15 @@ impl Server {
         tokio::spawn(async move {
             while let Some(e) = refusals.recv().await {
                 // An app's quota shows in its live log (`verge logs`).
-                match e.scope.strip_prefix("app ") {
-                    Some(app) => tracing::warn!(app, "{e}; refusing until the window ends"),
+                match &e.app {
+                    Some(app) => tracing::warn!(app = %app, "{e}; refusing until the window ends"),
                     None => {
                         tracing::warn!(tenant = %e.tenant, "{e}; refusing until the window ends")
                     }
                 }
                 auditor
                     .audit(
-                        audit::Record::new("quota.exceeded", &e.scope, audit::Outcome::Denied)
+                        audit::Record::new("quota.exceeded", &e.scope(), audit::Outcome::Denied)
                             .actor("-", &e.tenant)
                             .detail(format!(
                                 "{} limit {} reached; requests get 429 for {}s",
@@ -259,7 +262,7 @@ impl Server {
                 node,
                 control,
                 gateway,
-                meter: config.telemetry.metering.then_some(meter),
+                meter,
                 _flusher: flusher,
                 _lock: lock,
             },

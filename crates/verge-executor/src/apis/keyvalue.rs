@@ -32,7 +32,7 @@ impl Host {
     /// The bucket behind `handle`; every key-value operation goes through
     /// here, so this is where they are counted.
     fn bucket(&self, handle: &Resource<BucketHandle>) -> Result<verge_kv::Bucket, KvFailure> {
-        let ops = &self.shared.usage.kv_ops;
+        let ops = &self.shared().usage.kv_ops;
         ops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.table.get(handle).map(|b| b.0.clone()).map_err(other)
     }
@@ -46,9 +46,9 @@ impl store::Host for Host {
             if !std::mem::replace(&mut self.apis.denied_logged, true) {
                 let shown: String = identifier.chars().take(64).collect();
                 tracing::warn!(
-                    request_id = %self.hooks.request_id,
+                    request_id = %self.shared().id,
                     app = %self.apis.app,
-                    component = %self.hooks.component,
+                    component = %self.shared().component,
                     store = %shown.escape_debug(),
                     "key-value store denied: not in key_value_stores"
                 );

@@ -43,9 +43,9 @@ macro_rules! guest_event {
         tracing::event!(
             target: "verge::guest",
             $level,
-            request_id = %$host.hooks.request_id,
+            request_id = %$host.shared().id,
             app = %$host.apis.app,
-            component = %$host.hooks.component,
+            component = %$host.shared().component,
             version = $host.apis.grants.version.as_deref().unwrap_or(""),
             stream = "log",
             context = %$context,

@@ -146,17 +146,18 @@ impl RequestShared {
         sink: Option<Arc<dyn UsageSink>>,
         traceparent: Option<super::trace::TraceParent>,
     ) -> Self {
+        let usage = UsageCounters::new(cold);
         Self {
             too_large: AtomicBool::new(false),
             heavy: AtomicBool::new(false),
             body_limit,
             id,
             component,
-            usage: UsageCounters::new(cold),
-            sink,
             trace: traceparent
                 .filter(|t| t.sampled)
-                .map(super::trace::TraceRecorder::new),
+                .map(|_| super::trace::TraceRecorder::new(usage.started)),
+            usage,
+            sink,
             traceparent,
         }
     }

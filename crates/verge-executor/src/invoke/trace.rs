@@ -9,6 +9,8 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::cache::hex;
+
 /// Most outbound calls recorded per request; later ones are still
 /// propagated but not recorded.
 const MAX_RECORDED_CALLS: usize = 64;
@@ -34,11 +36,6 @@ impl TraceParent {
     }
 }
 
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// One outbound HTTP call of a traced request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboundCall {
@@ -59,8 +56,6 @@ pub struct OutboundCall {
 /// The executor's timeline of one traced request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestTrace {
-    /// The request's trace.
-    pub parent: TraceParent,
     /// When the executor took the request.
     pub started: Instant,
     /// When the instance was ready (instantiation done).
@@ -76,10 +71,9 @@ pub struct GuestTrace {
 pub(crate) struct TraceRecorder(Mutex<GuestTrace>);
 
 impl TraceRecorder {
-    pub(crate) fn new(parent: TraceParent) -> Self {
+    pub(crate) fn new(started: Instant) -> Self {
         Self(Mutex::new(GuestTrace {
-            parent,
-            started: Instant::now(),
+            started,
             instantiated: None,
             finished: None,
             outbound: Vec::new(),
@@ -117,8 +111,12 @@ impl TraceRecorder {
         });
     }
 
+    /// The timeline, moved out (the request is over).
     pub(crate) fn take(&self) -> GuestTrace {
-        self.with(|t| t.clone())
+        self.with(|t| GuestTrace {
+            outbound: std::mem::take(&mut t.outbound),
+            ..*t
+        })
     }
 }
 

@@ -37,7 +37,7 @@ fn requests_per_minute_are_exact_and_reset_with_the_minute() {
     let refused = quota.admit(at(minute + 15)).expect_err("fourth");
     assert_eq!(refused.kind, QuotaKind::RequestsPerMinute);
     assert_eq!(refused.retry_after, Duration::from_secs(45));
-    assert_eq!(&*refused.scope, "app t/a");
+    assert_eq!(refused.scope(), "app t/a");
     quota
         .admit(at(minute + 59))
         .expect_err("still the same minute");
@@ -83,7 +83,7 @@ fn a_zero_limit_refuses_everything_and_refusals_take_no_slot() {
     // Now the tenant refuses: the app slot taken first is given back.
     let other_app = book.for_app("t", "third").expect("quota");
     let refused = other_app.admit(at(3)).expect_err("tenant used up");
-    assert_eq!(&*refused.scope, "tenant t");
+    assert_eq!(refused.scope(), "tenant t");
     // A request refused by a later limit gives its slots back.
     let fresh = QuotaBook::new(
         QuotaConfig {
@@ -146,7 +146,7 @@ fn a_tenant_quota_covers_all_its_apps() {
     a.admit(at(0)).expect("first");
     b.admit(at(0)).expect("second");
     let refused = a.admit(at(1)).expect_err("third for the tenant");
-    assert_eq!(&*refused.scope, "tenant t");
+    assert_eq!(refused.scope(), "tenant t");
     book.for_app("u", "a")
         .expect("quota")
         .admit(at(1))

@@ -120,6 +120,14 @@ impl Plane {
         version_in(&run.stdout)
     }
 
+    /// Deploys the app `manifest` (a `verge.toml`) describes, as the admin.
+    pub fn deploy_manifest(&self, manifest: &str) {
+        let app = tempfile::tempdir().expect("tempdir");
+        std::fs::write(app.path().join("verge.toml"), manifest).expect("manifest");
+        let run = self.cli_in(&self.admin, &["deploy"], app.path(), None);
+        assert!(run.status.success(), "deploy failed:\n{}", run.stderr);
+    }
+
     /// `GET path` on the data plane: status, body and the serving version.
     pub fn get(&self, path: &str) -> (u16, String, String) {
         let (status, body, version) = get(&self.url(), path);

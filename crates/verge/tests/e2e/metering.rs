@@ -134,18 +134,11 @@ fn guest_cpu_is_billed_within_ten_percent_and_sleeping_is_not() {
 #[test]
 fn failing_guests_are_metered_for_what_they_used() {
     let plane = plane(&[]);
-    let app = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        app.path().join("verge.toml"),
-        format!(
-            "name = \"failing\"\n\n[component.web]\nsource = {}\nroutes = [\"/f\"]\n\n\
-             [component.web.limits]\nmemory = \"32MiB\"\ntimeout = \"1s\"\n",
-            crate::support::toml_path(&guests().test_programs)
-        ),
-    )
-    .expect("manifest");
-    let run = plane.cli_in(&plane.admin, &["deploy"], app.path(), None);
-    assert!(run.status.success(), "{}", run.stderr);
+    plane.deploy_manifest(&format!(
+        "name = \"failing\"\n\n[component.web]\nsource = {}\nroutes = [\"/f\"]\n\n\
+         [component.web.limits]\nmemory = \"32MiB\"\ntimeout = \"1s\"\n",
+        crate::support::toml_path(&guests().test_programs)
+    ));
     assert_eq!(plane.get("/f/trap").0, 500);
     assert_eq!(plane.get("/f/bomb").0, 500);
     let started = Instant::now();
@@ -175,21 +168,14 @@ fn failing_guests_are_metered_for_what_they_used() {
 #[test]
 fn outbound_calls_and_key_value_operations_are_metered() {
     let plane = plane(&[]);
-    let app = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        app.path().join("verge.toml"),
-        format!(
-            "name = \"busy\"\n\n[component.web]\nsource = {}\nroutes = [\"/w\"]\n\
-             allowed_outbound_hosts = [\"http://{}\"]\n\n\
-             [component.kv]\nsource = {}\nroutes = [\"/kv\"]\nkey_value_stores = [\"default\"]\n",
-            crate::support::toml_path(&guests().test_programs),
-            plane.verge.addr,
-            crate::support::toml_path(&guests().state),
-        ),
-    )
-    .expect("manifest");
-    let run = plane.cli_in(&plane.admin, &["deploy"], app.path(), None);
-    assert!(run.status.success(), "{}", run.stderr);
+    plane.deploy_manifest(&format!(
+        "name = \"busy\"\n\n[component.web]\nsource = {}\nroutes = [\"/w\"]\n\
+         allowed_outbound_hosts = [\"http://{}\"]\n\n\
+         [component.kv]\nsource = {}\nroutes = [\"/kv\"]\nkey_value_stores = [\"default\"]\n",
+        crate::support::toml_path(&guests().test_programs),
+        plane.verge.addr,
+        crate::support::toml_path(&guests().state),
+    ));
     // The web component fetches 5,000 bytes from itself: two requests.
     let (status, body, _) = plane.get(&format!(
         "/w/outbound?url=http://{}/w/big?size=5000",

@@ -148,19 +148,12 @@ fn spans_continue_the_callers_trace_and_reach_outbound_calls() {
     let collector = Collector::start();
     let endpoint = format!("http://{}/v1/traces", collector.addr);
     let plane = Plane::start_with(&["--otlp-endpoint", &endpoint]);
-    let app = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        app.path().join("verge.toml"),
-        format!(
-            "name = \"traced\"\n\n[component.web]\nsource = {}\nroutes = [\"/t\"]\n\
-             allowed_outbound_hosts = [\"http://{}\"]\n",
-            toml_path(&guests().test_programs),
-            collector.addr
-        ),
-    )
-    .expect("manifest");
-    let run = plane.cli_in(&plane.admin, &["deploy"], app.path(), None);
-    assert!(run.status.success(), "{}", run.stderr);
+    plane.deploy_manifest(&format!(
+        "name = \"traced\"\n\n[component.web]\nsource = {}\nroutes = [\"/t\"]\n\
+         allowed_outbound_hosts = [\"http://{}\"]\n",
+        toml_path(&guests().test_programs),
+        collector.addr
+    ));
 
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let caller = "b7ad6b7169203331";
