@@ -2,7 +2,8 @@
 //!
 //! Everything here is **deny-by-default**: an empty [`Capabilities`] grants no
 //! outbound host, no environment variable, no directory, no socket, no
-//! key-value store, no variable and no secret. The
+//! key-value store, no variable, no secret, no AI model and no vector
+//! index. The
 //! manifest (`verge-manifest`) and the CLI produce these values; the executor
 //! (`verge-executor`) enforces them.
 //!
@@ -30,6 +31,10 @@ pub fn check_store_name(name: &str) -> Result<(), &'static str> {
     }
 }
 
+/// AI models a component may declare in `ai_models` (the models `verge ai
+/// pull` can install).
+pub const AI_MODELS: &[&str] = &["all-minilm-l6-v2"];
+
 /// Everything one component is allowed to reach or read besides its own memory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Capabilities {
@@ -46,4 +51,9 @@ pub struct Capabilities {
     /// Names of the app's secrets readable through `wasi:config/store`. The
     /// values are not here: the node resolves them when the guest asks.
     pub secrets: Vec<String>,
+    /// AI models the component may use through `verge:ai` (embeddings,
+    /// classification), by name.
+    pub ai_models: Vec<String>,
+    /// Vector indexes the component may open through `verge:ai/vectors`.
+    pub vector_indexes: Vec<String>,
 }

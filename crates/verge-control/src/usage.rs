@@ -147,6 +147,7 @@ fn row(r: &UsageRow, prices: &verge_meter::PriceSheet) -> Value {
         "outbound_bytes_sent": t.outbound_bytes_sent,
         "egress_bytes": verge_meter::egress_bytes(t),
         "kv_ops": t.kv_ops,
+        "ai_tokens": t.ai_tokens,
         "cost": prices.cost(t),
     })
 }

@@ -1,10 +1,10 @@
 //! Host APIs beyond WASI 0.2 and `wasi:http`: `wasi:keyvalue` (store,
-//! atomics, batch), `wasi:config/store` and `wasi:logging`, generated from
-//! the WIT in the repository's `wit/` folder.
+//! atomics, batch), `wasi:config/store`, `wasi:logging` and `verge:ai`,
+//! generated from the WIT in the repository's `wit/` folder.
 //!
 //! What a component may reach through them is fixed when it is loaded
-//! ([`Grants`]): the stores, variables and secrets its manifest entry
-//! declares. Everything else is invisible or denied.
+//! ([`Grants`]): the stores, variables, secrets, AI model and vector
+//! indexes its manifest entry declares. Everything else is invisible or denied.
 //!
 //! **Invariants**
 //! - Opening a store the component did not declare fails inside the guest
@@ -12,6 +12,7 @@
 //! - A secret value lives only in the node's secret source and in the
 //!   guest's memory; it is never logged or put in an error.
 
+mod ai;
 mod config;
 mod keyvalue;
 mod logging;
@@ -20,6 +21,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 // Public because the generated bindings re-export it.
+pub(crate) use self::ai::AiGrant;
+#[allow(unreachable_pub)]
+pub use self::ai::IndexHandle;
 #[allow(unreachable_pub)]
 pub use self::keyvalue::BucketHandle;
 pub(crate) use self::logging::LogState;
@@ -31,6 +35,7 @@ pub(crate) mod bindings {
         imports: { default: async | trappable },
         with: {
             "wasi:keyvalue/store.bucket": crate::apis::BucketHandle,
+            "verge:ai/vectors.index": crate::apis::IndexHandle,
         },
         trappable_error_type: {
             "wasi:keyvalue/store.error" => crate::apis::KvFailure,
@@ -65,6 +70,8 @@ pub(crate) struct Grants {
     pub(crate) secrets: Vec<String>,
     /// Where secret values come from.
     pub(crate) vault: Option<Arc<dyn SecretSource>>,
+    /// What `verge:ai` may reach, if the component declared a model or index.
+    pub(crate) ai: Option<AiGrant>,
     /// Version label for log lines.
     pub(crate) version: Option<Arc<str>>,
 }
@@ -80,5 +87,9 @@ pub(crate) fn add_to_linker(
     bindings::wasi::keyvalue::batch::add_to_linker::<_, H>(linker, |h| h)?;
     bindings::wasi::config::store::add_to_linker::<_, H>(linker, |h| h)?;
     bindings::wasi::logging::logging::add_to_linker::<_, H>(linker, |h| h)?;
+    bindings::verge::ai::types::add_to_linker::<_, H>(linker, |h| h)?;
+    bindings::verge::ai::embeddings::add_to_linker::<_, H>(linker, |h| h)?;
+    bindings::verge::ai::vectors::add_to_linker::<_, H>(linker, |h| h)?;
+    bindings::verge::ai::classify::add_to_linker::<_, H>(linker, |h| h)?;
     Ok(())
 }

@@ -227,7 +227,23 @@ impl Executor {
             })?;
             stores.insert(store.clone(), bucket);
         }
+        let ai = if capabilities.ai_models.is_empty() && capabilities.vector_indexes.is_empty() {
+            None
+        } else {
+            let services = self.inner.ai.clone().ok_or_else(|| LoadError::Store {
+                store: "verge:ai".to_string(),
+                reason: "this node has no AI services".to_string(),
+            })?;
+            Some(crate::apis::AiGrant {
+                services,
+                tenant: app.tenant.clone(),
+                app: app.app.clone(),
+                model: capabilities.ai_models.first().cloned(),
+                indexes: capabilities.vector_indexes.clone(),
+            })
+        };
         Ok(Grants {
+            ai,
             stores,
             variables: capabilities.variables.iter().cloned().collect(),
             secrets: capabilities.secrets.clone(),

@@ -46,6 +46,9 @@ pub struct ExecutorConfig {
     /// Key-value stores for `wasi:keyvalue`; without them, a component
     /// that declares a store cannot be loaded.
     pub key_value: Option<Arc<verge_kv::KeyValue>>,
+    /// Models and vector indexes for `verge:ai`; without them, a component
+    /// that declares a model or an index cannot be loaded.
+    pub ai: Option<Arc<verge_ai::AiServices>>,
 }
 
 impl Default for ExecutorConfig {
@@ -61,6 +64,7 @@ impl Default for ExecutorConfig {
             slow_lane_threads: std::thread::available_parallelism()
                 .map_or(1, |n| (n.get() / 2).max(1)),
             key_value: None,
+            ai: None,
         }
     }
 }
@@ -89,6 +93,7 @@ pub(crate) struct Inner {
     pub(crate) cache: Option<CompileCache>,
     pub(crate) slow_lane: SlowLane,
     pub(crate) key_value: Option<Arc<verge_kv::KeyValue>>,
+    pub(crate) ai: Option<Arc<verge_ai::AiServices>>,
     /// Outbound connections open at once across all guests. Kept below
     /// tokio's blocking-thread limit, since each connect resolves a name on
     /// a blocking thread.
@@ -164,6 +169,7 @@ impl Executor {
                 cache,
                 slow_lane,
                 key_value: config.key_value.clone(),
+                ai: config.ai.clone(),
                 outbound_slots: Arc::new(tokio::sync::Semaphore::new(MAX_OUTBOUND_CONNECTIONS)),
                 linked: std::sync::Mutex::default(),
                 stats: Stats::default(),

@@ -15,6 +15,8 @@
 //! key_value_stores = ["default"]
 //! variables = ["greeting"]
 //! secrets = ["payments_key"]
+//! ai_models = ["all-minilm-l6-v2"]
+//! vector_indexes = ["products"]
 //!
 //! [variables]
 //! greeting = "hello"
@@ -87,6 +89,12 @@ pub struct RawComponent {
     /// App secrets (set with `verge secrets set`) the guest may read with `wasi:config/store`.
     #[serde(default)]
     pub secrets: Vec<Spanned<String>>,
+    /// AI models the guest may use through `verge:ai` (embed, classify).
+    #[serde(default)]
+    pub ai_models: Vec<Spanned<String>>,
+    /// Vector indexes the guest may open through `verge:ai/vectors`.
+    #[serde(default)]
+    pub vector_indexes: Vec<Spanned<String>>,
 }
 
 /// A route as written: either `"/prefix"` or `{ path, host }`.

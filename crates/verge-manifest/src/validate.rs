@@ -202,6 +202,8 @@ struct Grants {
     stores: Vec<String>,
     variables: Vec<(String, String)>,
     secrets: Vec<String>,
+    ai_models: Vec<String>,
+    vector_indexes: Vec<String>,
 }
 
 /// Most key-value stores one component may declare.
@@ -286,10 +288,55 @@ fn grants(
         }
         secrets.push(s.get_ref().clone());
     }
+    let mut ai_models = Vec::new();
+    for m in &raw.ai_models {
+        if !verge_capabilities::AI_MODELS.contains(&m.get_ref().as_str()) {
+            return Err(cx.err(
+                m.span(),
+                ctx(format!("unknown AI model `{}`", m.get_ref())),
+                Some(format!(
+                    "known models: {}",
+                    verge_capabilities::AI_MODELS.join(", ")
+                )),
+            ));
+        }
+        if !seen.insert(("model", m.get_ref())) {
+            return Err(cx.err(
+                m.span(),
+                ctx(format!("model `{}` is listed twice", m.get_ref())),
+                None,
+            ));
+        }
+        ai_models.push(m.get_ref().clone());
+    }
+    too_many(&raw.vector_indexes, MAX_STORES, "vector indexes")?;
+    let mut vector_indexes = Vec::new();
+    for i in &raw.vector_indexes {
+        check_store_name(i.get_ref()).map_err(|why| {
+            cx.err(
+                i.span(),
+                ctx(format!(
+                    "invalid vector index name `{}`: {why}",
+                    i.get_ref()
+                )),
+                None,
+            )
+        })?;
+        if !seen.insert(("index", i.get_ref())) {
+            return Err(cx.err(
+                i.span(),
+                ctx(format!("vector index `{}` is listed twice", i.get_ref())),
+                None,
+            ));
+        }
+        vector_indexes.push(i.get_ref().clone());
+    }
     Ok(Grants {
         stores,
         variables,
         secrets,
+        ai_models,
+        vector_indexes,
     })
 }
 
@@ -377,6 +424,8 @@ fn component_spec(
         stores: key_value_stores,
         variables,
         secrets,
+        ai_models,
+        vector_indexes,
     } = grants(cx, raw, app_variables, &ctx)?;
 
     Ok(ComponentSpec {
@@ -391,6 +440,8 @@ fn component_spec(
             key_value_stores,
             variables,
             secrets,
+            ai_models,
+            vector_indexes,
         },
         limits,
     })

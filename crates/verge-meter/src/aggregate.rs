@@ -76,6 +76,8 @@ pub struct Totals {
     pub outbound_bytes_sent: u64,
     /// Key-value operations.
     pub kv_ops: u64,
+    /// Tokens embedded through `verge:ai`.
+    pub ai_tokens: u64,
 }
 
 impl Totals {
@@ -121,6 +123,7 @@ impl Totals {
             .outbound_bytes_sent
             .saturating_add(inv.outbound_bytes_sent);
         self.kv_ops += u64::from(inv.kv_ops);
+        self.ai_tokens = self.ai_tokens.saturating_add(inv.ai_tokens);
     }
 
     /// Adds other totals (of the same series and minute, or for a report).
@@ -147,6 +150,7 @@ impl Totals {
             .outbound_bytes_sent
             .saturating_add(o.outbound_bytes_sent);
         self.kv_ops += o.kv_ops;
+        self.ai_tokens = self.ai_tokens.saturating_add(o.ai_tokens);
     }
 
     /// Whether nothing was recorded.

@@ -176,9 +176,10 @@ const COLUMNS: &[&str] = &[
     "outbound_bytes",
     "kv_ops",
     "outbound_bytes_sent",
+    "ai_tokens",
 ];
 
-fn values(t: &Totals) -> [u64; 20] {
+fn values(t: &Totals) -> [u64; 21] {
     [
         t.requests,
         t.invocations,
@@ -200,6 +201,7 @@ fn values(t: &Totals) -> [u64; 20] {
         t.outbound_bytes,
         t.kv_ops,
         t.outbound_bytes_sent,
+        t.ai_tokens,
     ]
 }
 
@@ -228,6 +230,7 @@ fn totals_from(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Totals
         outbound_bytes: v(17)?,
         kv_ops: v(18)?,
         outbound_bytes_sent: v(19)?,
+        ai_tokens: v(20)?,
     })
 }
 
@@ -258,6 +261,16 @@ impl UsageDb {
             ) WITHOUT ROWID;
             CREATE INDEX IF NOT EXISTS usage_by_minute ON usage (minute, tenant, app);"
         ))?;
+        // Columns added after a database was created (`ai_tokens`) start at 0.
+        let existing: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('usage')")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for column in COLUMNS.iter().filter(|c| !existing.iter().any(|e| e == *c)) {
+            conn.execute_batch(&format!(
+                "ALTER TABLE usage ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
+            ))?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
         })

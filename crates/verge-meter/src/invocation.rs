@@ -27,6 +27,8 @@ pub struct Invocation {
     pub outbound_bytes_sent: u64,
     /// Key-value operations (each call of `wasi:keyvalue` counts one).
     pub kv_ops: u32,
+    /// Tokens embedded through `verge:ai` (embeddings, classification).
+    pub ai_tokens: u64,
     /// The status the client got.
     pub status: u16,
     /// The first request served by this version on this node (after a

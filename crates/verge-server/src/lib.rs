@@ -73,6 +73,20 @@ pub struct ServerConfig {
     pub logs: Arc<LogHub>,
     /// Metering, prices, quotas and metrics.
     pub telemetry: TelemetryConfig,
+    /// `verge:ai`: where models are installed and the embedding limits.
+    /// Vector indexes live in `DATA/ai/TENANT.db`.
+    pub ai: AiConfig,
+}
+
+/// The node's AI settings.
+#[derive(Debug, Clone)]
+pub struct AiConfig {
+    /// The model folder (`verge ai pull` installs into it).
+    pub models_dir: PathBuf,
+    /// Limits per call and per tenant.
+    pub limits: verge_ai::EmbedLimits,
+    /// Inference threads (each batch also uses the cores in parallel).
+    pub threads: usize,
 }
 
 /// What the server measures and limits.
@@ -190,6 +204,15 @@ impl Server {
             cache_dir: Some(cache_dir),
             max_instances: config.max_instances,
             key_value: Some(key_value.clone()),
+            ai: Some(Arc::new(verge_ai::AiServices {
+                embedder: verge_ai::Embedder::start(
+                    verge_ai::ModelDir::new(&config.ai.models_dir),
+                    verge_ai::DEFAULT_MODEL,
+                    config.ai.limits.clone(),
+                    config.ai.threads,
+                ),
+                indexes: verge_ai::Indexes::new(data.join("ai")),
+            })),
             ..ExecutorConfig::default()
         })?;
         let usage = Arc::new(

@@ -52,6 +52,13 @@ pub(crate) fn default_data_dir(env: &dyn Env) -> Option<PathBuf> {
     var_dir(env, "VERGE_DATA_DIR").or_else(|| xdg_dir(env, "XDG_DATA_HOME", ".local/share"))
 }
 
+/// Where AI models are installed: `VERGE_MODELS_DIR`, else
+/// `$XDG_DATA_HOME/verge/models`, else `$HOME/.local/share/verge/models`.
+pub(crate) fn default_models_dir(env: &dyn Env) -> Option<PathBuf> {
+    var_dir(env, "VERGE_MODELS_DIR")
+        .or_else(|| xdg_dir(env, "XDG_DATA_HOME", ".local/share").map(|d| d.join("models")))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

@@ -5,6 +5,7 @@
 //! Exit codes: 0 success, 1 failure at run time, 2 bad usage or bad input
 //! (manifest, component, flags), reported before any port is bound.
 
+mod ai;
 mod build;
 mod client;
 mod deploy;
@@ -69,6 +70,9 @@ enum Command {
     /// Read and change an app's key-value data.
     #[command(subcommand)]
     Kv(state::KvCommand),
+    /// Install models; embed texts and search vector indexes locally.
+    #[command(subcommand)]
+    Ai(ai::AiCommand),
 }
 
 /// An error with the exit code it should produce.
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
         Command::Usage(args) => usage::run(args, &env),
         Command::Secrets(command) => state::secrets(command, &env),
         Command::Kv(command) => state::kv(command, &env),
+        Command::Ai(command) => ai::run(command, &env),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -90,6 +90,18 @@ pub(crate) struct ServerArgs {
     #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
     kv_max_store: u64,
 
+    /// Tokens each tenant may embed per minute through `verge:ai` (0: no
+    /// limit).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    ai_tokens_per_minute: u64,
+
+    /// Most texts in one `embed` call.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    ai_max_texts: u32,
+
+    #[command(flatten)]
+    models: crate::ai::ModelsDir,
+
     /// Server configuration file (TOML): the price sheet (`[prices]`) and
     /// quotas (`[quotas]`); see docs/metering.md.
     #[arg(long, value_name = "FILE")]
@@ -192,8 +204,12 @@ pub(crate) fn run(args: ServerArgs, env: &dyn Env, logs: Arc<LogHub>) -> Result<
         Some(path) => crate::server_config::load(path)?,
         None => crate::server_config::ServerFile::default(),
     };
+    let models_dir = args
+        .models
+        .resolve(env)
+        .map_or_else(|_| data.join("models"), |d| d.root().to_path_buf());
     let rt = worker_runtime()?;
-    let result = rt.block_on(serve(args, data, master_key, logs, file));
+    let result = rt.block_on(serve(args, data, master_key, logs, file, models_dir));
     rt.shutdown_timeout(Duration::from_secs(1));
     // Dropping the server writes the last usage.
     let server = result?;
@@ -208,6 +224,7 @@ async fn serve(
     master_key: verge_secrets::KeySource,
     logs: Arc<LogHub>,
     file: crate::server_config::ServerFile,
+    models_dir: PathBuf,
 ) -> Result<Server, Failure> {
     // Bind first: a token issued by a server that then cannot listen
     // would never be shown.
@@ -242,6 +259,15 @@ async fn serve(
             max_keys: args.kv_max_keys,
             max_store_bytes: args.kv_max_store,
             ..verge_kv::Quotas::default()
+        },
+        ai: verge_server::AiConfig {
+            models_dir,
+            limits: verge_ai::EmbedLimits {
+                tokens_per_minute: args.ai_tokens_per_minute,
+                max_texts: args.ai_max_texts as usize,
+                ..verge_ai::EmbedLimits::default()
+            },
+            threads: 1,
         },
         control: ControlConfig {
             max_upload: args.max_upload,

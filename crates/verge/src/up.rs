@@ -97,6 +97,9 @@ pub(crate) struct UpArgs {
     /// verge.toml, or in the current folder for a single component].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    models: crate::ai::ModelsDir,
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -357,6 +360,17 @@ pub(crate) fn run(args: UpArgs, env: &dyn Env) -> Result<(), Failure> {
         cache_dir,
         max_instances: args.max_instances,
         key_value: Some(key_value),
+        ai: Some(Arc::new(verge_ai::AiServices {
+            embedder: verge_ai::Embedder::start(
+                args.models
+                    .resolve(env)
+                    .unwrap_or_else(|_| verge_ai::ModelDir::new(state_dir.join("models"))),
+                verge_ai::DEFAULT_MODEL,
+                verge_ai::EmbedLimits::default(),
+                1,
+            ),
+            indexes: verge_ai::Indexes::new(state_dir.join("ai")),
+        })),
         ..ExecutorConfig::default()
     })
     .map_err(Failure::runtime)?;

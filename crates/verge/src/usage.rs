@@ -82,6 +82,7 @@ const CSV_FIELDS: &[&str] = &[
     "outbound_bytes_sent",
     "egress_bytes",
     "kv_ops",
+    "ai_tokens",
 ];
 
 pub(crate) fn run(args: UsageArgs, env: &dyn Env) -> Result<(), Failure> {

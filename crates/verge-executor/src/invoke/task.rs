@@ -58,6 +58,7 @@ pub(crate) struct UsageCounters {
     pub(crate) outbound_bytes: AtomicU64,
     pub(crate) outbound_bytes_sent: AtomicU64,
     pub(crate) kv_ops: AtomicU32,
+    pub(crate) ai_tokens: AtomicU64,
     pub(crate) status: AtomicU16,
     pub(crate) cold: bool,
     /// The guest never ran: no instance slot, or a request the guest API
@@ -77,6 +78,7 @@ impl UsageCounters {
             outbound_bytes: AtomicU64::new(0),
             outbound_bytes_sent: AtomicU64::new(0),
             kv_ops: AtomicU32::new(0),
+            ai_tokens: AtomicU64::new(0),
             status: AtomicU16::new(0),
             cold,
             refused: AtomicBool::new(false),
@@ -95,6 +97,7 @@ impl UsageCounters {
             outbound_bytes: load(&self.outbound_bytes),
             outbound_bytes_sent: load(&self.outbound_bytes_sent),
             kv_ops: self.kv_ops.load(Ordering::Relaxed),
+            ai_tokens: load(&self.ai_tokens),
             // No status yet: the client went away before the response
             // head (499, "client closed request", as nginx logs it).
             status: match self.status.load(Ordering::Relaxed) {

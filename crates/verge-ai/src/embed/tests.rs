@@ -1,0 +1,208 @@
+//! The pool's scheduling and limits, on a backend that records its batches.
+
+use std::sync::{Arc, Mutex};
+
+use super::*;
+
+/// Embeds each text as `[len]` and records every batch; holds the first
+/// batch until the gate opens.
+struct Recorder {
+    entered: std::sync::atomic::AtomicUsize,
+    batches: Mutex<Vec<Vec<String>>>,
+    gate: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Backend for Recorder {
+    fn name(&self) -> &str {
+        "recorder"
+    }
+    fn dimensions(&self) -> usize {
+        1
+    }
+    fn embed(&self, texts: &[&str]) -> Result<Embedded, AiError> {
+        self.entered
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut open = self.gate.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+        drop(open);
+        self.batches
+            .lock()
+            .unwrap()
+            .push(texts.iter().map(|t| t.to_string()).collect());
+        Ok(Embedded {
+            vectors: texts.iter().map(|t| vec![t.len() as f32]).collect(),
+            tokens: texts.iter().map(|t| t.len() as u32).collect(),
+            truncated: texts.iter().map(|t| t.len() > 8).collect(),
+        })
+    }
+}
+
+fn recorder() -> Arc<Recorder> {
+    Arc::new(Recorder {
+        entered: Default::default(),
+        batches: Mutex::new(Vec::new()),
+        gate: Mutex::new(false),
+        opened: Condvar::new(),
+    })
+}
+
+fn open(r: &Recorder) {
+    *r.gate.lock().unwrap() = true;
+    r.opened.notify_all();
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn limits() -> EmbedLimits {
+    EmbedLimits {
+        batch_texts: 4,
+        ..EmbedLimits::default()
+    }
+}
+
+#[test]
+fn a_flooding_tenant_delays_another_by_at_most_one_batch() {
+    let backend = recorder();
+    let pool = Arc::new(Embedder::with_backend(backend.clone(), limits(), 1));
+    let rt = runtime();
+    rt.block_on(async {
+        // The first job takes the thread and waits at the gate.
+        let first = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.embed("flood", vec!["a0".into()]).await }
+        });
+        while backend.entered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut flood = Vec::new();
+        for i in 1..=100 {
+            let pool = pool.clone();
+            flood.push(tokio::spawn(async move {
+                pool.embed("flood", vec![format!("a{i}")]).await
+            }));
+        }
+        // Let every flood job reach the queue before the quiet tenant's.
+        while lock(&pool.inner.queue).queued < 100 {
+            tokio::task::yield_now().await;
+        }
+        let quiet = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.embed("quiet", vec!["q".into()]).await }
+        });
+        while lock(&pool.inner.queue).queued < 101 {
+            tokio::task::yield_now().await;
+        }
+        open(&backend);
+        assert_eq!(quiet.await.unwrap().unwrap().vectors, vec![vec![1.0]]);
+        first.await.unwrap().unwrap();
+        for job in flood {
+            job.await.unwrap().unwrap();
+        }
+    });
+    let batches = backend.batches.lock().unwrap();
+    assert_eq!(batches[0], vec!["a0"]);
+    // The second batch is the first one formed after "quiet" queued.
+    assert!(batches[1].contains(&"q".to_string()), "{:?}", &batches[..3]);
+    assert!(batches.iter().all(|b| b.len() <= 4));
+    let texts: usize = batches.iter().map(Vec::len).sum();
+    assert_eq!(texts, 102, "every job answered once");
+}
+
+#[test]
+fn each_caller_gets_its_own_vectors_and_truncation() {
+    let backend = recorder();
+    open(&backend);
+    let pool = Arc::new(Embedder::with_backend(backend.clone(), limits(), 2));
+    let rt = runtime();
+    rt.block_on(async {
+        let mut calls = Vec::new();
+        for n in 0..20usize {
+            let pool = pool.clone();
+            calls.push(tokio::spawn(async move {
+                let texts: Vec<String> = (0..n % 3 + 1).map(|i| "x".repeat(n + i)).collect();
+                (n, pool.embed(&format!("t{}", n % 4), texts).await.unwrap())
+            }));
+        }
+        for call in calls {
+            let (n, got) = call.await.unwrap();
+            let lens: Vec<usize> = (0..n % 3 + 1).map(|i| n + i).collect();
+            assert_eq!(
+                got.vectors,
+                lens.iter().map(|&l| vec![l as f32]).collect::<Vec<_>>()
+            );
+            assert_eq!(got.tokens, lens.iter().map(|&l| l as u64).sum::<u64>());
+            let cut: Vec<u32> = lens
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| **l > 8)
+                .map(|(i, _)| i as u32)
+                .collect();
+            assert_eq!(got.truncated, cut);
+        }
+    });
+}
+
+#[test]
+fn limits_refuse_before_queueing() {
+    let backend = recorder();
+    open(&backend);
+    let pool = Embedder::with_backend(
+        backend.clone(),
+        EmbedLimits {
+            max_texts: 3,
+            max_bytes: 10,
+            tokens_per_minute: 5,
+            ..limits()
+        },
+        1,
+    );
+    let rt = runtime();
+    rt.block_on(async {
+        let err = pool.embed("t", vec!["a".into(); 4]).await.unwrap_err();
+        assert!(matches!(err, AiError::Invalid(_)), "{err}");
+        assert_eq!(err.to_string(), "4 texts in one call; the limit is 3");
+        let err = pool.embed("t", vec!["x".repeat(11)]).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "11 bytes of text in one call; the limit is 10"
+        );
+        assert_eq!(pool.embed("t", vec![]).await.unwrap(), Embedding::default());
+        // 6 tokens: allowed (the budget was not yet used up), then refused.
+        pool.embed("t", vec!["abcdef".into()]).await.unwrap();
+        let err = pool.embed("t", vec!["a".into()]).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AiError::Limited {
+                    retry_after: 1..=60,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Another tenant is unaffected.
+        pool.embed("u", vec!["a".into()]).await.unwrap();
+    });
+    assert_eq!(backend.batches.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn a_model_that_cannot_load_fails_each_call_with_the_install_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = Embedder::start(ModelDir::new(dir.path()), "all-minilm-l6-v2", limits(), 1);
+    let err = runtime()
+        .block_on(pool.embed("t", vec!["hello".into()]))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("verge ai pull all-minilm-l6-v2"),
+        "{err}"
+    );
+}
