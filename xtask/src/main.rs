@@ -121,6 +121,17 @@ fn test(root: &Path) -> anyhow::Result<()> {
         .current_dir(root)
         .args(["doc", "--no-deps", "--workspace"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
+    // The AI tests use the real model, installed the way users install it
+    // (a no-op when it is installed and intact).
+    run(cargo().current_dir(root).args([
+        "run",
+        "--quiet",
+        "--package",
+        "verge",
+        "--",
+        "ai",
+        "pull",
+    ]))?;
     run(cargo()
         .current_dir(root)
         .args(["nextest", "run", "--workspace", "--no-fail-fast"]))?;

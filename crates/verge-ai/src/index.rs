@@ -32,6 +32,12 @@ pub const MAX_METADATA_BYTES: usize = 8 << 10;
 /// Most vectors in one index.
 pub const MAX_VECTORS: usize = 1_000_000;
 
+/// Key-value pairs stored with a vector.
+pub type Metadata = Vec<(String, String)>;
+
+/// One vector to store: id, vector, metadata.
+pub type Item = (String, Vec<f32>, Metadata);
+
 /// Equality conditions on metadata, all of which must hold.
 pub type Filter = [(String, String)];
 
@@ -353,10 +359,7 @@ impl VectorIndex {
     }
 
     /// Adds or replaces several vectors in one transaction.
-    pub fn upsert_many(
-        &self,
-        items: Vec<(String, Vec<f32>, Vec<(String, String)>)>,
-    ) -> Result<(), AiError> {
+    pub fn upsert_many(&self, items: Vec<Item>) -> Result<(), AiError> {
         for (id, vector, metadata) in &items {
             check_id(id)?;
             check_vector(vector, self.dimensions)?;
@@ -420,7 +423,7 @@ impl VectorIndex {
     }
 
     /// The stored vector and metadata of `id`.
-    pub fn get(&self, id: &str) -> Result<Option<(Vec<f32>, Vec<(String, String)>)>, AiError> {
+    pub fn get(&self, id: &str) -> Result<Option<(Vec<f32>, Metadata)>, AiError> {
         let graph = self.read();
         let Some(key) = graph.keys.get(id) else {
             return Ok(None);
@@ -476,10 +479,7 @@ impl VectorIndex {
 }
 
 impl Graph {
-    fn insert_all(
-        &mut self,
-        items: Vec<(String, Vec<f32>, Vec<(String, String)>)>,
-    ) -> Result<(), AiError> {
+    fn insert_all(&mut self, items: Vec<Item>) -> Result<(), AiError> {
         let needed = self.keys.len() + items.len();
         if needed > self.hnsw.capacity() {
             self.hnsw

@@ -251,3 +251,15 @@ fn write_synced(path: &Path, content: &[u8]) -> Result<(), AiError> {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     const_hex::encode(Sha256::digest(bytes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Manifests accept exactly the models this crate can install.
+    #[test]
+    fn manifests_know_the_same_models() {
+        let names: Vec<&str> = KNOWN_MODELS.iter().map(|m| m.name).collect();
+        assert_eq!(names, verge_capabilities::AI_MODELS);
+    }
+}

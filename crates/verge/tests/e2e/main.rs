@@ -9,6 +9,7 @@
 
 mod support;
 
+mod ai;
 mod bad_input;
 mod cache;
 mod control;

@@ -23,7 +23,7 @@ fn plane(extra: &[&str]) -> Plane {
 }
 
 /// Usage rows of `app` (JSON format of `verge usage`), summed per day.
-fn usage(plane: &Plane, app: &str) -> Vec<Value> {
+pub fn usage(plane: &Plane, app: &str) -> Vec<Value> {
     let run = plane.cli(&["usage", "--app", app, "--by", "day", "--format", "json"]);
     assert!(run.status.success(), "{}", run.stderr);
     let rows: Value = serde_json::from_str(&run.stdout).expect("usage JSON");
@@ -31,7 +31,7 @@ fn usage(plane: &Plane, app: &str) -> Vec<Value> {
 }
 
 /// One field summed over the rows of `app`.
-fn total(plane: &Plane, app: &str, field: &str) -> f64 {
+pub fn total(plane: &Plane, app: &str, field: &str) -> f64 {
     usage(plane, app)
         .iter()
         .map(|r| r[field].as_f64().unwrap_or(0.0))
