@@ -479,13 +479,25 @@ impl VectorIndex {
 }
 
 impl Graph {
+    /// Puts `items` in the graph: keys and metadata first, then the graph
+    /// inserts, spread over the cores for large batches (loading an index,
+    /// bulk upserts).
     fn insert_all(&mut self, items: Vec<Item>) -> Result<(), AiError> {
+        // Of several items with one id, the last wins, as in SQLite.
+        let mut seen = std::collections::HashSet::new();
+        let mut items: Vec<Item> = items
+            .into_iter()
+            .rev()
+            .filter(|(id, ..)| seen.insert(id.clone()))
+            .collect();
+        items.reverse();
         let needed = self.keys.len() + items.len();
         if needed > self.hnsw.capacity() {
             self.hnsw
                 .reserve(needed.next_power_of_two())
                 .map_err(usearch_error)?;
         }
+        let mut adds = Vec::with_capacity(items.len());
         for (id, vector, metadata) in items {
             let key = match self.keys.get(&id) {
                 Some(&key) => {
@@ -499,10 +511,31 @@ impl Graph {
                     key
                 }
             };
-            self.hnsw.add(key, &vector).map_err(usearch_error)?;
             self.entries.insert(key, Entry { id, metadata });
+            adds.push((key, vector));
         }
-        Ok(())
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let hnsw = &self.hnsw;
+        let add = |chunk: &[(u64, Vec<f32>)]| {
+            chunk
+                .iter()
+                .try_for_each(|(key, vector)| hnsw.add(*key, vector))
+                .map_err(usearch_error)
+        };
+        if adds.len() < 256 || threads == 1 {
+            return add(&adds);
+        }
+        // usearch takes concurrent inserts once capacity is reserved.
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = adds
+                .chunks(adds.len().div_ceil(threads))
+                .map(|chunk| scope.spawn(move || add(chunk)))
+                .collect();
+            workers.into_iter().try_for_each(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(AiError::Storage("a graph insert panicked".to_owned())))
+            })
+        })
     }
 }
 

@@ -43,6 +43,24 @@ pub(crate) mod bindings {
     });
 }
 
+impl crate::host::Host {
+    /// Logs a denied store, model or index: once per request, the name cut
+    /// short, so a guest retrying in a loop cannot flood the log.
+    pub(crate) fn log_denied(&mut self, message: &str, name: &str) {
+        if std::mem::replace(&mut self.apis.denied_logged, true) {
+            return;
+        }
+        let shown: String = name.chars().take(64).collect();
+        tracing::warn!(
+            request_id = %self.shared().id,
+            app = %self.apis.app,
+            component = %self.shared().component,
+            name = %shown.escape_debug(),
+            "{message}"
+        );
+    }
+}
+
 /// The error a `wasi:keyvalue` call returns to the guest.
 #[derive(Debug)]
 pub(crate) enum KvFailure {

@@ -211,6 +211,36 @@ const MAX_STORES: usize = 16;
 /// Most secrets one component may declare (an app holds at most 64).
 const MAX_SECRETS: usize = 64;
 
+/// Names in the store-name alphabet (stores, vector indexes), each listed
+/// once; `what` names them in errors, `short` in the duplicate's.
+fn store_names(
+    cx: &Ctx<'_>,
+    list: &[toml::Spanned<String>],
+    what: &str,
+    short: &str,
+    ctx: &dyn Fn(String) -> String,
+) -> Result<Vec<String>, ManifestError> {
+    let mut names: Vec<String> = Vec::new();
+    for s in list {
+        check_store_name(s.get_ref()).map_err(|why| {
+            cx.err(
+                s.span(),
+                ctx(format!("invalid {what} name `{}`: {why}", s.get_ref())),
+                None,
+            )
+        })?;
+        if names.contains(s.get_ref()) {
+            return Err(cx.err(
+                s.span(),
+                ctx(format!("{short} `{}` is listed twice", s.get_ref())),
+                None,
+            ));
+        }
+        names.push(s.get_ref().clone());
+    }
+    Ok(names)
+}
+
 /// The component's `key_value_stores`, `variables` and `secrets`, checked.
 fn grants(
     cx: &Ctx<'_>,
@@ -225,27 +255,7 @@ fn grants(
     too_many(&raw.key_value_stores, MAX_STORES, "key-value stores")?;
     too_many(&raw.secrets, MAX_SECRETS, "secrets")?;
     let mut seen = std::collections::HashSet::new();
-    let mut stores = Vec::new();
-    for s in &raw.key_value_stores {
-        check_store_name(s.get_ref()).map_err(|why| {
-            cx.err(
-                s.span(),
-                ctx(format!(
-                    "invalid key-value store name `{}`: {why}",
-                    s.get_ref()
-                )),
-                None,
-            )
-        })?;
-        if !seen.insert(("store", s.get_ref())) {
-            return Err(cx.err(
-                s.span(),
-                ctx(format!("store `{}` is listed twice", s.get_ref())),
-                None,
-            ));
-        }
-        stores.push(s.get_ref().clone());
-    }
+    let stores = store_names(cx, &raw.key_value_stores, "key-value store", "store", ctx)?;
     let mut variables = Vec::new();
     for v in &raw.variables {
         let Some(value) = app_variables.get(v.get_ref()) else {
@@ -310,27 +320,7 @@ fn grants(
         ai_models.push(m.get_ref().clone());
     }
     too_many(&raw.vector_indexes, MAX_STORES, "vector indexes")?;
-    let mut vector_indexes = Vec::new();
-    for i in &raw.vector_indexes {
-        check_store_name(i.get_ref()).map_err(|why| {
-            cx.err(
-                i.span(),
-                ctx(format!(
-                    "invalid vector index name `{}`: {why}",
-                    i.get_ref()
-                )),
-                None,
-            )
-        })?;
-        if !seen.insert(("index", i.get_ref())) {
-            return Err(cx.err(
-                i.span(),
-                ctx(format!("vector index `{}` is listed twice", i.get_ref())),
-                None,
-            ));
-        }
-        vector_indexes.push(i.get_ref().clone());
-    }
+    let vector_indexes = store_names(cx, &raw.vector_indexes, "vector index", "vector index", ctx)?;
     Ok(Grants {
         stores,
         variables,

@@ -19,7 +19,8 @@
 //! - `/log?level=L&context=C&message=M`: logs through wasi:logging.
 //! - `/ai-embed?n=N&(text=T|size=W)`: embeds N copies of T (or W words):
 //!   `vectors=N dims=D tokens=T truncated=i,j`; `/ai-embed-body` embeds the
-//!   request body as one text; `/ai-dimensions`.
+//!   request body as one text, `/ai-embed-lines` each of its lines;
+//!   `/ai-dimensions`.
 //! - `/ai-upsert?index=I&id=ID&(text=T|vector=1,2,..)&meta=k:v`,
 //!   `/ai-query?index=I&text=T&k=K&filter=k:v` (`id score` lines),
 //!   `/ai-delete?index=I&id=ID`, `/ai-count?index=I`.
@@ -183,6 +184,15 @@ impl wasip2::exports::http::incoming_handler::Guest for Guest {
                     "word ".repeat(size)
                 };
                 embed_report(vec![text; n])
+            }
+            "ai-embed-lines" => {
+                let body = read_body(request);
+                embed_report(
+                    String::from_utf8_lossy(&body)
+                        .lines()
+                        .map(String::from)
+                        .collect(),
+                )
             }
             "ai-embed-body" => embed_report(vec![
                 String::from_utf8_lossy(&read_body(request)).into_owned(),

@@ -222,15 +222,15 @@ fn recall_against_exact_search_on_clustered_vectors() {
         .open("t", "app", "big", 32)
         .expect("index operation");
     let centres: Vec<Vec<f32>> = (0..20).map(|c| unit(10_000 + c, 32)).collect();
-    let data: Vec<Vec<f32>> = (0..3000u64)
-        .map(|i| {
-            let noise = unit(i, 32);
-            let c = &centres[(i % 20) as usize];
-            let v: Vec<f32> = c.iter().zip(&noise).map(|(a, b)| a + 0.5 * b).collect();
-            let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
-            v.into_iter().map(|a| a / n).collect()
-        })
-        .collect();
+    // A point of cluster `i % 20`, its noise seeded by `i`.
+    let point = |i: u64| -> Vec<f32> {
+        let noise = unit(i, 32);
+        let c = &centres[(i % 20) as usize];
+        let v: Vec<f32> = c.iter().zip(&noise).map(|(a, b)| a + 0.5 * b).collect();
+        let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+        v.into_iter().map(|a| a / n).collect()
+    };
+    let data: Vec<Vec<f32>> = (0..3000u64).map(point).collect();
     index
         .upsert_many(
             data.iter()
@@ -241,7 +241,9 @@ fn recall_against_exact_search_on_clustered_vectors() {
         .expect("index operation");
     let mut hits = 0;
     for q in 0..50u64 {
-        let query = unit(50_000 + q, 32);
+        // Queries are new points of the same clusters, as a search for
+        // text near indexed texts is.
+        let query = point(50_000 + q);
         let mut exact: Vec<(f32, usize)> = data
             .iter()
             .enumerate()
@@ -257,4 +259,35 @@ fn recall_against_exact_search_on_clustered_vectors() {
             .count();
     }
     assert!(hits >= 475, "recall@10 {}/500", hits);
+}
+
+#[test]
+fn the_last_of_repeated_ids_in_one_batch_wins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let index = Indexes::new(dir.path())
+        .open("t", "app", "docs", 8)
+        .expect("open");
+    let items: Vec<Item> = (0..2000u64)
+        .map(|i| {
+            (
+                format!("d{}", i % 1000),
+                unit(i, 8),
+                meta(&[("i", &i.to_string())]),
+            )
+        })
+        .collect();
+    index.upsert_many(items).expect("upsert");
+    assert_eq!(index.len(), 1000);
+    let (vector, metadata) = index.get("d7").expect("get").expect("present");
+    assert_eq!(metadata, meta(&[("i", "1007")]));
+    assert!(
+        vector
+            .iter()
+            .zip(unit(1007, 8))
+            .all(|(a, b)| (a - b).abs() < 1e-6)
+    );
+    assert_eq!(
+        index.query(&unit(1007, 8), 1, &[]).expect("query")[0].id,
+        "d7"
+    );
 }

@@ -53,25 +53,14 @@ fn from_ai(e: verge_ai::AiError) -> Failure {
 }
 
 impl Host {
-    fn ai_denied(&mut self, what: &str, name: &str) -> Failure {
-        if !std::mem::replace(&mut self.apis.denied_logged, true) {
-            let shown: String = name.chars().take(64).collect();
-            tracing::warn!(
-                request_id = %self.shared().id,
-                app = %self.apis.app,
-                component = %self.shared().component,
-                name = %shown.escape_debug(),
-                "{what} denied: not declared in verge.toml"
-            );
-        }
-        Failure::AccessDenied
-    }
-
     /// The grant and declared model, or access denied.
     fn ai_model(&mut self) -> Result<Arc<verge_ai::AiServices>, Failure> {
         match self.apis.grants.ai.as_ref() {
             Some(grant) if grant.model.is_some() => Ok(grant.services.clone()),
-            _ => Err(self.ai_denied("AI model", "(any model)")),
+            _ => {
+                self.log_denied("AI model denied: not in ai_models", "");
+                Err(Failure::AccessDenied)
+            }
         }
     }
 
@@ -173,7 +162,10 @@ impl vectors::HostIndex for Host {
     ) -> wasmtime::Result<Result<Resource<IndexHandle>, Failure>> {
         let grant = match self.apis.grants.ai.as_ref() {
             Some(g) if g.indexes.contains(&name) => g,
-            _ => return Ok(Err(self.ai_denied("vector index", &name))),
+            _ => {
+                self.log_denied("vector index denied: not in vector_indexes", &name);
+                return Ok(Err(Failure::AccessDenied));
+            }
         };
         let services = grant.services.clone();
         let (tenant, app) = (grant.tenant.clone(), grant.app.clone());

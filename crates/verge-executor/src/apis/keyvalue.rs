@@ -41,18 +41,10 @@ impl Host {
 impl store::Host for Host {
     async fn open(&mut self, identifier: String) -> Result<Resource<BucketHandle>, KvFailure> {
         let Some(bucket) = self.apis.grants.stores.get(&identifier).cloned() else {
-            // Once per request, the name cut short: a guest retrying in a
-            // loop must not flood the log.
-            if !std::mem::replace(&mut self.apis.denied_logged, true) {
-                let shown: String = identifier.chars().take(64).collect();
-                tracing::warn!(
-                    request_id = %self.shared().id,
-                    app = %self.apis.app,
-                    component = %self.shared().component,
-                    store = %shown.escape_debug(),
-                    "key-value store denied: not in key_value_stores"
-                );
-            }
+            self.log_denied(
+                "key-value store denied: not in key_value_stores",
+                &identifier,
+            );
             return Err(KvFailure::AccessDenied);
         };
         self.table.push(BucketHandle(bucket)).map_err(other)

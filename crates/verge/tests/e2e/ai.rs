@@ -184,7 +184,7 @@ async fn vector_indexes_survive_kill_9_and_refuse_bad_vectors() {
     // Undeclared indexes and models are denied, and nothing is created.
     let r = get(addr, "/ai-count?index=secret").await;
     assert_eq!((r.status, r.text().as_str()), (500, "Error::AccessDenied"));
-    verge.wait_for_log("vector index denied: not declared in verge.toml");
+    verge.wait_for_log("vector index denied: not in vector_indexes");
     assert_eq!(
         get(addr, "/plain/ai-embed?text=hi").await.text(),
         "Error::AccessDenied"
