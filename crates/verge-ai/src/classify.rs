@@ -1,15 +1,21 @@
-//! Zero-shot classification on embeddings: a text belongs to the label
-//! (or label description) whose embedding is most similar to its own.
+//! Classification on embeddings. Zero-shot ([`rank`]): a text belongs to
+//! the label (or label description) whose embedding is most similar to its
+//! own. Trained ([`LinearHead`]): a small classifier learnt from examples.
 //!
-//! **Invariant**: scores are cosine similarities of unit vectors, so they
-//! are comparable across calls and labels are ranked best first.
+//! **Invariant**: zero-shot scores are cosine similarities of unit vectors,
+//! so they are comparable across calls; labels are ranked best first.
+
+mod head;
+
+pub use head::{LinearHead, MAX_LABELS, Trained, train};
 
 /// One label and how well the text matches it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LabelScore {
     /// The label as given.
     pub label: String,
-    /// Cosine similarity between the text and the label, -1 to 1.
+    /// Zero-shot: cosine similarity between the text and the label, -1 to
+    /// 1. Trained: the label's probability, 0 to 1.
     pub score: f32,
 }
 

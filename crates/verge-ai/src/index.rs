@@ -182,6 +182,56 @@ impl Indexes {
         Ok(Some(index))
     }
 
+    /// Stores (or replaces) classifier `name` of `app`. Durable when it
+    /// returns.
+    pub fn save_classifier(
+        &self,
+        tenant: &str,
+        app: &str,
+        name: &str,
+        head: &crate::classify::LinearHead,
+    ) -> Result<(), AiError> {
+        let json = serde_json::to_string(head).map_err(|e| AiError::Invalid(e.to_string()))?;
+        let db = self.db(tenant)?;
+        lock(&db)
+            .execute(
+                "INSERT INTO classifiers (app, name, head) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (app, name) DO UPDATE SET head = excluded.head",
+                params![app, name, json],
+            )
+            .map_err(AiError::sql)?;
+        Ok(())
+    }
+
+    /// Classifier `name` of `app`, checked for `dimensions`, if trained.
+    pub fn classifier(
+        &self,
+        tenant: &str,
+        app: &str,
+        name: &str,
+        dimensions: usize,
+    ) -> Result<Option<crate::classify::LinearHead>, AiError> {
+        if !self.dir.join(format!("{tenant}.db")).exists() {
+            return Ok(None);
+        }
+        let db = self.db(tenant)?;
+        let json: Option<String> = lock(&db)
+            .query_row(
+                "SELECT head FROM classifiers WHERE app = ?1 AND name = ?2",
+                params![app, name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(AiError::sql)?;
+        let Some(json) = json else {
+            return Ok(None);
+        };
+        let head: crate::classify::LinearHead = serde_json::from_str(&json)
+            .map_err(|e| AiError::Corrupt(format!("classifier {name}: {e}")))?;
+        head.check(dimensions)?;
+        Ok(Some(head))
+    }
+
     /// The names of `app`'s indexes with their sizes.
     pub fn list(&self, tenant: &str, app: &str) -> Result<Vec<(String, u64)>, AiError> {
         if !self.dir.join(format!("{tenant}.db")).exists() {
@@ -214,7 +264,10 @@ fn open_db(path: &Path) -> Result<Connection, AiError> {
          CREATE TABLE IF NOT EXISTS vectors (
              app TEXT NOT NULL, idx TEXT NOT NULL, id TEXT NOT NULL,
              vector BLOB NOT NULL, metadata TEXT NOT NULL,
-             PRIMARY KEY (app, idx, id));",
+             PRIMARY KEY (app, idx, id));
+         CREATE TABLE IF NOT EXISTS classifiers (
+             app TEXT NOT NULL, name TEXT NOT NULL, head TEXT NOT NULL,
+             PRIMARY KEY (app, name));",
     )
     .map_err(AiError::sql)?;
     #[cfg(unix)]

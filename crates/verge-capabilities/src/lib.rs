@@ -56,4 +56,7 @@ pub struct Capabilities {
     pub ai_models: Vec<String>,
     /// Vector indexes the component may open through `verge:ai/vectors`.
     pub vector_indexes: Vec<String>,
+    /// Trained classifiers (`verge ai train`) the component may use through
+    /// `verge:ai/classify.classify-with`.
+    pub classifiers: Vec<String>,
 }

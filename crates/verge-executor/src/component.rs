@@ -227,7 +227,10 @@ impl Executor {
             })?;
             stores.insert(store.clone(), bucket);
         }
-        let ai = if capabilities.ai_models.is_empty() && capabilities.vector_indexes.is_empty() {
+        let ai = if capabilities.ai_models.is_empty()
+            && capabilities.vector_indexes.is_empty()
+            && capabilities.classifiers.is_empty()
+        {
             None
         } else {
             let services = self.inner.ai.clone().ok_or_else(|| LoadError::Store {
@@ -240,6 +243,7 @@ impl Executor {
                 app: app.app.clone(),
                 model: capabilities.ai_models.first().cloned(),
                 indexes: capabilities.vector_indexes.clone(),
+                classifiers: capabilities.classifiers.clone(),
             })
         };
         Ok(Grants {

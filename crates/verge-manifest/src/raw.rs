@@ -17,6 +17,7 @@
 //! secrets = ["payments_key"]
 //! ai_models = ["all-minilm-l6-v2"]
 //! vector_indexes = ["products"]
+//! classifiers = ["sentiment"]
 //!
 //! [variables]
 //! greeting = "hello"
@@ -95,6 +96,9 @@ pub struct RawComponent {
     /// Vector indexes the guest may open through `verge:ai/vectors`.
     #[serde(default)]
     pub vector_indexes: Vec<Spanned<String>>,
+    /// Trained classifiers (`verge ai train`) the guest may use.
+    #[serde(default)]
+    pub classifiers: Vec<Spanned<String>>,
 }
 
 /// A route as written: either `"/prefix"` or `{ path, host }`.

@@ -204,6 +204,7 @@ struct Grants {
     secrets: Vec<String>,
     ai_models: Vec<String>,
     vector_indexes: Vec<String>,
+    classifiers: Vec<String>,
 }
 
 /// Most key-value stores one component may declare.
@@ -321,12 +322,15 @@ fn grants(
     }
     too_many(&raw.vector_indexes, MAX_STORES, "vector indexes")?;
     let vector_indexes = store_names(cx, &raw.vector_indexes, "vector index", "vector index", ctx)?;
+    too_many(&raw.classifiers, MAX_STORES, "classifiers")?;
+    let classifiers = store_names(cx, &raw.classifiers, "classifier", "classifier", ctx)?;
     Ok(Grants {
         stores,
         variables,
         secrets,
         ai_models,
         vector_indexes,
+        classifiers,
     })
 }
 
@@ -416,6 +420,7 @@ fn component_spec(
         secrets,
         ai_models,
         vector_indexes,
+        classifiers,
     } = grants(cx, raw, app_variables, &ctx)?;
 
     Ok(ComponentSpec {
@@ -432,6 +437,7 @@ fn component_spec(
             secrets,
             ai_models,
             vector_indexes,
+            classifiers,
         },
         limits,
     })

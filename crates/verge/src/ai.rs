@@ -31,6 +31,10 @@ pub(crate) enum AiCommand {
     Embed(EmbedArgs),
     /// Query an app's vector index with a text.
     Search(SearchArgs),
+    /// Train a classifier for an app from labelled examples (JSON lines of
+    /// `{"text": ..., "label": ...}`); components that list it in
+    /// `classifiers` use it through `classify-with`.
+    Train(TrainArgs),
 }
 
 /// Where models are.
@@ -98,6 +102,48 @@ pub(crate) struct EmbedArgs {
     dir: ModelsDir,
 }
 
+/// Which node's AI files: a server's data folder or `verge up`'s state.
+#[derive(Debug, clap::Args)]
+pub(crate) struct NodeFiles {
+    /// The app's tenant [default: `default` on a server, `local` with
+    /// --state-dir].
+    #[arg(long, value_parser = app_name)]
+    tenant: Option<String>,
+    /// The server's data folder [default: $VERGE_DATA_DIR, else
+    /// $XDG_DATA_HOME/verge, else ~/.local/share/verge].
+    #[arg(long, value_name = "DIR", conflicts_with = "state_dir")]
+    data: Option<PathBuf>,
+    /// The state folder of `verge up` (`.verge` beside verge.toml).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+impl NodeFiles {
+    /// The index folder and the tenant.
+    fn resolve(&self, env: &dyn Env) -> Result<(PathBuf, String), Failure> {
+        Ok(match (&self.state_dir, &self.data) {
+            (Some(state), _) => (
+                state.join("ai"),
+                self.tenant.clone().unwrap_or_else(|| "local".to_owned()),
+            ),
+            (None, data) => {
+                let data = data
+                    .clone()
+                    .or_else(|| default_data_dir(env))
+                    .ok_or_else(|| {
+                        Failure::input(anyhow!(
+                            "give the server's data folder with --data DIR (HOME is not set)"
+                        ))
+                    })?;
+                (
+                    data.join("ai"),
+                    self.tenant.clone().unwrap_or_else(|| "default".to_owned()),
+                )
+            }
+        })
+    }
+}
+
 /// Arguments of `verge ai search`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct SearchArgs {
@@ -114,22 +160,37 @@ pub(crate) struct SearchArgs {
     /// Only vectors whose metadata has KEY=VALUE (repeatable).
     #[arg(long = "filter", value_name = "KEY=VALUE", value_parser = key_value)]
     filter: Vec<(String, String)>,
-    /// The app's tenant [default: `default` on a server, `local` with
-    /// --state-dir].
-    #[arg(long)]
-    tenant: Option<String>,
-    /// The server's data folder [default: $VERGE_DATA_DIR, else
-    /// $XDG_DATA_HOME/verge, else ~/.local/share/verge].
-    #[arg(long, value_name = "DIR", conflicts_with = "state_dir")]
-    data: Option<PathBuf>,
-    /// The state folder of `verge up` (`.verge` beside verge.toml).
-    #[arg(long, value_name = "DIR")]
-    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeFiles,
     #[command(flatten)]
     dir: ModelsDir,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// Arguments of `verge ai train`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TrainArgs {
+    /// The app.
+    #[arg(value_parser = app_name)]
+    app: String,
+    /// The classifier's name, as components list it in `classifiers`.
+    #[arg(value_parser = classifier_name)]
+    name: String,
+    /// Labelled examples: one JSON object per line, `{"text": "...",
+    /// "label": "..."}`.
+    examples: PathBuf,
+    #[command(flatten)]
+    node: NodeFiles,
+    #[command(flatten)]
+    dir: ModelsDir,
+}
+
+fn classifier_name(s: &str) -> Result<String, String> {
+    verge_capabilities::check_store_name(s)
+        .map(|()| s.to_owned())
+        .map_err(str::to_owned)
 }
 
 fn known_model(s: &str) -> Result<String, String> {
@@ -158,6 +219,7 @@ pub(crate) fn run(command: AiCommand, env: &dyn Env) -> Result<(), Failure> {
         AiCommand::Models(args) => models(args, env),
         AiCommand::Embed(args) => embed(args, env),
         AiCommand::Search(args) => search(args, env),
+        AiCommand::Train(args) => train(args, env),
     }
 }
 
@@ -336,26 +398,7 @@ fn embed(args: EmbedArgs, env: &dyn Env) -> Result<(), Failure> {
 }
 
 fn search(args: SearchArgs, env: &dyn Env) -> Result<(), Failure> {
-    let (folder, tenant) = match (&args.state_dir, &args.data) {
-        (Some(state), _) => (
-            state.join("ai"),
-            args.tenant.clone().unwrap_or_else(|| "local".to_owned()),
-        ),
-        (None, data) => {
-            let data = data
-                .clone()
-                .or_else(|| default_data_dir(env))
-                .ok_or_else(|| {
-                    Failure::input(anyhow!(
-                        "give the server's data folder with --data DIR (HOME is not set)"
-                    ))
-                })?;
-            (
-                data.join("ai"),
-                args.tenant.clone().unwrap_or_else(|| "default".to_owned()),
-            )
-        }
-    };
+    let (folder, tenant) = args.node.resolve(env)?;
     let indexes = Indexes::new(&folder);
     let index = indexes
         .existing(&tenant, &args.app, &args.index)
@@ -397,5 +440,110 @@ fn search(args: SearchArgs, env: &dyn Env) -> Result<(), Failure> {
         })
         .collect();
     print(&table(&["RANK", "ID", "SCORE", "METADATA"], rows));
+    Ok(())
+}
+
+/// One line of a training file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Example {
+    text: String,
+    label: String,
+}
+
+/// Reads `{"text", "label"}` lines; errors name the file and line.
+fn read_examples(path: &Path) -> Result<Vec<(String, String)>, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::input(anyhow!("{}: {e}", path.display())))?;
+    let mut examples = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let example: Example = serde_json::from_str(line).map_err(|e| {
+            Failure::input(anyhow!(
+                "{}:{}: {e}; each line must be {{\"text\": \"...\", \"label\": \"...\"}}",
+                path.display(),
+                i + 1
+            ))
+        })?;
+        if example.label.is_empty() {
+            return Err(Failure::input(anyhow!(
+                "{}:{}: the label is empty",
+                path.display(),
+                i + 1
+            )));
+        }
+        examples.push((example.text, example.label));
+    }
+    Ok(examples)
+}
+
+fn train(args: TrainArgs, env: &dyn Env) -> Result<(), Failure> {
+    use verge_ai::classify;
+    let examples = read_examples(&args.examples)?;
+    if examples.len() > 100_000 {
+        return Err(Failure::input(anyhow!(
+            "{} examples; at most 100,000",
+            examples.len()
+        )));
+    }
+    let (folder, tenant) = args.node.resolve(env)?;
+    let backend = load(&args.dir, verge_ai::DEFAULT_MODEL, env)?;
+    let progress = indicatif::ProgressBar::new(examples.len() as u64).with_message("embedding");
+    let mut embedded = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(32) {
+        let texts: Vec<&str> = chunk.iter().map(|(t, _)| t.as_str()).collect();
+        let out = backend.embed(&texts).map_err(ai_failure)?;
+        embedded.extend(
+            out.vectors
+                .into_iter()
+                .zip(chunk.iter().map(|(_, l)| l.clone())),
+        );
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish_and_clear();
+    // Every fifth example is held out to estimate accuracy on new texts,
+    // then the head is trained again on all of them.
+    let held_out = if embedded.len() >= 10 {
+        let (train_set, test_set): (Vec<_>, Vec<_>) = embedded
+            .iter()
+            .cloned()
+            .enumerate()
+            .partition(|(i, _)| i % 5 != 4);
+        let train_set: Vec<_> = train_set.into_iter().map(|(_, e)| e).collect();
+        match classify::train(backend.name(), &train_set) {
+            Ok(trial) => {
+                let right = test_set
+                    .iter()
+                    .filter(|(_, (v, label))| trial.head.predict(v)[0].label == *label)
+                    .count();
+                Some((right, test_set.len()))
+            }
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let trained = classify::train(backend.name(), &embedded).map_err(ai_failure)?;
+    verge_ai::Indexes::new(&folder)
+        .save_classifier(&tenant, &args.app, &args.name, &trained.head)
+        .map_err(ai_failure)?;
+    let held_out = match held_out {
+        Some((right, n)) => format!(
+            ", held-out accuracy {:.1}% ({right} of {n})",
+            100.0 * right as f64 / n as f64
+        ),
+        None => String::new(),
+    };
+    print(&format!(
+        "Trained `{}` for app `{}` (tenant `{tenant}`): {} labels ({}), {} examples, training accuracy {:.1}%{held_out}\n",
+        args.name,
+        args.app,
+        trained.head.labels.len(),
+        trained.head.labels.join(", "),
+        embedded.len(),
+        100.0 * trained.train_accuracy,
+    ));
     Ok(())
 }

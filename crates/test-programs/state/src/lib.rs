@@ -24,7 +24,8 @@
 //! - `/ai-upsert?index=I&id=ID&(text=T|vector=1,2,..)&meta=k:v`,
 //!   `/ai-query?index=I&text=T&k=K&filter=k:v` (`id score` lines),
 //!   `/ai-delete?index=I&id=ID`, `/ai-count?index=I`.
-//! - `/ai-classify?text=T&labels=a,b`: `label score` lines, best first.
+//! - `/ai-classify?text=T&labels=a,b`: `label score` lines, best first;
+//!   `/ai-classify-with?classifier=C&text=T` the same with a trained one.
 
 use std::io::{Read, Write};
 
@@ -256,6 +257,15 @@ impl wasip2::exports::http::incoming_handler::Guest for Guest {
                     })
                     .map_err(|e| format!("{e:?}"))
             }
+            "ai-classify-with" => ai::classify::classify_with(&q("classifier"), &q("text"))
+                .map(|ranked| {
+                    let text: String = ranked
+                        .iter()
+                        .map(|l| format!("{} {:.4}\n", l.label, l.score))
+                        .collect();
+                    (200, text.into_bytes())
+                })
+                .map_err(|e| format!("{e:?}")),
             _ => Ok((200, b"state-programs\n".to_vec())),
         };
         match result {

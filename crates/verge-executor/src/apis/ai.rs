@@ -26,6 +26,8 @@ pub(crate) struct AiGrant {
     pub(crate) model: Option<String>,
     /// Declared vector indexes.
     pub(crate) indexes: Vec<String>,
+    /// Declared trained classifiers.
+    pub(crate) classifiers: Vec<String>,
 }
 
 /// An index the guest opened.
@@ -144,6 +146,51 @@ impl classify::Host for Host {
         let ranked =
             verge_ai::classify::rank(&embedding.vectors[0], labels, &embedding.vectors[1..]);
         Ok(Ok(ranked
+            .into_iter()
+            .map(|l| classify::LabelScore {
+                label: l.label,
+                score: l.score,
+            })
+            .collect()))
+    }
+
+    async fn classify_with(
+        &mut self,
+        classifier: String,
+        text: String,
+    ) -> wasmtime::Result<Result<Vec<classify::LabelScore>, Failure>> {
+        let grant = match self.apis.grants.ai.as_ref() {
+            Some(g) if g.classifiers.contains(&classifier) => g,
+            _ => {
+                self.log_denied("classifier denied: not in classifiers", &classifier);
+                return Ok(Err(Failure::AccessDenied));
+            }
+        };
+        let services = grant.services.clone();
+        let (tenant, app) = (grant.tenant.clone(), grant.app.clone());
+        let dimensions = services.dimensions();
+        let name = classifier.clone();
+        let head = blocking(move || {
+            services
+                .indexes
+                .classifier(&tenant, &app, &name, dimensions)
+        })
+        .await;
+        let head = match head {
+            Ok(Some(head)) => head,
+            Ok(None) => {
+                return Ok(Err(Failure::Invalid(format!(
+                    "no classifier `{classifier}` is trained; train it with `verge ai train APP {classifier} EXAMPLES`"
+                ))));
+            }
+            Err(e) => return Ok(Err(e)),
+        };
+        let embedding = match self.embed_counted(vec![text]).await {
+            Ok(e) => e,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(Ok(head
+            .predict(&embedding.vectors[0])
             .into_iter()
             .map(|l| classify::LabelScore {
                 label: l.label,

@@ -94,7 +94,7 @@ fn unknown_field() {
     check_err(
         "[component.a]\nsource = \"a.wasm\"\nrotes = [\"/\"]\n",
         expect![[r#"
-            unknown field `rotes`, expected one of `source`, `routes`, `build`, `environment`, `allowed_outbound_hosts`, `limits`, `key_value_stores`, `variables`, `secrets`, `ai_models`, `vector_indexes`
+            unknown field `rotes`, expected one of `source`, `routes`, `build`, `environment`, `allowed_outbound_hosts`, `limits`, `key_value_stores`, `variables`, `secrets`, `ai_models`, `vector_indexes`, `classifiers`
              --> /app/verge.toml:3:1
               |
             3 | rotes = ["/"]

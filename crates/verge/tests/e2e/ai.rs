@@ -38,6 +38,7 @@ source = {state}
 routes = ["/"]
 ai_models = ["all-minilm-l6-v2"]
 vector_indexes = ["notes"]
+classifiers = ["sentiment"]
 
 [component.plain]
 source = {state}
@@ -285,6 +286,132 @@ async fn embeddings_truncate_long_texts_and_refuse_too_many() {
     assert!(r.text().starts_with("weather "), "{}", r.text());
     let r = get(addr, "/ai-classify?text=x&labels=").await;
     assert_eq!(r.text(), r#"Error::Invalid("give at least one label")"#);
+}
+
+#[tokio::test]
+async fn a_trained_classifier_labels_texts_for_its_app() {
+    let dir = app_dir(&manifest("reviews"));
+    let verge = Up::new::<&str>(&[]).dir(dir.path()).start();
+    let addr = verge.addr;
+    let path = |text: &str| {
+        format!(
+            "/ai-classify-with?classifier=sentiment&text={}",
+            encode(text)
+        )
+    };
+    let r = get(addr, &path("fine")).await;
+    assert_eq!(
+        r.text(),
+        "Error::Invalid(\"no classifier `sentiment` is trained; train it with `verge ai train APP sentiment EXAMPLES`\")"
+    );
+    let positive = [
+        "I love this product, it works perfectly",
+        "Fantastic service and a friendly team",
+        "Absolutely wonderful, would buy again",
+        "The best purchase I have made this year",
+        "Great quality and fast delivery",
+        "Very happy with how well it performs",
+        "Excellent value, highly recommended",
+        "It exceeded all my expectations",
+        "Delightful experience from start to finish",
+        "Superb, everything was just right",
+    ];
+    let negative = [
+        "Terrible, it broke after one day",
+        "The worst customer service I have ever had",
+        "Completely useless and a waste of money",
+        "Awful quality, I want a refund",
+        "Very disappointed, it never worked",
+        "Slow delivery and the box was damaged",
+        "I regret buying this, do not recommend",
+        "It stopped working and nobody answered",
+        "Poorly made and overpriced",
+        "A frustrating and annoying experience",
+    ];
+    let lines: String = positive
+        .iter()
+        .map(|t| (t, "positive"))
+        .chain(negative.iter().map(|t| (t, "negative")))
+        .map(|(t, l)| format!("{}\n", serde_json::json!({"text": t, "label": l})))
+        .collect();
+    std::fs::write(dir.path().join("examples.jsonl"), lines).expect("examples");
+    let state = dir.path().join(".verge");
+    let state = state.to_str().expect("utf-8");
+    let run = run_verge(
+        &[
+            "ai",
+            "train",
+            "reviews",
+            "sentiment",
+            "examples.jsonl",
+            "--state-dir",
+            state,
+        ],
+        dir.path(),
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with("Trained `sentiment` for app `reviews` (tenant `local`): 2 labels (negative, positive), 20 examples, training accuracy 100.0%, held-out accuracy"),
+        "{}",
+        run.stdout
+    );
+    // The running node reads the trained classifier on the next call.
+    for (text, label) in [
+        ("What a lovely gift, thank you so much", "positive"),
+        ("This is broken junk and I am angry", "negative"),
+    ] {
+        let r = get(addr, &path(text)).await;
+        assert!(
+            r.text().starts_with(&format!("{label} ")),
+            "{text}: {}",
+            r.text()
+        );
+    }
+    // A classifier the component does not list is denied.
+    let r = get(addr, "/ai-classify-with?classifier=spam&text=x").await;
+    assert_eq!(r.text(), "Error::AccessDenied");
+    // A bad examples file names its line; one label is not enough.
+    std::fs::write(
+        dir.path().join("bad.jsonl"),
+        "{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": 1}\n",
+    )
+    .expect("write");
+    let run = run_verge(
+        &[
+            "ai",
+            "train",
+            "reviews",
+            "sentiment",
+            "bad.jsonl",
+            "--state-dir",
+            state,
+        ],
+        dir.path(),
+    );
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("bad.jsonl:2:"), "{}", run.stderr);
+    std::fs::write(
+        dir.path().join("one.jsonl"),
+        "{\"text\": \"a\", \"label\": \"x\"}\n",
+    )
+    .expect("write");
+    let run = run_verge(
+        &[
+            "ai",
+            "train",
+            "reviews",
+            "sentiment",
+            "one.jsonl",
+            "--state-dir",
+            state,
+        ],
+        dir.path(),
+    );
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("at least 2 labels"), "{}", run.stderr);
+    // The trained classifier survived the failed attempts.
+    let r = get(addr, &path("I love it")).await;
+    assert!(r.text().starts_with("positive "), "{}", r.text());
 }
 
 #[test]
