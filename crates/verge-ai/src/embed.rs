@@ -13,8 +13,11 @@
 //! - A job is never split between batches, and every job gets exactly one
 //!   reply (an error when the pool stops or the model cannot load).
 //! - Per tenant, a call is refused once the tokens of the current minute
-//!   reach the limit; its own tokens are charged after it ran (so one call
-//!   may overshoot).
+//!   reach the limit. An estimate of its tokens is reserved when it is
+//!   queued (so concurrent calls see each other) and replaced by the real
+//!   count after it ran; a caller that went away is released unrun.
+//! - A panic or a malformed output of the backend fails that batch's jobs,
+//!   never the pool.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -69,6 +72,8 @@ type Loader = Box<dyn Fn() -> Result<Arc<dyn Backend>, AiError> + Send + Sync>;
 
 struct Job {
     texts: Vec<String>,
+    /// Tokens reserved from the tenant's budget at admission.
+    reserved: u64,
     reply: oneshot::Sender<Result<Embedding, AiError>>,
 }
 
@@ -92,6 +97,8 @@ struct Inner {
     name: String,
     limits: EmbedLimits,
     loader: Loader,
+    /// Most tokens of one text (what the model cuts at).
+    max_tokens: u64,
     model: Mutex<Model>,
     queue: Mutex<Queue>,
     ready: Condvar,
@@ -146,6 +153,7 @@ impl Embedder {
             name: name.to_owned(),
             limits,
             loader,
+            max_tokens: crate::model::known(name).map_or(512, |m| m.max_tokens as u64),
             model: Mutex::new(Model::NotLoaded),
             queue: Mutex::new(Queue::default()),
             ready: Condvar::new(),
@@ -195,6 +203,11 @@ impl Embedder {
         }
         let tenant: Arc<str> = Arc::from(tenant);
         self.inner.check_budget(&tenant)?;
+        // At most the model's limit per text; a token is rarely under 2 bytes.
+        let reserved: u64 = texts
+            .iter()
+            .map(|t| (t.len() as u64 / 2 + 2).min(self.inner.max_tokens))
+            .sum();
         let (reply, answer) = oneshot::channel();
         {
             let mut queue = lock(&self.inner.queue);
@@ -209,12 +222,17 @@ impl Embedder {
             }
             let jobs = queue.jobs.entry(tenant.clone()).or_default();
             let first = jobs.is_empty();
-            jobs.push_back(Job { texts, reply });
+            jobs.push_back(Job {
+                texts,
+                reserved,
+                reply,
+            });
             if first {
-                queue.turn.push_back(tenant);
+                queue.turn.push_back(tenant.clone());
             }
             queue.queued += 1;
         }
+        self.inner.charge(&tenant, reserved as i64);
         self.inner.ready.notify_one();
         answer.await.map_err(|_| AiError::Stopped)?
     }
@@ -254,14 +272,16 @@ impl Inner {
         }
     }
 
-    fn charge(&self, tenant: &Arc<str>, tokens: u64) {
+    /// Adds `tokens` (negative: gives back) to the tenant's minute. A
+    /// reservation made in an earlier minute is not given back to this one.
+    fn charge(&self, tenant: &Arc<str>, tokens: i64) {
         let now = minute_now();
         let mut budget = lock(&self.budget);
         let entry = budget.entry(tenant.clone()).or_insert((now, 0));
         if entry.0 != now {
             *entry = (now, 0);
         }
-        entry.1 += tokens;
+        entry.1 = entry.1.saturating_add_signed(tokens);
     }
 
     /// The next batch: one job per tenant per turn until the batch is full.
@@ -295,6 +315,17 @@ impl Inner {
             let Some(job) = jobs.pop_front() else {
                 continue;
             };
+            // A caller that went away (timeout, client gone) is not run.
+            if job.reply.is_closed() {
+                if jobs.is_empty() {
+                    queue.jobs.remove(&tenant);
+                } else {
+                    queue.turn.push_front(tenant.clone());
+                }
+                queue.queued -= 1;
+                self.charge(&tenant, -(job.reserved as i64));
+                continue;
+            }
             if jobs.is_empty() {
                 queue.jobs.remove(&tenant);
             } else {
@@ -344,7 +375,8 @@ impl Inner {
             let backend = match self.backend() {
                 Ok(backend) => backend,
                 Err(error) => {
-                    for (_, job) in batch {
+                    for (tenant, job) in batch {
+                        self.charge(&tenant, -(job.reserved as i64));
                         let _ = job.reply.send(Err(clone_error(&error)));
                     }
                     continue;
@@ -354,10 +386,27 @@ impl Inner {
                 .iter()
                 .flat_map(|(_, job)| job.texts.iter().map(String::as_str))
                 .collect();
-            match backend.embed(&texts) {
+            let n = texts.len();
+            // A panicking backend fails this batch, not the pool.
+            let run =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.embed(&texts)))
+                    .unwrap_or_else(|_| Err(AiError::Inference("the model panicked".to_owned())));
+            drop(texts);
+            let run = run.and_then(|e| {
+                if e.vectors.len() == n && e.tokens.len() == n && e.truncated.len() == n {
+                    Ok(e)
+                } else {
+                    Err(AiError::Inference(
+                        "the model returned a malformed batch".to_owned(),
+                    ))
+                }
+            });
+            match run {
                 Ok(embedded) => self.answer(batch, embedded),
                 Err(error) => {
-                    for (_, job) in batch {
+                    tracing::error!(model = %self.name, "inference failed: {error}");
+                    for (tenant, job) in batch {
+                        self.charge(&tenant, -(job.reserved as i64));
                         let _ = job.reply.send(Err(clone_error(&error)));
                     }
                 }
@@ -382,7 +431,7 @@ impl Inner {
                 .map(|(i, _)| i as u32)
                 .collect();
             at += n;
-            self.charge(&tenant, tokens);
+            self.charge(&tenant, tokens as i64 - job.reserved as i64);
             let _ = job.reply.send(Ok(Embedding {
                 vectors: vectors.by_ref().take(n).collect(),
                 tokens,
@@ -403,6 +452,7 @@ fn clone_error(error: &AiError) -> AiError {
         AiError::Invalid(m) => AiError::Invalid(m.clone()),
         AiError::Storage(m) => AiError::Storage(m.clone()),
         AiError::Stopped => AiError::Stopped,
+        AiError::Inference(m) => AiError::Inference(m.clone()),
         other => AiError::Inference(other.to_string()),
     }
 }

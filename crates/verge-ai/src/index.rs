@@ -31,6 +31,11 @@ pub const MAX_ID_BYTES: usize = 512;
 pub const MAX_METADATA_BYTES: usize = 8 << 10;
 /// Most vectors in one index.
 pub const MAX_VECTORS: usize = 1_000_000;
+/// Most metadata pairs per vector, and conditions per filter.
+pub const MAX_PAIRS: usize = 64;
+/// What each metadata pair costs against [`MAX_METADATA_BYTES`] besides its
+/// text (so empty pairs are not free).
+const PAIR_OVERHEAD: usize = 16;
 
 /// Key-value pairs stored with a vector.
 pub type Metadata = Vec<(String, String)>;
@@ -77,8 +82,13 @@ pub struct VectorIndex {
 pub struct Indexes {
     dir: PathBuf,
     dbs: Mutex<HashMap<String, Arc<Mutex<Connection>>>>,
-    open: Mutex<HashMap<(String, String, String), Arc<VectorIndex>>>,
+    /// One slot per index: the map's lock is held only to find the slot,
+    /// the slot's while the index loads, so loading a large index (seconds)
+    /// holds up only the callers of that index.
+    open: Mutex<HashMap<(String, String, String), Slot>>,
 }
+
+type Slot = Arc<Mutex<Option<Arc<VectorIndex>>>>;
 
 fn usearch_error(e: impl std::fmt::Display) -> AiError {
     AiError::Storage(format!("vector graph: {e}"))
@@ -128,7 +138,16 @@ impl Indexes {
         if let Some(db) = dbs.get(tenant) {
             return Ok(db.clone());
         }
+        check_tenant(tenant)?;
         std::fs::create_dir_all(&self.dir).map_err(|e| AiError::io(&self.dir, e))?;
+        // Vectors and metadata are the tenant's data: the folder (and so the
+        // WAL files beside each database) is private.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| AiError::io(&self.dir, e))?;
+        }
         let path = self.dir.join(format!("{tenant}.db"));
         let conn = open_db(&path)?;
         let db = Arc::new(Mutex::new(conn));
@@ -166,8 +185,9 @@ impl Indexes {
         create: Option<usize>,
     ) -> Result<Option<Arc<VectorIndex>>, AiError> {
         let key = (tenant.to_owned(), app.to_owned(), name.to_owned());
-        let mut open = lock(&self.open);
-        if let Some(index) = open.get(&key) {
+        let slot = lock(&self.open).entry(key).or_default().clone();
+        let mut slot = lock(&slot);
+        if let Some(index) = &*slot {
             return Ok(Some(index.clone()));
         }
         if create.is_none() && !self.dir.join(format!("{tenant}.db")).exists() {
@@ -178,8 +198,49 @@ impl Indexes {
             return Ok(None);
         };
         let index = Arc::new(index);
-        open.insert(key, index.clone());
+        *slot = Some(index.clone());
         Ok(Some(index))
+    }
+
+    /// Opens every stored index of every tenant, so that the first query
+    /// after a restart does not wait for its graph to be rebuilt. Returns
+    /// how many were opened; an index that fails is logged and skipped.
+    pub fn preload(&self) -> Result<usize, AiError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(AiError::io(&self.dir, e)),
+        };
+        let mut opened = 0;
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            let (Some(tenant), Some("db")) = (
+                path.file_stem().and_then(|s| s.to_str()),
+                path.extension().and_then(|s| s.to_str()),
+            ) else {
+                continue;
+            };
+            let names: Vec<(String, String)> = {
+                let db = self.db(tenant)?;
+                let conn = lock(&db);
+                let mut stmt = conn
+                    .prepare("SELECT app, idx FROM indexes ORDER BY app, idx")
+                    .map_err(AiError::sql)?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(AiError::sql)?;
+                rows.collect::<Result<_, _>>().map_err(AiError::sql)?
+            };
+            for (app, name) in names {
+                match self.existing(tenant, &app, &name) {
+                    Ok(_) => opened += 1,
+                    Err(e) => {
+                        tracing::error!(tenant, app, index = name, "cannot load vector index: {e}")
+                    }
+                }
+            }
+        }
+        Ok(opened)
     }
 
     /// Stores (or replaces) classifier `name` of `app`. Durable when it
@@ -416,7 +477,17 @@ impl VectorIndex {
         for (id, vector, metadata) in &items {
             check_id(id)?;
             check_vector(vector, self.dimensions)?;
-            let bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+            if metadata.len() > MAX_PAIRS {
+                return Err(AiError::Invalid(format!(
+                    "`{}` has {} metadata pairs; the limit is {MAX_PAIRS}",
+                    shown(id),
+                    metadata.len()
+                )));
+            }
+            let bytes: usize = metadata
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + PAIR_OVERHEAD)
+                .sum();
             if bytes > MAX_METADATA_BYTES {
                 return Err(AiError::Invalid(format!(
                     "metadata of `{}` is {bytes} bytes; the limit is {MAX_METADATA_BYTES}",
@@ -437,6 +508,8 @@ impl VectorIndex {
                 self.name
             )));
         }
+        // Room in the graph first: once committed, the change must reach it.
+        graph.reserve(graph.keys.len() + new)?;
         {
             let mut conn = lock(&self.db);
             let tx = conn.transaction().map_err(AiError::sql)?;
@@ -498,6 +571,12 @@ impl VectorIndex {
         if k == 0 || k > MAX_K {
             return Err(AiError::Invalid(format!("k is {k}; use 1 to {MAX_K}")));
         }
+        if filter.len() > MAX_PAIRS {
+            return Err(AiError::Invalid(format!(
+                "the filter has {} conditions; the limit is {MAX_PAIRS}",
+                filter.len()
+            )));
+        }
         let graph = self.read();
         let k = (k as usize).min(graph.keys.len());
         if k == 0 {
@@ -532,6 +611,16 @@ impl VectorIndex {
 }
 
 impl Graph {
+    /// Makes room for `needed` vectors.
+    fn reserve(&self, needed: usize) -> Result<(), AiError> {
+        if needed > self.hnsw.capacity() {
+            self.hnsw
+                .reserve(needed.next_power_of_two())
+                .map_err(usearch_error)?;
+        }
+        Ok(())
+    }
+
     /// Puts `items` in the graph: keys and metadata first, then the graph
     /// inserts, spread over the cores for large batches (loading an index,
     /// bulk upserts).
@@ -544,12 +633,7 @@ impl Graph {
             .filter(|(id, ..)| seen.insert(id.clone()))
             .collect();
         items.reverse();
-        let needed = self.keys.len() + items.len();
-        if needed > self.hnsw.capacity() {
-            self.hnsw
-                .reserve(needed.next_power_of_two())
-                .map_err(usearch_error)?;
-        }
+        self.reserve(self.keys.len() + items.len())?;
         let mut adds = Vec::with_capacity(items.len());
         for (id, vector, metadata) in items {
             let key = match self.keys.get(&id) {
@@ -589,6 +673,23 @@ impl Graph {
                     .unwrap_or_else(|_| Err(AiError::Storage("a graph insert panicked".to_owned())))
             })
         })
+    }
+}
+
+/// A tenant name is a file name here: letters, digits, `-` and `_` only.
+fn check_tenant(tenant: &str) -> Result<(), AiError> {
+    let ok = !tenant.is_empty()
+        && tenant.len() <= 64
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(AiError::Invalid(format!(
+            "invalid tenant name `{}`",
+            shown(tenant)
+        )))
     }
 }
 

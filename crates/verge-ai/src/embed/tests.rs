@@ -220,11 +220,67 @@ fn limits_refuse_before_queueing() {
 fn a_model_that_cannot_load_fails_each_call_with_the_install_command() {
     let dir = tempfile::tempdir().expect("embedding");
     let pool = Embedder::start(ModelDir::new(dir.path()), "all-minilm-l6-v2", limits(), 1);
-    let err = runtime()
-        .block_on(pool.embed("t", vec!["hello".into()]))
-        .expect_err("refused");
-    assert!(
-        err.to_string().contains("verge ai pull all-minilm-l6-v2"),
-        "{err}"
-    );
+    // Twice: a missing model is looked for again on every call.
+    for _ in 0..2 {
+        let err = runtime()
+            .block_on(pool.embed("t", vec!["hello".into()]))
+            .expect_err("refused");
+        assert!(
+            err.to_string().contains("verge ai pull all-minilm-l6-v2"),
+            "{err}"
+        );
+    }
+}
+
+/// Panics on a text "panic", drops the last vector on "short".
+struct Faulty;
+
+impl Backend for Faulty {
+    fn name(&self) -> &str {
+        "faulty"
+    }
+    fn dimensions(&self) -> usize {
+        1
+    }
+    fn embed(&self, texts: &[&str]) -> Result<Embedded, AiError> {
+        assert!(!texts.contains(&"panic"), "the backend panicked");
+        let mut vectors: Vec<Vec<f32>> = texts.iter().map(|_| vec![1.0]).collect();
+        if texts.contains(&"short") {
+            vectors.pop();
+        }
+        Ok(Embedded {
+            tokens: vec![1; texts.len()],
+            truncated: vec![false; texts.len()],
+            vectors,
+        })
+    }
+}
+
+#[test]
+fn a_panicking_or_malformed_backend_fails_its_batch_and_the_pool_goes_on() {
+    let pool = Embedder::with_backend(Arc::new(Faulty), limits(), 1);
+    let rt = runtime();
+    rt.block_on(async {
+        let err = pool
+            .embed("t", vec!["panic".into()])
+            .await
+            .expect_err("panicked");
+        assert_eq!(err.to_string(), "inference failed: the model panicked");
+        let err = pool
+            .embed("t", vec!["short".into()])
+            .await
+            .expect_err("malformed");
+        assert_eq!(
+            err.to_string(),
+            "inference failed: the model returned a malformed batch"
+        );
+        let ok = pool
+            .embed("t", vec!["fine".into()])
+            .await
+            .expect("the pool still runs");
+        assert_eq!(ok.vectors, vec![vec![1.0]]);
+        // Failed calls gave their reservations back: only "fine" is charged.
+        let used = lock(&pool.inner.budget).get("t").map(|(_, used)| *used);
+        assert_eq!(used, Some(1));
+    });
 }

@@ -124,7 +124,16 @@ fn bad_vectors_ids_and_k_are_refused_and_change_nothing() {
         .expect_err("refused");
     assert_eq!(
         err.to_string(),
-        "metadata of `a` is 8193 bytes; the limit is 8192"
+        "metadata of `a` is 8209 bytes; the limit is 8192"
+    );
+    // Empty pairs are not free, and their number is bounded.
+    let empty = vec![(String::new(), String::new()); MAX_PAIRS + 1];
+    let err = index
+        .upsert("a", &[1.0, 0.0, 0.0, 0.0], empty)
+        .expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "`a` has 65 metadata pairs; the limit is 64"
     );
     assert!(index.is_empty());
     index
@@ -170,6 +179,11 @@ fn indexes_survive_reopening_and_stay_per_app() {
             .upsert("x", &unit(99, 8), vec![])
             .expect("index operation");
     }
+    // A restarted node loads every index ahead of the first query.
+    let preloaded = Indexes::new(dir.path());
+    assert_eq!(preloaded.preload().expect("preload"), 2);
+    let nowhere = Indexes::new(dir.path().join("none"));
+    assert_eq!(nowhere.preload().expect("no folder"), 0);
     let indexes = Indexes::new(dir.path());
     assert!(
         indexes

@@ -5,8 +5,9 @@
 //! **Invariants**
 //! - An undeclared model or index is `access-denied`, and nothing is
 //!   created.
-//! - Inference runs on the node's inference pool and index changes on the
-//!   blocking pool: a guest's AI call never blocks the reactor.
+//! - Inference runs on the node's inference pool and every index operation
+//!   on the blocking pool (a writer holds an index's lock across an fsync):
+//!   a guest's AI call never blocks the reactor.
 //! - Every token embedded is added to the request's usage.
 
 use std::sync::Arc;
@@ -251,10 +252,7 @@ impl vectors::HostIndex for Host {
         id: String,
     ) -> wasmtime::Result<Result<Option<Vec<f32>>, Failure>> {
         let index = self.index(&index)?;
-        Ok(index
-            .get(&id)
-            .map(|found| found.map(|(v, _)| v))
-            .map_err(from_ai))
+        Ok(blocking(move || index.get(&id).map(|found| found.map(|(v, _)| v))).await)
     }
 
     async fn query(
@@ -282,7 +280,8 @@ impl vectors::HostIndex for Host {
         &mut self,
         index: Resource<IndexHandle>,
     ) -> wasmtime::Result<Result<u64, Failure>> {
-        Ok(Ok(self.index(&index)?.len() as u64))
+        let index = self.index(&index)?;
+        Ok(blocking(move || Ok(index.len() as u64)).await)
     }
 
     async fn drop(&mut self, index: Resource<IndexHandle>) -> wasmtime::Result<()> {

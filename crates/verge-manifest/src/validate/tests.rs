@@ -439,6 +439,16 @@ fn ai_models_and_vector_indexes() {
               |                   ^^^^^^^"#]],
     );
     check_err(
+        &format!("{base}classifiers = [\"sentiment\"]\n"),
+        expect![[r#"
+            component `a`: a classifier needs the model it was trained on
+             --> /app/verge.toml:4:16
+              |
+            4 | classifiers = ["sentiment"]
+              |                ^^^^^^^^^^^
+              = help: add `ai_models = ["all-minilm-l6-v2"]` to the component"#]],
+    );
+    check_err(
         &format!("{base}vector_indexes = [\"a\", \"a\"]\n"),
         expect![[r#"
             component `a`: vector index `a` is listed twice
