@@ -72,8 +72,9 @@ type Loader = Box<dyn Fn() -> Result<Arc<dyn Backend>, AiError> + Send + Sync>;
 
 struct Job {
     texts: Vec<String>,
-    /// Tokens reserved from the tenant's budget at admission.
-    reserved: u64,
+    /// Tokens reserved from the tenant's budget at admission, and the
+    /// minute they were reserved in.
+    reserved: (u64, u64),
     reply: oneshot::Sender<Result<Embedding, AiError>>,
 }
 
@@ -208,17 +209,25 @@ impl Embedder {
             .iter()
             .map(|t| (t.len() as u64 / 2 + 2).min(self.inner.max_tokens))
             .sum();
+        // Reserved before the job is visible to a worker, which settles it.
+        let reserved = (reserved, self.inner.reserve(&tenant, reserved));
         let (reply, answer) = oneshot::channel();
         {
             let mut queue = lock(&self.inner.queue);
-            if queue.stopping {
-                return Err(AiError::Stopped);
-            }
-            if queue.queued >= limits.max_queued {
-                return Err(AiError::Limited {
+            let refused = if queue.stopping {
+                Some(AiError::Stopped)
+            } else if queue.queued >= limits.max_queued {
+                Some(AiError::Limited {
                     what: "the node's inference queue is full".to_owned(),
                     retry_after: 1,
-                });
+                })
+            } else {
+                None
+            };
+            if let Some(error) = refused {
+                drop(queue);
+                self.inner.settle(&tenant, reserved, 0);
+                return Err(error);
             }
             let jobs = queue.jobs.entry(tenant.clone()).or_default();
             let first = jobs.is_empty();
@@ -232,7 +241,6 @@ impl Embedder {
             }
             queue.queued += 1;
         }
-        self.inner.charge(&tenant, reserved as i64);
         self.inner.ready.notify_one();
         answer.await.map_err(|_| AiError::Stopped)?
     }
@@ -272,16 +280,31 @@ impl Inner {
         }
     }
 
-    /// Adds `tokens` (negative: gives back) to the tenant's minute. A
-    /// reservation made in an earlier minute is not given back to this one.
-    fn charge(&self, tenant: &Arc<str>, tokens: i64) {
+    /// Adds `tokens` to the tenant's current minute; returns the minute.
+    fn reserve(&self, tenant: &Arc<str>, tokens: u64) -> u64 {
         let now = minute_now();
         let mut budget = lock(&self.budget);
         let entry = budget.entry(tenant.clone()).or_insert((now, 0));
         if entry.0 != now {
             *entry = (now, 0);
         }
-        entry.1 = entry.1.saturating_add_signed(tokens);
+        entry.1 = entry.1.saturating_add(tokens);
+        now
+    }
+
+    /// Replaces a reservation by the `used` tokens. A reservation of an
+    /// earlier minute went with that minute: only `used` counts now.
+    fn settle(&self, tenant: &Arc<str>, (reserved, minute): (u64, u64), used: u64) {
+        let now = minute_now();
+        let mut budget = lock(&self.budget);
+        let entry = budget.entry(tenant.clone()).or_insert((now, 0));
+        if entry.0 != now {
+            *entry = (now, 0);
+        }
+        if minute == now {
+            entry.1 = entry.1.saturating_sub(reserved);
+        }
+        entry.1 = entry.1.saturating_add(used);
     }
 
     /// The next batch: one job per tenant per turn until the batch is full.
@@ -323,7 +346,7 @@ impl Inner {
                     queue.turn.push_front(tenant.clone());
                 }
                 queue.queued -= 1;
-                self.charge(&tenant, -(job.reserved as i64));
+                self.settle(&tenant, job.reserved, 0);
                 continue;
             }
             if jobs.is_empty() {
@@ -376,7 +399,7 @@ impl Inner {
                 Ok(backend) => backend,
                 Err(error) => {
                     for (tenant, job) in batch {
-                        self.charge(&tenant, -(job.reserved as i64));
+                        self.settle(&tenant, job.reserved, 0);
                         let _ = job.reply.send(Err(clone_error(&error)));
                     }
                     continue;
@@ -406,7 +429,7 @@ impl Inner {
                 Err(error) => {
                     tracing::error!(model = %self.name, "inference failed: {error}");
                     for (tenant, job) in batch {
-                        self.charge(&tenant, -(job.reserved as i64));
+                        self.settle(&tenant, job.reserved, 0);
                         let _ = job.reply.send(Err(clone_error(&error)));
                     }
                 }
@@ -431,7 +454,7 @@ impl Inner {
                 .map(|(i, _)| i as u32)
                 .collect();
             at += n;
-            self.charge(&tenant, tokens as i64 - job.reserved as i64);
+            self.settle(&tenant, job.reserved, tokens);
             let _ = job.reply.send(Ok(Embedding {
                 vectors: vectors.by_ref().take(n).collect(),
                 tokens,

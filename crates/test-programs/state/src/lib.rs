@@ -247,25 +247,11 @@ impl wasip2::exports::http::incoming_handler::Guest for Guest {
                     .filter(|l| !l.is_empty())
                     .map(String::from)
                     .collect();
-                ai::classify::classify(&q("text"), &labels)
-                    .map(|ranked| {
-                        let text: String = ranked
-                            .iter()
-                            .map(|l| format!("{} {:.4}\n", l.label, l.score))
-                            .collect();
-                        (200, text.into_bytes())
-                    })
-                    .map_err(|e| format!("{e:?}"))
+                ranked_lines(ai::classify::classify(&q("text"), &labels))
             }
-            "ai-classify-with" => ai::classify::classify_with(&q("classifier"), &q("text"))
-                .map(|ranked| {
-                    let text: String = ranked
-                        .iter()
-                        .map(|l| format!("{} {:.4}\n", l.label, l.score))
-                        .collect();
-                    (200, text.into_bytes())
-                })
-                .map_err(|e| format!("{e:?}")),
+            "ai-classify-with" => {
+                ranked_lines(ai::classify::classify_with(&q("classifier"), &q("text")))
+            }
             _ => Ok((200, b"state-programs\n".to_vec())),
         };
         match result {
@@ -289,6 +275,18 @@ fn embed_report(texts: Vec<String>) -> Result<(u16, Vec<u8>), String> {
         )
         .into_bytes(),
     ))
+}
+
+/// `label score` lines, best first, or the error.
+fn ranked_lines(
+    ranked: Result<Vec<ai::classify::LabelScore>, ai::types::Error>,
+) -> Result<(u16, Vec<u8>), String> {
+    let ranked = ranked.map_err(|e| format!("{e:?}"))?;
+    let text: String = ranked
+        .iter()
+        .map(|l| format!("{} {:.4}\n", l.label, l.score))
+        .collect();
+    Ok((200, text.into_bytes()))
 }
 
 fn ai_index(name: &str) -> Result<ai::vectors::Index, String> {

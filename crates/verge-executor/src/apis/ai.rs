@@ -67,6 +67,25 @@ impl Host {
         }
     }
 
+    /// The services, tenant and app if `name` is among the names `declared`
+    /// picks from the grant; otherwise the denial, logged.
+    fn ai_scope(
+        &mut self,
+        declared: impl Fn(&AiGrant) -> &Vec<String>,
+        name: &str,
+        denied: &str,
+    ) -> Result<(Arc<verge_ai::AiServices>, String, String), Failure> {
+        match self.apis.grants.ai.as_ref() {
+            Some(g) if declared(g).iter().any(|d| d == name) => {
+                Ok((g.services.clone(), g.tenant.clone(), g.app.clone()))
+            }
+            _ => {
+                self.log_denied(denied, name);
+                Err(Failure::AccessDenied)
+            }
+        }
+    }
+
     async fn embed_counted(&mut self, texts: Vec<String>) -> Result<verge_ai::Embedding, Failure> {
         let services = self.ai_model()?;
         let tenant = self
@@ -160,15 +179,14 @@ impl classify::Host for Host {
         classifier: String,
         text: String,
     ) -> wasmtime::Result<Result<Vec<classify::LabelScore>, Failure>> {
-        let grant = match self.apis.grants.ai.as_ref() {
-            Some(g) if g.classifiers.contains(&classifier) => g,
-            _ => {
-                self.log_denied("classifier denied: not in classifiers", &classifier);
-                return Ok(Err(Failure::AccessDenied));
-            }
+        let (services, tenant, app) = match self.ai_scope(
+            |g| &g.classifiers,
+            &classifier,
+            "classifier denied: not in classifiers",
+        ) {
+            Ok(scope) => scope,
+            Err(e) => return Ok(Err(e)),
         };
-        let services = grant.services.clone();
-        let (tenant, app) = (grant.tenant.clone(), grant.app.clone());
         let dimensions = services.dimensions();
         let name = classifier.clone();
         let head = blocking(move || {
@@ -208,15 +226,14 @@ impl vectors::HostIndex for Host {
         &mut self,
         name: String,
     ) -> wasmtime::Result<Result<Resource<IndexHandle>, Failure>> {
-        let grant = match self.apis.grants.ai.as_ref() {
-            Some(g) if g.indexes.contains(&name) => g,
-            _ => {
-                self.log_denied("vector index denied: not in vector_indexes", &name);
-                return Ok(Err(Failure::AccessDenied));
-            }
+        let (services, tenant, app) = match self.ai_scope(
+            |g| &g.indexes,
+            &name,
+            "vector index denied: not in vector_indexes",
+        ) {
+            Ok(scope) => scope,
+            Err(e) => return Ok(Err(e)),
         };
-        let services = grant.services.clone();
-        let (tenant, app) = (grant.tenant.clone(), grant.app.clone());
         let dimensions = services.dimensions();
         let opened =
             blocking(move || services.indexes.open(&tenant, &app, &name, dimensions)).await;

@@ -355,18 +355,21 @@ async fn a_trained_classifier_labels_texts_for_its_app() {
     std::fs::write(dir.path().join("examples.jsonl"), lines).expect("examples");
     let state = dir.path().join(".verge");
     let state = state.to_str().expect("utf-8");
-    let run = run_verge(
-        &[
-            "ai",
-            "train",
-            "reviews",
-            "sentiment",
-            "examples.jsonl",
-            "--state-dir",
-            state,
-        ],
-        dir.path(),
-    );
+    let train = |examples: &str| {
+        run_verge(
+            &[
+                "ai",
+                "train",
+                "reviews",
+                "sentiment",
+                examples,
+                "--state-dir",
+                state,
+            ],
+            dir.path(),
+        )
+    };
+    let run = train("examples.jsonl");
     assert!(run.status.success(), "{}", run.stderr);
     assert!(
         run.stdout.starts_with("Trained `sentiment` for app `reviews` (tenant `local`): 2 labels (negative, positive), 20 examples, training accuracy 100.0%, held-out accuracy"),
@@ -394,18 +397,7 @@ async fn a_trained_classifier_labels_texts_for_its_app() {
         "{\"text\": \"a\", \"label\": \"x\"}\n{\"text\": 1}\n",
     )
     .expect("write");
-    let run = run_verge(
-        &[
-            "ai",
-            "train",
-            "reviews",
-            "sentiment",
-            "bad.jsonl",
-            "--state-dir",
-            state,
-        ],
-        dir.path(),
-    );
+    let run = train("bad.jsonl");
     assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
     assert!(run.stderr.contains("bad.jsonl:2:"), "{}", run.stderr);
     std::fs::write(
@@ -413,18 +405,7 @@ async fn a_trained_classifier_labels_texts_for_its_app() {
         "{\"text\": \"a\", \"label\": \"x\"}\n",
     )
     .expect("write");
-    let run = run_verge(
-        &[
-            "ai",
-            "train",
-            "reviews",
-            "sentiment",
-            "one.jsonl",
-            "--state-dir",
-            state,
-        ],
-        dir.path(),
-    );
+    let run = train("one.jsonl");
     assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
     assert!(run.stderr.contains("at least 2 labels"), "{}", run.stderr);
     // The trained classifier survived the failed attempts.
