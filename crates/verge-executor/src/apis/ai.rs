@@ -1,10 +1,11 @@
-//! `verge:ai` 0.1.0 on [`verge_ai`]: embeddings, vector indexes and
-//! zero-shot classification, limited to the model and indexes the component
+//! `verge:ai` 0.1.0 on [`verge_ai`]: embeddings, vector indexes, and
+//! classification (zero-shot, or with a classifier trained by `verge ai
+//! train`), limited to the model, indexes and classifiers the component
 //! declared.
 //!
 //! **Invariants**
-//! - An undeclared model or index is `access-denied`, and nothing is
-//!   created.
+//! - An undeclared model, index or classifier is `access-denied`, and
+//!   nothing is created.
 //! - Inference runs on the node's inference pool and every index operation
 //!   on the blocking pool (a writer holds an index's lock across an fsync):
 //!   a guest's AI call never blocks the reactor.
