@@ -303,12 +303,8 @@ async fn change(
             .await;
     }
     let (record, revision) = result?;
-    let applied = control
-        .data_plane
-        .wait_applied(&target, revision, control.config.apply_timeout)
-        .await;
     let mut body = summary(&record);
-    applied.describe(&mut body);
+    control.confirm(&target, revision, &mut body).await;
     Ok(Json(body))
 }
 

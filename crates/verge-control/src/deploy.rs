@@ -67,7 +67,7 @@ pub(crate) async fn upload_blob(
     if declared.is_some_and(|len| len > max) {
         return Err(too_large());
     }
-    let mut writer = control.blobs.writer().await.map_err(ApiError::internal)?;
+    let mut writer = control.blobs.writer().await.map_err(blob_error)?;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk =
@@ -75,7 +75,7 @@ pub(crate) async fn upload_blob(
         if writer.len() + chunk.len() as u64 > max {
             return Err(too_large());
         }
-        writer.write(&chunk).await.map_err(ApiError::internal)?;
+        writer.write(&chunk).await.map_err(blob_error)?;
     }
     let size = writer.len();
     match writer.finish(Some(&id)).await {
@@ -90,7 +90,16 @@ pub(crate) async fn upload_blob(
             ))
         }
         Err(e @ BlobError::Mismatch { .. }) => Err(ApiError::BadRequest(e.to_string())),
-        Err(e) => Err(ApiError::internal(e)),
+        Err(e) => Err(blob_error(e)),
+    }
+}
+
+/// A blob store that cannot be reached is a 503 with its reason; any other
+/// failure is internal.
+fn blob_error(e: BlobError) -> ApiError {
+    match e {
+        BlobError::Unavailable(message) => ApiError::Unavailable(message),
+        e => ApiError::internal(e),
     }
 }
 
@@ -165,17 +174,11 @@ pub(crate) async fn create_version(
     let (status, body) = result?;
     // Stopping here leaves the version recorded but maybe not yet served.
     control.pause_if("recorded").await;
-    let applied = match body["revision"].as_u64() {
-        Some(revision) => {
-            control
-                .data_plane
-                .wait_applied(&target, revision, control.config.apply_timeout)
-                .await
-        }
-        None => crate::Applied::TimedOut,
-    };
     let mut body = body;
-    applied.describe(&mut body);
+    match body["revision"].as_u64() {
+        Some(revision) => control.confirm(&target, revision, &mut body).await,
+        None => crate::Applied::TimedOut.describe(&mut body),
+    }
     Ok((status, Json(body)))
 }
 

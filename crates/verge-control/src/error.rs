@@ -82,7 +82,11 @@ impl ApiError {
 
 impl From<verge_store::StoreError> for ApiError {
     fn from(e: verge_store::StoreError) -> Self {
-        ApiError::internal(e)
+        match e {
+            // A node cut off from its cluster: its own words, a 503.
+            verge_store::StoreError::Unavailable(message) => ApiError::Unavailable(message),
+            e => ApiError::internal(e),
+        }
     }
 }
 

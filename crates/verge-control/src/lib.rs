@@ -25,6 +25,7 @@ mod error;
 mod kv;
 pub mod logs;
 pub mod model;
+mod nodes;
 mod secrets;
 mod tokens;
 mod usage;
@@ -51,6 +52,27 @@ pub trait DataPlane: Send + Sync + 'static {
     /// Waits until the node has applied the store as of `revision`, and
     /// says whether app `key` (`tenant/app`) is served as recorded.
     async fn wait_applied(&self, key: &str, revision: Revision, timeout: Duration) -> Applied;
+
+    /// The nodes of the cluster as JSON objects (`GET /v1/nodes`); a
+    /// standalone server lists itself.
+    fn nodes(&self) -> Vec<serde_json::Value>;
+
+    /// In a cluster, waits until every node that is up serves app `key` as
+    /// of `revision`, at most `timeout`, and says which do; `None` for a
+    /// standalone server.
+    async fn wait_fleet(&self, key: &str, revision: Revision, timeout: Duration) -> Option<Fleet>;
+}
+
+/// Which nodes of a cluster serve a change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Fleet {
+    /// Nodes serving it.
+    pub ready: Vec<String>,
+    /// Nodes up but not serving it yet (still fetching or compiling, or
+    /// failing: see `verge nodes`).
+    pub lagging: Vec<String>,
+    /// Nodes down or out of reach; they catch up when they return.
+    pub down: Vec<String>,
 }
 
 /// What the node did with a recorded change.
@@ -197,7 +219,31 @@ impl Control {
             Err(verge_store::StoreError::Conflict { .. }) => Err(ApiError::Conflict(
                 "it changed meanwhile; try again".to_string(),
             )),
-            Err(e) => Err(ApiError::internal(e)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Waits until the node serves the change at `revision` to app
+    /// `target`, then (in a cluster) until the other nodes do, and says so
+    /// in `body` (`serving`, `problem`, `nodes`).
+    pub(crate) async fn confirm(
+        &self,
+        target: &str,
+        revision: Revision,
+        body: &mut serde_json::Value,
+    ) {
+        let applied = self
+            .data_plane
+            .wait_applied(target, revision, self.config.apply_timeout)
+            .await;
+        applied.describe(body);
+        if applied == Applied::Serving
+            && let Some(fleet) = self
+                .data_plane
+                .wait_fleet(target, revision, self.config.apply_timeout)
+                .await
+        {
+            body["nodes"] = serde_json::to_value(&fleet).unwrap_or_default();
         }
     }
 
@@ -280,6 +326,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/v1/usage", get(usage::query))
+        .route("/v1/nodes", get(nodes::list))
         .route("/v1/audit", get(tokens::audit_list))
         .route("/v1/audit/verify", get(tokens::audit_verify))
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_string()) })

@@ -204,13 +204,7 @@ async fn applied(
     mut body: Value,
 ) -> Value {
     control
-        .data_plane
-        .wait_applied(
-            &format!("{}/{app}", caller.tenant()),
-            revision,
-            control.config.apply_timeout,
-        )
-        .await
-        .describe(&mut body);
+        .confirm(&format!("{}/{app}", caller.tenant()), revision, &mut body)
+        .await;
     body
 }

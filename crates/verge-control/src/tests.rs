@@ -26,6 +26,12 @@ impl DataPlane for AcceptAll {
     async fn wait_applied(&self, _: &str, _: Revision, _: Duration) -> Applied {
         Applied::Serving
     }
+    fn nodes(&self) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
+    async fn wait_fleet(&self, _: &str, _: Revision, _: Duration) -> Option<Fleet> {
+        None
+    }
 }
 
 struct Api {

@@ -107,6 +107,16 @@ impl Apps {
         Self::build(slots)
     }
 
+    /// Apps served.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no app is served.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
     /// App versions served, over all apps.
     pub fn version_count(&self) -> usize {
         self.slots.values().map(|s| s.versions.len()).sum()

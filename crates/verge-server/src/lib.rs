@@ -43,7 +43,7 @@ use verge_kv::{KeyValue, Quotas};
 use verge_meter::{Flusher, Meter, PriceSheet, UsageDb};
 use verge_node::{Node, Telemetry};
 use verge_secrets::KeySource;
-use verge_store::{FsBlobs, SqliteStore, Store};
+use verge_store::{BlobStore, FsBlobs, SqliteStore, Store};
 
 pub use gateway::{Gateway, GatewayBody, GatewayBodyError};
 
@@ -76,6 +76,9 @@ pub struct ServerConfig {
     /// `verge:ai`: where models are installed and the embedding limits.
     /// Vector indexes live in `DATA/ai/TENANT.db`.
     pub ai: AiConfig,
+    /// Join a cluster: state and blobs on NATS JetStream, `DATA/state.db`
+    /// and `DATA/blobs` become this node's copies; `None` runs standalone.
+    pub cluster: Option<verge_cluster::ClusterConfig>,
 }
 
 /// The node's AI settings.
@@ -151,6 +154,9 @@ pub enum ServerError {
     /// The usage database cannot be used.
     #[error("usage database: {0}")]
     Usage(String),
+    /// The node could not join its cluster.
+    #[error(transparent)]
+    Cluster(#[from] verge_cluster::ClusterError),
 }
 
 /// A running server.
@@ -189,11 +195,19 @@ impl Server {
         let data = &config.data_dir;
         private_dir(data)?;
         let lock = lock(data)?;
-        let store = Arc::new(SqliteStore::open(&data.join("state.db"))?);
+        let local = SqliteStore::open(&data.join("state.db"))?;
+        let local_blobs = FsBlobs::open(&data.join("blobs"))?;
+        let (store, blobs, registry): (Arc<dyn Store>, Arc<dyn BlobStore>, _) =
+            match config.cluster.clone() {
+                None => (Arc::new(local), Arc::new(local_blobs), None),
+                Some(cluster) => {
+                    let cluster = verge_cluster::Cluster::join(cluster, local, local_blobs).await?;
+                    (cluster.store, cluster.blobs, Some(cluster.registry))
+                }
+            };
         let vaults =
             secrets::open(store.as_ref(), &config.master_key, config.rotate_master_key).await?;
         let keyring = vaults.keyring();
-        let blobs = Arc::new(FsBlobs::open(&data.join("blobs"))?);
         let cache_dir = config
             .cache_dir
             .clone()
@@ -244,11 +258,14 @@ impl Server {
                 tracing: config.telemetry.tracing.clone(),
             },
         );
-        let store_dyn: Arc<dyn Store> = store;
-        let plane = plane::NodePlane::new(node.clone(), blobs.clone(), vaults);
-        sync::start(store_dyn.clone(), blobs.as_ref(), plane.clone()).await?;
+        let plane = plane::NodePlane::new(node.clone(), blobs.clone(), vaults, registry.clone());
+        sync::start(store.clone(), blobs.as_ref(), plane.clone()).await?;
+        if let Some(registry) = &registry {
+            let reporter = plane.clone();
+            registry.start_heartbeats(move || reporter.local_state());
+        }
         let control = Control::new(
-            store_dyn,
+            store,
             blobs,
             plane,
             config.logs.clone(),

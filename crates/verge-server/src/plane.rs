@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
-use verge_control::{AppRecord, Applied, DataPlane, VersionRecord};
+use verge_control::{AppRecord, Applied, DataPlane, Fleet, VersionRecord};
 use verge_manifest::Manifest;
 use verge_node::{AppConfig, AppRuntime, ComponentConfig, Node};
 use verge_store::{BlobId, BlobStore, Revision};
+
+use verge_cluster::{LocalState, NodeReport, NodeStatus, Registry};
 
 use crate::secrets::Vaults;
 
@@ -32,6 +34,11 @@ pub(crate) struct NodePlane {
     outcomes: Mutex<HashMap<String, (Revision, Option<String>)>>,
     /// Decrypted secrets by app.
     pub(crate) vaults: Vaults,
+    /// The cluster's nodes; `None` for a standalone server.
+    registry: Option<Arc<Registry>>,
+    /// When the process started (Unix seconds), for a standalone
+    /// server's own entry in `GET /v1/nodes`.
+    started: u64,
 }
 
 /// The node's key for an app: `tenant/app`.
@@ -40,9 +47,18 @@ pub(crate) fn node_key(record: &AppRecord) -> String {
 }
 
 impl NodePlane {
-    pub(crate) fn new(node: Arc<Node>, blobs: Arc<dyn BlobStore>, vaults: Vaults) -> Arc<Self> {
+    pub(crate) fn new(
+        node: Arc<Node>,
+        blobs: Arc<dyn BlobStore>,
+        vaults: Vaults,
+        registry: Option<Arc<Registry>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             vaults,
+            registry,
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             node,
             blobs,
             prepared: Mutex::new(HashMap::new()),
@@ -113,13 +129,32 @@ impl NodePlane {
     }
 
     pub(crate) fn set_applied(&self, revision: Revision) {
-        self.applied.send_if_modified(|r| {
+        let moved = self.applied.send_if_modified(|r| {
             let newer = revision > *r;
             if newer {
                 *r = revision;
             }
             newer
         });
+        if moved && let Some(registry) = &self.registry {
+            // Tell the cluster at once, so a deploy waiting on this node
+            // learns it serves.
+            registry.poke();
+        }
+    }
+
+    /// What the node reports to the cluster.
+    pub(crate) fn local_state(&self) -> LocalState {
+        let outcomes = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        LocalState {
+            applied: *self.applied.borrow(),
+            apps: self.node.apps().len(),
+            failed: outcomes
+                .iter()
+                .filter(|(_, (_, error))| error.is_some())
+                .map(|(key, (revision, _))| (key.clone(), *revision))
+                .collect(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PreparedKey, Arc<AppRuntime>>> {
@@ -193,5 +228,62 @@ impl DataPlane for NodePlane {
             Some((r, Some(error))) if *r >= revision => Applied::Failed(error.clone()),
             _ => Applied::Serving,
         }
+    }
+
+    fn nodes(&self) -> Vec<serde_json::Value> {
+        let nodes = match &self.registry {
+            Some(registry) => registry.nodes(),
+            None => {
+                let state = self.local_state();
+                vec![NodeStatus {
+                    report: NodeReport {
+                        name: "standalone".to_string(),
+                        labels: Default::default(),
+                        version: env!("CARGO_PKG_VERSION").to_string(),
+                        addr: None,
+                        started: self.started,
+                        sent: 0,
+                        applied: state.applied,
+                        apps: state.apps,
+                        failed: state.failed,
+                        load: 0.0,
+                    },
+                    status: "up",
+                    seen_ms: 0,
+                    this_node: true,
+                }]
+            }
+        };
+        nodes
+            .iter()
+            .filter_map(|n| serde_json::to_value(n).ok())
+            .collect()
+    }
+
+    async fn wait_fleet(&self, key: &str, revision: Revision, timeout: Duration) -> Option<Fleet> {
+        let registry = self.registry.as_ref()?;
+        let nodes = registry
+            .wait_until(
+                |nodes| {
+                    nodes
+                        .iter()
+                        .filter(|n| n.is_up())
+                        .all(|n| n.serves(key, revision))
+                },
+                timeout,
+            )
+            .await;
+        let mut fleet = Fleet::default();
+        for node in nodes {
+            let name = node.report.name.clone();
+            if !node.is_up() {
+                fleet.down.push(name);
+            } else if node.serves(key, revision) {
+                fleet.ready.push(name);
+            } else {
+                fleet.lagging.push(name);
+            }
+        }
+        Some(fleet)
     }
 }

@@ -84,6 +84,9 @@ pub enum BlobError {
     /// The filesystem failed.
     #[error("blob store: {0}")]
     Io(#[from] std::io::Error),
+    /// The blob lives elsewhere (a cluster) and cannot be reached now.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Immutable blobs addressed by content.

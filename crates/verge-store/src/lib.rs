@@ -9,6 +9,9 @@
 //! - [`BlobStore`]: content-addressed immutable blobs named by their sha256,
 //!   verified on write and on read (JetStream Object Store).
 //!
+//! A cluster's store (`verge-cluster`) reads from a [`SqliteStore`] that
+//! replicates its log; see [`SqliteStore::apply_replicated`].
+//!
 //! The embedded default is [`SqliteStore`] (one SQLite file in WAL mode,
 //! synchronous=FULL: a write that returned survives `kill -9` and power
 //! loss) and [`FsBlobs`] (a folder of files written to a temporary name,
@@ -16,7 +19,8 @@
 //!
 //! **Invariants**
 //! - Revisions are global to a store and strictly increase; every put or
-//!   delete gets a new one.
+//!   delete gets a new one, except that the writes of one [`Store::apply`]
+//!   may share theirs (a cluster log entry holds them all).
 //! - A watcher sees, in revision order, the latest change of every key
 //!   changed after the revision it started from. A key written twice before
 //!   the watcher reads it shows only its second write (as a JetStream KV
@@ -144,6 +148,10 @@ pub enum StoreError {
     /// The backend failed.
     #[error("state store: {0}")]
     Backend(String),
+    /// The store cannot take writes now (a cluster store cut off from its
+    /// cluster); reads still answer from the local copy.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Longest key accepted, in bytes.
@@ -201,7 +209,9 @@ pub trait Watch: Send {
     async fn next(&mut self, timeout: Duration) -> Result<Vec<Change>, StoreError>;
 }
 
-pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
+/// Refuses an empty key, one over [`MAX_KEY_LEN`] bytes, or one with control
+/// characters.
+pub fn check_key(key: &str) -> Result<(), StoreError> {
     if key.is_empty() || key.len() > MAX_KEY_LEN || key.chars().any(char::is_control) {
         return Err(StoreError::InvalidKey(key.escape_debug().to_string()));
     }

@@ -114,26 +114,7 @@ impl SqliteStore {
                     .map_err(backend)?;
                 let mut revision = current_revision(&tx)?;
                 for op in ops {
-                    let current: Option<Revision> = tx
-                        .query_row(
-                            "SELECT revision FROM kv WHERE key = ?1 AND deleted = 0",
-                            [&op.key],
-                            |row| row.get(0),
-                        )
-                        .optional()
-                        .map_err(backend)?;
-                    let holds = match op.expect {
-                        Expect::Any => true,
-                        Expect::Absent => current.is_none(),
-                        Expect::Revision(r) => current == Some(r),
-                    };
-                    if !holds {
-                        // Dropping the transaction rolls back earlier ops.
-                        return Err(StoreError::Conflict {
-                            key: op.key,
-                            current,
-                        });
-                    }
+                    let current = check(&tx, &op)?;
                     if op.value.is_none() && current.is_none() {
                         continue;
                     }
@@ -154,11 +135,163 @@ impl SqliteStore {
     }
 }
 
+/// Checks `op`'s precondition; returns the key's current revision.
+fn check(conn: &Connection, op: &Op) -> Result<Option<Revision>, StoreError> {
+    let current: Option<Revision> = conn
+        .query_row(
+            "SELECT revision FROM kv WHERE key = ?1 AND deleted = 0",
+            [&op.key],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    let holds = match op.expect {
+        Expect::Any => true,
+        Expect::Absent => current.is_none(),
+        Expect::Revision(r) => current == Some(r),
+    };
+    if holds {
+        Ok(current)
+    } else {
+        Err(StoreError::Conflict {
+            key: op.key.clone(),
+            current,
+        })
+    }
+}
+
+/// The highest revision written, or on a replica the last log sequence
+/// applied if higher (an entry may change nothing).
 fn current_revision(conn: &Connection) -> Result<Revision, StoreError> {
-    conn.query_row("SELECT COALESCE(MAX(revision), 0) FROM kv", [], |row| {
-        row.get(0)
-    })
+    conn.query_row(
+        "SELECT MAX(COALESCE((SELECT MAX(revision) FROM kv), 0),
+                    COALESCE((SELECT applied FROM replica), 0))",
+        [],
+        |row| row.get(0),
+    )
     .map_err(backend)
+}
+
+/// A replica of a cluster's log: the local copy a cluster store reads
+/// from and keeps serving from when the cluster is out of reach.
+///
+/// Entries of the log are applied in order with their sequence number as
+/// the revision of every write they hold; their preconditions were checked
+/// by the writer against the state just before them (the log accepted the
+/// entry only at that position), so they are applied unconditionally.
+impl SqliteStore {
+    /// The log this store replicates and the last sequence applied, or
+    /// `None` if it is not a replica.
+    pub async fn replica(&self) -> Result<Option<(String, Revision)>, StoreError> {
+        self.with(|conn| {
+            conn.query_row("SELECT log, applied FROM replica", [], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    /// Makes this store a replica of `log`. Refuses a store that holds
+    /// state of its own or replicates another log: their revisions would
+    /// not be the log's.
+    pub async fn start_replica(&self, log: &str) -> Result<(), StoreError> {
+        let log = log.to_string();
+        self.with(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let current: Option<String> = tx
+                .query_row("SELECT log FROM replica", [], |row| row.get(0))
+                .optional()
+                .map_err(backend)?;
+            match current {
+                Some(current) if current == log => return Ok(()),
+                Some(current) => {
+                    return Err(StoreError::Backend(format!(
+                        "this data folder follows the cluster log `{current}`, not `{log}`; \
+                         give the node a new --data folder to join this cluster"
+                    )));
+                }
+                None => {}
+            }
+            if current_revision(&tx)? > 0 {
+                return Err(StoreError::Backend(
+                    "this data folder holds a standalone server's state; a cluster node \
+                     needs its own empty --data folder (deploy the apps to the cluster again)"
+                        .to_string(),
+                ));
+            }
+            tx.execute(
+                "INSERT INTO replica (id, log, applied) VALUES (0, ?1, 0)",
+                [&log],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    /// Checks every precondition of `ops` against the current state, as
+    /// [`Store::apply`] would. Returns whether the writes change anything
+    /// (deleting absent keys does not).
+    pub async fn check(&self, ops: Vec<Op>) -> Result<bool, StoreError> {
+        self.with(move |conn| {
+            let mut changes = false;
+            for op in &ops {
+                let current = check(conn, op)?;
+                changes |= op.value.is_some() || current.is_some();
+            }
+            Ok(changes)
+        })
+        .await
+    }
+
+    /// Applies entry `seq` of the log. Entries at or below the last one
+    /// applied are skipped, so applying again is harmless.
+    pub async fn apply_replicated(&self, seq: Revision, ops: Vec<Op>) -> Result<(), StoreError> {
+        let applied = self
+            .with(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(backend)?;
+                let applied: Revision = tx
+                    .query_row("SELECT applied FROM replica", [], |row| row.get(0))
+                    .map_err(backend)?;
+                if seq <= applied {
+                    return Ok(false);
+                }
+                for op in ops {
+                    if check_key(&op.key).is_err() {
+                        continue;
+                    }
+                    tx.execute(
+                        "INSERT INTO kv (key, value, revision, deleted) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT(key) DO UPDATE SET value = ?2, revision = ?3, deleted = ?4",
+                        params![op.key, op.value, seq, op.value.is_none()],
+                    )
+                    .map_err(backend)?;
+                }
+                tx.execute("UPDATE replica SET applied = ?1", [seq])
+                    .map_err(backend)?;
+                tx.commit().map_err(backend)?;
+                Ok(true)
+            })
+            .await?;
+        if applied {
+            self.notify(seq);
+        }
+        Ok(())
+    }
+
+    /// Waits until the store reaches `revision`; false after `timeout`.
+    pub async fn wait_for(&self, revision: Revision, timeout: Duration) -> bool {
+        let mut latest = self.inner.latest.subscribe();
+        tokio::time::timeout(timeout, latest.wait_for(|r| *r >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
 }
 
 fn upper_bound(prefix: &str) -> String {

@@ -195,6 +195,7 @@ async fn upload_and_deploy(
             "the version is recorded but the node did not confirm it serves; check `verge status` and the server log"
         )));
     }
+    crate::cluster::report_fleet(&mut out, &answer["nodes"])?;
     let unset: Vec<&str> = answer["unset_secrets"]
         .as_array()
         .into_iter()

@@ -8,6 +8,7 @@
 mod ai;
 mod build;
 mod client;
+mod cluster;
 mod deploy;
 mod env;
 mod manage;
@@ -38,7 +39,7 @@ enum Command {
     /// Create a new app from a template.
     New(new::NewArgs),
     /// Run a node with its control plane (apps are deployed to it).
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Save a server URL and token for the commands below.
     Login(manage::LoginArgs),
     /// Build an app and deploy it as a new version.
@@ -70,6 +71,8 @@ enum Command {
     /// Read and change an app's key-value data.
     #[command(subcommand)]
     Kv(state::KvCommand),
+    /// List the cluster's nodes: health, labels, load, what they serve.
+    Nodes(manage::Output),
     /// Install models; embed texts and search vector indexes locally.
     #[command(subcommand)]
     Ai(ai::AiCommand),
@@ -114,7 +117,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => up::run(args, &env),
         Command::New(args) => new::run(&args),
-        Command::Server(args) => server::run(args, &env, logs),
+        Command::Server(args) => server::run(*args, &env, logs),
         Command::Login(args) => manage::login(args, &env),
         Command::Deploy(args) => deploy::run(args, &env),
         Command::Status(args) => manage::status(args, &env),
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
         Command::Secrets(command) => state::secrets(command, &env),
         Command::Kv(command) => state::kv(command, &env),
         Command::Ai(command) => ai::run(command, &env),
+        Command::Nodes(args) => cluster::nodes(args, &env),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -150,7 +154,13 @@ fn init_logging(env: &dyn env::Env, logs: &std::sync::Arc<verge_control::logs::L
     let filter = env
         .var("VERGE_LOG")
         .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new("info,wasmtime=warn,cranelift=warn"));
+        .unwrap_or_else(|| {
+            EnvFilter::new(
+                // async-nats logs every connection event at info; Verge logs
+                // the ones that matter (link lost, link back) itself.
+                "info,wasmtime=warn,cranelift=warn,async_nats=warn",
+            )
+        });
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -29,7 +29,7 @@ pub(crate) struct LoginArgs {
 pub(crate) struct Output {
     /// Print the API's JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// Arguments of `verge versions`.

@@ -102,6 +102,9 @@ pub(crate) struct ServerArgs {
     #[command(flatten)]
     models: crate::ai::ModelsDir,
 
+    #[command(flatten)]
+    cluster: crate::cluster::ClusterArgs,
+
     /// Server configuration file (TOML): the price sheet (`[prices]`) and
     /// quotas (`[quotas]`); see docs/metering.md.
     #[arg(long, value_name = "FILE")]
@@ -250,7 +253,10 @@ async fn serve(
         ),
         None => None,
     };
+    let addr = ingress.local_addr().map_err(Failure::runtime)?;
+    let cluster = args.cluster.config(addr)?;
     let (server, issued) = Server::start(ServerConfig {
+        cluster,
         data_dir: data.clone(),
         cache_dir: args.cache_dir.clone(),
         max_instances: args.max_instances,
@@ -289,7 +295,6 @@ async fn serve(
     })
     .await
     .map_err(Failure::runtime)?;
-    let addr = ingress.local_addr().map_err(Failure::runtime)?;
     let admin_addr = admin_ingress.local_addr().map_err(Failure::runtime)?;
     let admin = Arc::new(verge_server::admin::Admin::new(
         metrics,

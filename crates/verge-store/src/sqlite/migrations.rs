@@ -10,7 +10,8 @@ use rusqlite::Connection;
 use crate::StoreError;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE kv (
         key      TEXT PRIMARY KEY NOT NULL,
         value    BLOB,
@@ -18,7 +19,17 @@ const MIGRATIONS: &[&str] = &["
         deleted  INTEGER NOT NULL DEFAULT 0
     ) STRICT;
     CREATE INDEX kv_revision ON kv (revision);
-"];
+",
+    "
+    -- Set only on a replica of a cluster's log (see `SqliteStore::replica`):
+    -- which log it follows and the last sequence applied.
+    CREATE TABLE replica (
+        id       INTEGER PRIMARY KEY CHECK (id = 0),
+        log      TEXT NOT NULL,
+        applied  INTEGER NOT NULL
+    ) STRICT;
+",
+];
 
 pub(super) fn apply(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let backend = |e: rusqlite::Error| StoreError::Backend(format!("`{}`: {e}", path.display()));

@@ -281,3 +281,56 @@ fn a_database_from_a_newer_verge_is_refused() {
     };
     assert!(err.to_string().contains("newer than this Verge"), "{err}");
 }
+
+#[tokio::test]
+async fn a_replica_applies_each_log_entry_once_and_survives_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    assert_eq!(store.replica().await.expect("replica"), None);
+    store.start_replica("LOG@1").await.expect("starts");
+    let batch = vec![
+        Op::put("a", b"1".to_vec(), Expect::Absent),
+        Op::put("b", b"2".to_vec(), Expect::Absent),
+    ];
+    // Preconditions are the writer's business: both hold here.
+    assert!(store.check(batch.clone()).await.expect("check"));
+    let mut watch = store.watch("", 0).await.expect("watch");
+    store.apply_replicated(5, batch).await.expect("applies");
+    // Applying an entry again, or an older one, changes nothing.
+    store
+        .apply_replicated(5, vec![Op::put("a", b"again".to_vec(), Expect::Any)])
+        .await
+        .expect("skipped");
+    store
+        .apply_replicated(3, vec![Op::delete("b", Expect::Any)])
+        .await
+        .expect("skipped");
+    let changes = watch.next(Duration::from_secs(1)).await.expect("next");
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert!(changes.iter().all(|c| c.revision() == 5));
+    // An entry that changes nothing still moves the position.
+    store.apply_replicated(9, Vec::new()).await.expect("empty");
+    assert_eq!(store.revision().await.expect("revision"), 9);
+    assert!(matches!(
+        store
+            .check(vec![Op::put("a", Vec::new(), Expect::Absent)])
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(
+        !store
+            .check(vec![Op::delete("absent", Expect::Any)])
+            .await
+            .expect("check"),
+        "deleting an absent key changes nothing"
+    );
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(
+        store.replica().await.expect("replica"),
+        Some(("LOG@1".to_string(), 9))
+    );
+    assert_eq!(store.get("a").await.expect("get").expect("a").value, b"1");
+    let err = store.start_replica("LOG@2").await.expect_err("another log");
+    assert!(err.to_string().contains("new --data folder"), "{err}");
+}

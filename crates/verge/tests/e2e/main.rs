@@ -12,6 +12,7 @@ mod support;
 mod ai;
 mod bad_input;
 mod cache;
+mod cluster;
 mod control;
 mod deploys;
 mod examples;

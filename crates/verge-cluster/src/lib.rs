@@ -1,0 +1,291 @@
+//! Verge's cluster mode: many nodes sharing one control plane through NATS
+//! JetStream, each able to serve on its own when the cluster is out of
+//! reach.
+//!
+//! [`Cluster::join`] connects to NATS and gives the server three things
+//! that replace their standalone counterparts:
+//! - [`ClusterStore`], a [`verge_store::Store`]: every change is an entry
+//!   of one JetStream stream (the log), appended with an expected last
+//!   sequence so compare-and-set holds across nodes; every node applies
+//!   the log, in order, to its own SQLite replica, and reads from it.
+//! - [`ClusterBlobs`], a [`verge_store::BlobStore`]: component blobs in the
+//!   JetStream Object Store, fetched once into the node's blob folder and
+//!   verified by sha256 there.
+//! - [`Registry`]: node reports (labels, version, load, what the node
+//!   serves) in a JetStream KV bucket, sent every heartbeat and at once
+//!   after a change is applied; a node not heard from for
+//!   [`DOWN_AFTER_BEATS`] heartbeats is down.
+//!
+//! **Invariants**
+//! - Replication, ordering and durability are JetStream's; Verge adds no
+//!   consensus of its own.
+//! - A node that cannot reach NATS keeps serving from its replica and
+//!   blob folder, and refuses writes with [`StoreError::Unavailable`]
+//!   rather than accepting what it could not order.
+//! - A write is acknowledged only once this node's replica holds it
+//!   (read-your-writes on the node that wrote).
+//!
+//! **API boundary**: knows NATS and the store traits; nothing of apps,
+//! HTTP or wasmtime.
+
+mod blobs;
+mod log;
+mod nodes;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use verge_store::{FsBlobs, SqliteStore, StoreError};
+
+pub use blobs::ClusterBlobs;
+pub use log::ClusterStore;
+pub use nodes::{DOWN_AFTER_BEATS, LocalState, NodeReport, NodeStatus, Registry};
+
+/// How to reach the cluster and who this node is.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// NATS server URLs, comma-separated (`nats://`, or `tls://` to require
+    /// TLS).
+    pub url: String,
+    /// This node's name, unique in the cluster.
+    pub node_name: String,
+    /// Labels for placement (`region=eu-west`).
+    pub labels: BTreeMap<String, String>,
+    /// How the node authenticates to NATS.
+    pub auth: NatsAuth,
+    /// A CA certificate (PEM) to trust for the NATS server's TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// How often the node reports itself.
+    pub heartbeat: Duration,
+    /// JetStream replicas of the streams Verge creates (1, 3 or 5).
+    pub replicas: usize,
+    /// How long the first start of a node waits for NATS (a node with a
+    /// replica does not wait: it serves from it).
+    pub join_timeout: Duration,
+    /// The URL other nodes and operators reach this node's ingress at.
+    pub advertise: Option<String>,
+}
+
+/// Credentials for NATS.
+#[derive(Debug, Clone, Default)]
+pub enum NatsAuth {
+    /// None (a NATS server without authorization, for development).
+    #[default]
+    None,
+    /// A `.creds` file: a user JWT and its nkey seed.
+    Credentials(PathBuf),
+    /// A file holding an nkey seed (`SU...`).
+    NkeySeed(PathBuf),
+}
+
+/// Why the node could not join.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// The settings are unusable.
+    #[error("{0}")]
+    Config(String),
+    /// NATS is out of reach and the node has nothing cached to serve.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The stream holding the log of changes.
+pub(crate) const LOG_STREAM: &str = "VERGE_STATE";
+/// The subject log entries are published on.
+pub(crate) const LOG_SUBJECT: &str = "verge.state.log";
+/// The Object Store bucket of component blobs.
+pub(crate) const BLOB_BUCKET: &str = "VERGE_BLOBS";
+/// The KV bucket of node reports.
+pub(crate) const NODES_BUCKET: &str = "VERGE_NODES";
+
+/// This node's connection to the cluster.
+pub struct Cluster {
+    /// The state store every control-plane read and write goes through.
+    pub store: Arc<ClusterStore>,
+    /// Component blobs.
+    pub blobs: Arc<ClusterBlobs>,
+    /// Node reports.
+    pub registry: Arc<Registry>,
+}
+
+/// The NATS connection and JetStream context, shared by the parts.
+#[derive(Clone)]
+pub(crate) struct Link {
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: jetstream::Context,
+    pub(crate) config: Arc<ClusterConfig>,
+}
+
+impl Link {
+    /// Whether the connection is up now.
+    pub(crate) fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// The error a write gets while the link is down.
+    pub(crate) fn unreachable(&self) -> StoreError {
+        StoreError::Unavailable(format!(
+            "this node cannot reach the cluster (NATS at {}); it keeps serving what it has, \
+             but changes are refused until the link returns: try again, or use another node",
+            self.config.url
+        ))
+    }
+
+    /// Waits until connected, at most `timeout`.
+    pub(crate) async fn wait_connected(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.connected() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+}
+
+impl Cluster {
+    /// Connects to NATS and opens the replica `local` and blob folder
+    /// `blobs`. The first start of a node (an empty replica) waits up to
+    /// [`ClusterConfig::join_timeout`] for NATS and catches up with the
+    /// log before returning; a node that has a replica returns at once and
+    /// catches up in the background.
+    pub async fn join(
+        config: ClusterConfig,
+        local: SqliteStore,
+        blobs: FsBlobs,
+    ) -> Result<Self, ClusterError> {
+        if !(1..=5).contains(&config.replicas) {
+            return Err(ClusterError::Config(format!(
+                "--cluster-replicas {} is out of range (1 to 5)",
+                config.replicas
+            )));
+        }
+        let config = Arc::new(config);
+        let client = connect(&config).await?;
+        let link = Link {
+            js: jetstream::new(client.clone()),
+            client,
+            config: config.clone(),
+        };
+        let store = ClusterStore::open(link.clone(), local).await?;
+        let blobs = Arc::new(ClusterBlobs::new(link.clone(), blobs));
+        let registry = Registry::start(link);
+        Ok(Self {
+            store,
+            blobs,
+            registry,
+        })
+    }
+}
+
+async fn connect(config: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("verge {}", config.node_name))
+        // The node must start (and serve its replica) without NATS.
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .ping_interval(Duration::from_secs(2))
+        // Reconnect quickly after an outage so deploys converge soon.
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((attempts as u64 * 100).min(1000))
+        })
+        .event_callback({
+            let url = config.url.clone();
+            move |event| {
+                let url = url.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("linked to the cluster (NATS at {url})");
+                        }
+                        async_nats::Event::Disconnected => tracing::warn!(
+                            "lost the link to the cluster (NATS at {url}); serving from this \
+                             node's copy and refusing changes until it returns"
+                        ),
+                        async_nats::Event::SlowConsumer(_) => {
+                            tracing::warn!("falling behind the cluster's messages");
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        });
+    options = match &config.auth {
+        NatsAuth::None => options,
+        NatsAuth::Credentials(path) => options.credentials_file(path).await.map_err(|e| {
+            ClusterError::Config(format!("NATS credentials `{}`: {e}", path.display()))
+        })?,
+        NatsAuth::NkeySeed(path) => {
+            let seed = std::fs::read_to_string(path).map_err(|e| {
+                ClusterError::Config(format!("NATS nkey seed `{}`: {e}", path.display()))
+            })?;
+            options.nkey(seed.trim().to_string())
+        }
+    };
+    if let Some(ca) = &config.tls_ca {
+        if !ca.is_file() {
+            return Err(ClusterError::Config(format!(
+                "--nats-ca `{}` is not a file",
+                ca.display()
+            )));
+        }
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    options
+        .connect(config.url.as_str())
+        .await
+        .map_err(|e| ClusterError::Config(format!("NATS URL `{}`: {e}", config.url)))
+}
+
+/// Labels from `key=value,key=value`.
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("label `{pair}` is not key=value"))?;
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        };
+        if !valid(key) || !valid(value) {
+            return Err(format!(
+                "label `{pair}`: keys and values are 1-63 letters, digits, `-`, `_` or `.`"
+            ));
+        }
+        if labels.insert(key.to_string(), value.to_string()).is_some() {
+            return Err(format!("label `{key}` is given twice"));
+        }
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_labels;
+
+    #[test]
+    fn labels_parse_and_bad_ones_are_named() {
+        let labels = parse_labels("region=eu-west, zone=a").expect("valid");
+        assert_eq!(labels["region"], "eu-west");
+        assert_eq!(labels["zone"], "a");
+        assert!(parse_labels("").expect("empty").is_empty());
+        let err = parse_labels("region").expect_err("no value");
+        assert!(err.contains("`region` is not key=value"), "{err}");
+        let err = parse_labels("a=1,a=2").expect_err("twice");
+        assert!(err.contains("given twice"), "{err}");
+        let err = parse_labels("re gion=x").expect_err("space");
+        assert!(err.contains("letters, digits"), "{err}");
+    }
+}

@@ -1,0 +1,220 @@
+//! Cluster mode on the command line: the `verge server` flags that join a
+//! NATS JetStream cluster, `verge nodes`, and how a deploy reports the
+//! nodes that serve it.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use serde_json::Value;
+use verge_cluster::{ClusterConfig, NatsAuth};
+
+use crate::Failure;
+use crate::client::Client;
+use crate::env::Env;
+use crate::manage::{Output, block_on, items, print, print_json, str_of, table};
+use crate::up::parse_duration;
+
+/// Flags of `verge server` for cluster mode.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ClusterArgs {
+    /// Join a cluster through NATS JetStream at this URL (`nats://HOST:4222`,
+    /// `tls://...` to require TLS; several comma-separated). The state and
+    /// blobs then live in JetStream, and DATA keeps this node's copy to
+    /// serve from when NATS is out of reach.
+    #[arg(long, value_name = "URL", env = "VERGE_CLUSTER")]
+    cluster: Option<String>,
+
+    /// This node's name in the cluster [default: the host name].
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    node_name: Option<String>,
+
+    /// Labels of this node for placement, e.g. `region=eu-west,zone=a`.
+    #[arg(long, value_name = "K=V,...", requires = "cluster", value_parser = verge_cluster::parse_labels)]
+    labels: Option<std::collections::BTreeMap<String, String>>,
+
+    /// NATS user credentials (`.creds` file: user JWT and nkey seed).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "cluster",
+        conflicts_with = "nats_nkey"
+    )]
+    nats_creds: Option<PathBuf>,
+
+    /// NATS nkey seed file (`SU...`).
+    #[arg(long, value_name = "FILE", requires = "cluster")]
+    nats_nkey: Option<PathBuf>,
+
+    /// CA certificate (PEM) that signed the NATS server's certificate;
+    /// implies TLS.
+    #[arg(long, value_name = "FILE", requires = "cluster")]
+    nats_ca: Option<PathBuf>,
+
+    /// How often this node reports itself; a node silent for three
+    /// heartbeats is down.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, requires = "cluster")]
+    heartbeat: Duration,
+
+    /// JetStream replicas of the streams Verge creates (1, 3 or 5; at most
+    /// the number of NATS servers).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "cluster")]
+    cluster_replicas: usize,
+
+    /// How long a node's first start waits for NATS (later starts serve
+    /// from their copy at once).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, requires = "cluster")]
+    join_timeout: Duration,
+
+    /// The URL at which other nodes and operators reach this node's
+    /// ingress [default: http://LISTEN].
+    #[arg(long, value_name = "URL", requires = "cluster")]
+    advertise: Option<String>,
+}
+
+impl ClusterArgs {
+    /// The cluster settings, or `None` to run standalone.
+    pub(crate) fn config(&self, listen: SocketAddr) -> Result<Option<ClusterConfig>, Failure> {
+        let Some(url) = &self.cluster else {
+            return Ok(None);
+        };
+        let node_name = match &self.node_name {
+            Some(name) => name.clone(),
+            None => rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned(),
+        };
+        if verge_manifest::check_name(&node_name).is_err() {
+            return Err(Failure::input(anyhow!(
+                "--node-name `{node_name}`: use lower-case letters, digits and `-` (a node \
+                 name also names its entry in the cluster's registry)"
+            )));
+        }
+        if self.heartbeat < Duration::from_millis(100) || self.heartbeat > Duration::from_secs(60) {
+            return Err(Failure::input(anyhow!(
+                "--heartbeat must be between 100ms and 60s"
+            )));
+        }
+        let auth = match (&self.nats_creds, &self.nats_nkey) {
+            (Some(creds), _) => NatsAuth::Credentials(creds.clone()),
+            (None, Some(seed)) => NatsAuth::NkeySeed(seed.clone()),
+            (None, None) => NatsAuth::None,
+        };
+        Ok(Some(ClusterConfig {
+            url: url.clone(),
+            node_name,
+            labels: self.labels.clone().unwrap_or_default(),
+            auth,
+            tls_ca: self.nats_ca.clone(),
+            heartbeat: self.heartbeat,
+            replicas: self.cluster_replicas,
+            join_timeout: self.join_timeout,
+            advertise: Some(
+                self.advertise
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{listen}")),
+            ),
+        }))
+    }
+}
+
+/// `verge nodes`.
+pub(crate) fn nodes(output: Output, env: &dyn Env) -> Result<(), Failure> {
+    let client = Client::from_env(env)?;
+    let nodes = block_on(client.get("/v1/nodes"))?;
+    if output.json {
+        print_json(&nodes);
+        return Ok(());
+    }
+    let rows = items(&nodes, "nodes")
+        .map(|n| {
+            let mut name = str_of(&n["name"]);
+            if n["this_node"].as_bool() == Some(true) {
+                name.push_str(" *");
+            }
+            let labels = n["labels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            let failed = n["failed"].as_object().map_or(0, |m| m.len());
+            let apps = if failed > 0 {
+                format!("{} ({failed} failing)", str_of(&n["apps"]))
+            } else {
+                str_of(&n["apps"])
+            };
+            vec![
+                name,
+                str_of(&n["status"]),
+                labels,
+                str_of(&n["version"]),
+                format!("{:.2}", n["load"].as_f64().unwrap_or(0.0)),
+                apps,
+                str_of(&n["applied"]),
+                seen(n["seen_ms"].as_u64().unwrap_or(0)),
+                str_of(&n["addr"]),
+            ]
+        })
+        .collect();
+    print(&table(
+        &[
+            "NODE", "STATUS", "LABELS", "VERSION", "LOAD", "APPS", "REVISION", "SEEN", "ADDRESS",
+        ],
+        rows,
+    ));
+    Ok(())
+}
+
+fn seen(ms: u64) -> String {
+    if ms < 1000 {
+        "now".to_string()
+    } else {
+        format!("{}s ago", ms / 1000)
+    }
+}
+
+/// After a deploy: which nodes serve it. Nodes up but not serving in time
+/// fail the command (exit 1); nodes down only warn: they catch up when
+/// they return.
+pub(crate) fn report_fleet(out: &mut impl Write, nodes: &Value) -> Result<(), Failure> {
+    if nodes.is_null() {
+        return Ok(());
+    }
+    let names = |key: &str| -> Vec<String> {
+        nodes[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    let (ready, lagging, down) = (names("ready"), names("lagging"), names("down"));
+    let _ = writeln!(
+        out,
+        "  ready on {} of {} node(s) up: {}",
+        ready.len(),
+        ready.len() + lagging.len(),
+        ready.join(", ")
+    );
+    if !down.is_empty() {
+        eprintln!(
+            "warning: node(s) down or out of reach will catch up when they return: {}",
+            down.join(", ")
+        );
+    }
+    if !lagging.is_empty() {
+        return Err(Failure::runtime(anyhow!(
+            "node(s) up but not serving the version in time: {}; see `verge nodes` and \
+             their logs",
+            lagging.join(", ")
+        )));
+    }
+    Ok(())
+}

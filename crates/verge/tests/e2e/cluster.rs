@@ -1,0 +1,751 @@
+//! Cluster mode end to end: a real `nats-server` with JetStream (Debian's
+//! package) and several `verge server` processes on 127.0.0.x, sharing
+//! state through it. Faults are real: NATS and nodes are killed with
+//! SIGKILL, and a node's link to NATS is cut by a TCP relay between them.
+
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+use serde_json::Value;
+
+use crate::control::get;
+use crate::support::{Run, Up, Verge, guests, verge_bin};
+
+/// Heartbeat of the test nodes: down after three missed, under a second.
+const HEARTBEAT: &str = "300ms";
+
+/// A master key shared by every node (secrets are sealed cluster-wide).
+const MASTER_KEY: &str = "5f0e1d2c3b4a59687766554433221100ffeeddccbbaa99887766554433221100";
+
+fn nats_server() -> PathBuf {
+    if let Some(path) = std::env::var_os("VERGE_NATS_SERVER") {
+        return path.into();
+    }
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/bin"])
+    {
+        let path = Path::new(dir).join("nats-server");
+        if path.is_file() {
+            return path;
+        }
+    }
+    panic!("nats-server is not installed: `apt-get install nats-server` (the CI does)");
+}
+
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+/// A `nats-server -js` on a fixed port with its store in a folder, so it
+/// can be killed and started again with its data.
+struct Nats {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let mut nats = Nats {
+            child: None,
+            port: free_port("127.0.0.1"),
+            store: tempfile::tempdir().expect("tempdir"),
+        };
+        nats.restart();
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        assert!(self.child.is_none(), "NATS is running");
+        let child = Command::new(nats_server())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        wait_until("NATS listens", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A TCP relay between one node and NATS whose link can be cut (every
+/// connection closed, new ones refused) and healed.
+struct Relay {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn start(target: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (cut2, open2) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if cut2.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (mut from, mut to) = (
+                        from.try_clone().expect("clone"),
+                        to.try_clone().expect("clone"),
+                    );
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+                let mut open = open2.lock().expect("lock");
+                open.push(client);
+                open.push(server);
+            }
+        });
+        Relay { port, cut, open }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for stream in self.open.lock().expect("lock").drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+/// One `verge server` of the cluster.
+struct Node {
+    name: String,
+    ip: String,
+    nats: String,
+    data: PathBuf,
+    labels: String,
+    verge: Option<Verge>,
+}
+
+impl Node {
+    fn start(name: &str, ip: &str, nats: &str, dir: &Path, labels: &str) -> Node {
+        let mut node = Node {
+            name: name.to_string(),
+            ip: ip.to_string(),
+            nats: nats.to_string(),
+            data: dir.join(name),
+            labels: labels.to_string(),
+            verge: None,
+        };
+        node.restart();
+        node
+    }
+
+    fn restart(&mut self) {
+        assert!(self.verge.is_none(), "node {} is running", self.name);
+        let args = vec![
+            "--data".to_string(),
+            self.data.display().to_string(),
+            "--admin-token-file".to_string(),
+            self.data.with_extension("token").display().to_string(),
+            "--listen".to_string(),
+            format!("{}:0", self.ip),
+            "--admin-listen".to_string(),
+            format!("{}:0", self.ip),
+            "--cluster".to_string(),
+            self.nats.clone(),
+            "--node-name".to_string(),
+            self.name.clone(),
+            "--labels".to_string(),
+            self.labels.clone(),
+            "--heartbeat".to_string(),
+            HEARTBEAT.to_string(),
+        ];
+        self.verge = Some(
+            Up::server(&args)
+                .env("VERGE_MASTER_KEY", MASTER_KEY)
+                .start(),
+        );
+    }
+
+    fn verge(&self) -> &Verge {
+        self.verge.as_ref().expect("running")
+    }
+
+    fn url(&self) -> String {
+        self.verge().url("")
+    }
+
+    fn kill(&mut self) {
+        if let Some(verge) = self.verge.take() {
+            verge.signal(Signal::KILL);
+            let _ = verge.wait();
+        }
+    }
+
+    /// `GET /`: status, body and serving version.
+    fn get(&self) -> (u16, String, String) {
+        get(&self.url(), "/")
+    }
+}
+
+/// NATS and nodes `a` (127.0.0.1), `b` (127.0.0.2) and `c` (127.0.0.3);
+/// `c` reaches NATS through a relay that can be cut.
+struct Cluster {
+    nats: Nats,
+    relay: Relay,
+    nodes: Vec<Node>,
+    admin: String,
+    config: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let nats = Nats::start();
+        let relay = Relay::start(nats.port);
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The first node creates the cluster's state and its admin token.
+        let a = Node::start("a", "127.0.0.1", &nats.url(), dir.path(), "region=eu-west");
+        let admin = std::fs::read_to_string(a.data.with_extension("token"))
+            .expect("the first node writes the admin token")
+            .trim()
+            .to_string();
+        let b = Node::start("b", "127.0.0.2", &nats.url(), dir.path(), "region=us-east");
+        let c = Node::start(
+            "c",
+            "127.0.0.3",
+            &relay.url(),
+            dir.path(),
+            "region=eu-west,zone=b",
+        );
+        assert!(
+            !b.data.with_extension("token").exists(),
+            "a node joining a cluster with tokens must not mint another admin token"
+        );
+        let cluster = Cluster {
+            nats,
+            relay,
+            nodes: vec![a, b, c],
+            admin,
+            config: tempfile::tempdir().expect("tempdir"),
+            _dir: dir,
+        };
+        cluster.wait_for_nodes(0, &["up", "up", "up"]);
+        cluster
+    }
+
+    /// Runs `verge ARGS` against node `i` as the admin.
+    fn cli(&self, i: usize, args: &[&str]) -> Run {
+        let output = Command::new(verge_bin())
+            .args(args)
+            .env("VERGE_CONFIG_DIR", self.config.path())
+            .env("VERGE_URL", self.nodes[i].url())
+            .env("VERGE_TOKEN", &self.admin)
+            .stdin(Stdio::null())
+            .output()
+            .expect("verge runs");
+        Run {
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// `verge nodes --json` through node `i`: name to status.
+    fn statuses(&self, i: usize) -> Vec<(String, String)> {
+        let run = self.cli(i, &["nodes", "--json"]);
+        assert!(run.status.success(), "verge nodes: {}", run.stderr);
+        let nodes: Value = serde_json::from_str(&run.stdout).expect("JSON");
+        nodes["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| {
+                (
+                    n["name"].as_str().expect("name").to_string(),
+                    n["status"].as_str().expect("status").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn wait_for_nodes(&self, i: usize, expected: &[&str]) -> Duration {
+        let names = ["a", "b", "c"];
+        let want: Vec<(String, String)> = names
+            .iter()
+            .zip(expected)
+            .map(|(n, s)| (n.to_string(), s.to_string()))
+            .collect();
+        let mut last = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            last = self.statuses(i);
+            if last == want {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("node {i} sees {last:?}, not {want:?}");
+    }
+
+    /// Deploys `wasm` as app `site` at `/` through node `i`.
+    fn deploy(&self, i: usize, wasm: &Path) -> Run {
+        let wasm = wasm.display().to_string();
+        self.cli(i, &["deploy", &wasm, "--app", "site", "--route", "/"])
+    }
+}
+
+/// Hello answers v1, test-programs (a different component) v2.
+fn hello_v1(node: &Node) -> bool {
+    let (status, body, version) = node.get();
+    status == 200 && body == "Hello, world!\n" && version == "v1"
+}
+
+/// Requests `GET /` on a node in a loop until stopped; counts answers and
+/// keeps the first failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(urls: Vec<String>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+        let threads = urls
+            .into_iter()
+            .map(|url| {
+                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let (status, body, version) = get(&url, "/");
+                        if status == 200 && !body.is_empty() && !version.is_empty() {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            let mut failures = failures.lock().expect("lock");
+                            if failures.len() < 10 {
+                                failures.push(format!("{url}: {status} {body}"));
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failures,
+            threads,
+        }
+    }
+
+    /// Stops and asserts that every request succeeded.
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            t.join().expect("load thread");
+        }
+        let failures = self.failures.lock().expect("lock");
+        assert!(failures.is_empty(), "requests failed: {failures:#?}");
+        self.ok.load(Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn three_nodes_share_deploys_writes_and_health() {
+    let mut cluster = Cluster::start();
+    // Any node takes deploys, and the deploy waits for all of them.
+    let run = cluster.deploy(1, &guests().hello);
+    assert!(
+        run.status.success(),
+        "deploy: {}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(
+        run.stdout.contains("ready on 3 of 3 node(s) up: a, b, c"),
+        "{}",
+        run.stdout
+    );
+    for node in &cluster.nodes {
+        assert!(
+            hello_v1(node),
+            "node {} does not serve v1: {:?}",
+            node.name,
+            node.get()
+        );
+    }
+    // The fleet as an operator sees it.
+    let run = cluster.cli(2, &["nodes"]);
+    assert!(run.status.success(), "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(lines[0].starts_with("NODE"), "{}", run.stdout);
+    assert!(
+        lines[1].starts_with("a ") && lines[1].contains("region=eu-west"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        lines[3].starts_with("c *") && lines[3].contains("zone=b"),
+        "{}",
+        run.stdout
+    );
+    let json = cluster.cli(0, &["nodes", "--json"]);
+    let nodes: Value = serde_json::from_str(&json.stdout).expect("JSON");
+    for node in nodes["nodes"].as_array().expect("nodes") {
+        assert_eq!(node["apps"], 1, "{node}");
+        assert_eq!(node["version"], env!("CARGO_PKG_VERSION"));
+        assert!(
+            node["addr"]
+                .as_str()
+                .expect("addr")
+                .starts_with("http://127.0.0.")
+        );
+    }
+    // A tenant's token does not see the fleet.
+    let tenant = cluster.cli(
+        0,
+        &[
+            "tokens",
+            "create",
+            "--tenant",
+            "t1",
+            "--scopes",
+            "apps:read",
+        ],
+    );
+    assert!(tenant.status.success(), "{}", tenant.stderr);
+    let denied = Command::new(verge_bin())
+        .args(["nodes"])
+        .env("VERGE_CONFIG_DIR", cluster.config.path())
+        .env("VERGE_URL", cluster.nodes[0].url())
+        .env("VERGE_TOKEN", tenant.stdout.trim())
+        .output()
+        .expect("runs");
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("tenants:admin"));
+
+    // Writes through different nodes at once: compare-and-set holds across
+    // the cluster, so the audit chain stays whole and nothing is lost.
+    let writers: Vec<_> = (0..3)
+        .map(|i| {
+            let url = cluster.nodes[i].url();
+            let (admin, config) = (cluster.admin.clone(), cluster.config.path().to_path_buf());
+            std::thread::spawn(move || {
+                for n in 0..5 {
+                    let out = Command::new(verge_bin())
+                        .args([
+                            "tokens",
+                            "create",
+                            "--tenant",
+                            &format!("w{i}-{n}"),
+                            "--scopes",
+                            "apps:read",
+                        ])
+                        .env("VERGE_CONFIG_DIR", &config)
+                        .env("VERGE_URL", &url)
+                        .env("VERGE_TOKEN", &admin)
+                        .output()
+                        .expect("runs");
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let tokens = cluster.cli(1, &["tokens", "list", "--json"]);
+    let tokens: Value = serde_json::from_str(&tokens.stdout).expect("JSON");
+    let made = tokens["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .filter(|t| t["tenant"].as_str().is_some_and(|t| t.starts_with('w')))
+        .count();
+    assert_eq!(made, 15, "every token created through any node exists");
+    let verify = cluster.cli(2, &["audit", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}\n{}",
+        verify.stdout,
+        verify.stderr
+    );
+    assert!(verify.stdout.contains("intact"), "{}", verify.stdout);
+
+    // Kill a node under load: the others' clients see no error, and it is
+    // marked down within the heartbeat window.
+    let load = Load::start(vec![cluster.nodes[0].url(), cluster.nodes[1].url()]);
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.nodes[2].kill();
+    let took = cluster.wait_for_nodes(0, &["up", "up", "down"]);
+    eprintln!("node c marked down {} ms after kill -9", took.as_millis());
+    assert!(took < Duration::from_secs(5), "marked down after {took:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let served = load.finish();
+    assert!(served > 20, "only {served} requests");
+    // A deploy now waits only for the nodes that are up, naming the other.
+    let run = cluster.deploy(0, &guests().test_programs);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        run.stdout.contains("ready on 2 of 2 node(s) up: a, b"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains("catch up when they return: c"),
+        "{}",
+        run.stderr
+    );
+    // It does catch up when restarted.
+    cluster.nodes[2].restart();
+    wait_until("c serves v2", Duration::from_secs(20), || {
+        cluster.nodes[2].get().2 == "v2"
+    });
+}
+
+#[test]
+fn nodes_serve_through_a_nats_outage_and_converge_after() {
+    let mut cluster = Cluster::start();
+    let run = cluster.deploy(0, &guests().hello);
+    assert!(run.status.success(), "{}", run.stderr);
+    // b is restarted below (on a new port): its load starts after that.
+    let load = Load::start(vec![cluster.nodes[0].url(), cluster.nodes[2].url()]);
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.nats.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    // Changes are refused with a reason; nothing changes.
+    let refused = cluster.deploy(0, &guests().test_programs);
+    assert_eq!(refused.status.code(), Some(1), "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("cannot reach") || refused.stderr.contains("link is down"),
+        "{}",
+        refused.stderr
+    );
+    let nodes = cluster.statuses(0);
+    assert_eq!(nodes[0], ("a".to_string(), "degraded".to_string()));
+    // A node restarted meanwhile serves from its own copy.
+    cluster.nodes[1].kill();
+    cluster.nodes[1].restart();
+    assert!(hello_v1(&cluster.nodes[1]), "{:?}", cluster.nodes[1].get());
+    let load2 = Load::start(vec![cluster.nodes[1].url()]);
+    std::thread::sleep(Duration::from_millis(500));
+    // NATS returns: the nodes relink and a deploy reaches all of them.
+    cluster.nats.restart();
+    let back = Instant::now();
+    wait_until("every node relinks", Duration::from_secs(20), || {
+        cluster.statuses(0).iter().all(|(_, s)| s == "up") && cluster.statuses(0).len() == 3
+    });
+    let run = cluster.deploy(0, &guests().test_programs);
+    assert!(run.status.success(), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("ready on 3 of 3"), "{}", run.stdout);
+    for node in &cluster.nodes {
+        assert_eq!(node.get().2, "v2", "node {}", node.name);
+    }
+    eprintln!(
+        "NATS back to a deploy served by 3 nodes: {} ms",
+        back.elapsed().as_millis()
+    );
+    let served = load.finish() + load2.finish();
+    assert!(served > 50, "only {served} requests");
+}
+
+#[test]
+fn a_node_cut_off_keeps_serving_and_catches_up() {
+    let cluster = Cluster::start();
+    let run = cluster.deploy(0, &guests().hello);
+    assert!(run.status.success(), "{}", run.stderr);
+    let load = Load::start(vec![cluster.nodes[2].url()]);
+    cluster.relay.cut();
+    // c knows it is cut off and says what it cannot know.
+    cluster.wait_for_nodes(2, &["unknown", "unknown", "degraded"]);
+    let refused = cluster.deploy(2, &guests().test_programs);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(refused.stderr.contains("cannot"), "{}", refused.stderr);
+    // The rest of the cluster marks it down and deploys without it.
+    cluster.wait_for_nodes(0, &["up", "up", "down"]);
+    let run = cluster.deploy(0, &guests().test_programs);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(hello_v1(&cluster.nodes[2]), "c still serves what it had");
+    // Healed: c catches up with the deploy made meanwhile.
+    cluster.relay.heal();
+    let took = wait_until("c serves v2", Duration::from_secs(30), || {
+        cluster.nodes[2].get().2 == "v2"
+    });
+    eprintln!("link healed to v2 served on c: {} ms", took.as_millis());
+    assert!(load.finish() > 20);
+    cluster.wait_for_nodes(2, &["up", "up", "up"]);
+}
+
+#[test]
+fn kill_9_during_deploys_never_serves_a_half_installed_version() {
+    let mut cluster = Cluster::start();
+    let run = cluster.deploy(0, &guests().hello);
+    assert!(run.status.success(), "{}", run.stderr);
+    // Each round starts a deploy and kills NATS or a node at a different
+    // point in it; every answer any node gives must be a whole version.
+    let wasm = [&guests().test_programs, &guests().hello];
+    for round in 0..4u64 {
+        let deployer = {
+            let url = cluster.nodes[0].url();
+            let (admin, config) = (cluster.admin.clone(), cluster.config.path().to_path_buf());
+            let wasm = wasm[(round % 2) as usize].display().to_string();
+            std::thread::spawn(move || {
+                Command::new(verge_bin())
+                    .args(["deploy", &wasm, "--app", "site", "--route", "/"])
+                    .env("VERGE_CONFIG_DIR", &config)
+                    .env("VERGE_URL", &url)
+                    .env("VERGE_TOKEN", &admin)
+                    .output()
+                    .expect("runs")
+            })
+        };
+        std::thread::sleep(Duration::from_millis(40 * round));
+        let victim = round as usize % 3;
+        if victim == 0 {
+            cluster.nats.kill();
+        } else {
+            cluster.nodes[victim].kill();
+        }
+        let _ = deployer.join();
+        for node in cluster.nodes.iter().filter(|n| n.verge.is_some()) {
+            check_whole(node);
+        }
+        if victim == 0 {
+            cluster.nats.restart();
+        } else {
+            cluster.nodes[victim].restart();
+            check_whole(&cluster.nodes[victim]);
+        }
+    }
+    // In the end every node converges on one version.
+    let want = cluster.nodes[0].get().2;
+    for node in &cluster.nodes {
+        wait_until("the nodes agree", Duration::from_secs(30), || {
+            node.get().2 == want
+        });
+        check_whole(node);
+    }
+}
+
+/// The node's answer is one of the two components, whole.
+fn check_whole(node: &Node) {
+    let (status, body, version) = node.get();
+    assert!(!version.is_empty(), "node {}: {status} {body}", node.name);
+    assert_eq!(status, 200, "node {}: {body}", node.name);
+    assert!(
+        body == "Hello, world!\n" || body == "hello from test-programs\n",
+        "node {}: {body:?}",
+        node.name
+    );
+}
+
+#[test]
+fn a_first_start_without_nats_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port("127.0.0.1");
+    let output = Command::new(verge_bin())
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .args([
+            "--cluster",
+            &format!("nats://127.0.0.1:{port}"),
+            "--node-name",
+            "x",
+        ])
+        .args(["--join-timeout", "1s"])
+        .env("VERGE_MASTER_KEY", MASTER_KEY)
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot reach NATS"), "{stderr}");
+    assert!(stderr.contains("nats-server -js"), "{stderr}");
+    // Bad flags are input errors.
+    let output = Command::new(verge_bin())
+        .args(["server", "--cluster", "nats://x", "--labels", "region"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not key=value"));
+    let output = Command::new(verge_bin())
+        .args(["server", "--labels", "region=eu"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2), "labels need --cluster");
+}
