@@ -79,6 +79,9 @@ pub struct NodeStatus {
     pub seen_ms: u64,
     /// Whether it is the node answering.
     pub this_node: bool,
+    /// Round trip from the node answering, averaged (milliseconds); `None`
+    /// until measured.
+    pub rtt_ms: Option<f64>,
 }
 
 impl NodeStatus {
@@ -108,6 +111,8 @@ pub struct Registry {
     poke: tokio::sync::Notify,
     reporter: OnceLock<Reporter>,
     bucket: tokio::sync::OnceCell<kv::Store>,
+    /// Averaged round trips to other nodes, in milliseconds.
+    rtt: Mutex<HashMap<String, f64>>,
 }
 
 fn unix_ms() -> u64 {
@@ -132,6 +137,7 @@ impl Registry {
             poke: tokio::sync::Notify::new(),
             reporter: OnceLock::new(),
             bucket: tokio::sync::OnceCell::new(),
+            rtt: Mutex::new(HashMap::new()),
         });
         let watcher = registry.clone();
         tokio::spawn(async move { watcher.watch().await });
@@ -159,6 +165,16 @@ impl Registry {
         }
         let registry = self.clone();
         tokio::spawn(async move { registry.beat().await });
+    }
+
+    /// Feeds a measured round trip to `node` into its average.
+    pub fn record_rtt(&self, node: &str, rtt: Duration) {
+        let ms = rtt.as_secs_f64() * 1000.0;
+        let mut averages = self.rtt.lock().unwrap_or_else(|p| p.into_inner());
+        averages
+            .entry(node.to_string())
+            .and_modify(|avg| *avg = 0.7 * *avg + 0.3 * ms)
+            .or_insert(ms);
     }
 
     /// Reports this node now (it applied a change).
@@ -316,6 +332,7 @@ impl Registry {
         let window = self.heartbeat() * DOWN_AFTER_BEATS;
         let connected = self.link.connected();
         let me = &self.link.config.node_name;
+        let rtt = self.rtt.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut nodes: Vec<NodeStatus> = self
             .lock()
             .values()
@@ -334,6 +351,7 @@ impl Registry {
                     status,
                     seen_ms: u64::try_from(seen.as_millis()).unwrap_or(u64::MAX),
                     this_node,
+                    rtt_ms: rtt.get(&report.name).copied(),
                 }
             })
             .collect();

@@ -63,7 +63,8 @@ pub trait DataPlane: Send + Sync + 'static {
     async fn wait_fleet(&self, key: &str, revision: Revision, timeout: Duration) -> Option<Fleet>;
 }
 
-/// Which nodes of a cluster serve a change.
+/// Which nodes of a cluster serve a change: those its placement selects
+/// (nodes it does not select are not listed).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Fleet {
     /// Nodes serving it.
@@ -73,6 +74,8 @@ pub struct Fleet {
     pub lagging: Vec<String>,
     /// Nodes down or out of reach; they catch up when they return.
     pub down: Vec<String>,
+    /// Fewest nodes that must serve the app (`[placement] min_replicas`).
+    pub min_replicas: Option<u32>,
 }
 
 /// What the node did with a recorded change.

@@ -49,7 +49,57 @@ pub struct Manifest {
         std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
     /// The environment whose values the components carry, if one was selected.
     pub environment: Option<String>,
+    /// Which cluster nodes run the app (every node by default).
+    pub placement: Placement,
     text: String,
+}
+
+/// Which nodes of a cluster run an app: those whose labels match every
+/// selector. A standalone server runs every app.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Label name to the values accepted; empty runs everywhere.
+    pub labels: std::collections::BTreeMap<String, Vec<String>>,
+    /// Fewest nodes that must serve the app for a deploy to succeed.
+    pub min_replicas: Option<u32>,
+}
+
+/// Whether `text` can be a node label's name or value: 1-63 letters,
+/// digits, `-`, `_` or `.`.
+pub fn is_label(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 63
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A node's labels from `key=value,key=value` (`verge server --labels`).
+pub fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut labels = std::collections::BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("label `{pair}` is not key=value"))?;
+        if !is_label(key) || !is_label(value) {
+            return Err(format!(
+                "label `{pair}`: keys and values are 1-63 letters, digits, `-`, `_` or `.`"
+            ));
+        }
+        if labels.insert(key.to_string(), value.to_string()).is_some() {
+            return Err(format!("label `{key}` is given twice"));
+        }
+    }
+    Ok(labels)
+}
+
+impl Placement {
+    /// Whether a node with `labels` runs the app.
+    pub fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.labels
+            .iter()
+            .all(|(name, values)| labels.get(name).is_some_and(|v| values.contains(v)))
+    }
 }
 
 /// One component of an app.

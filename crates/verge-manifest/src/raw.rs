@@ -24,6 +24,10 @@
 //!
 //! [environments.staging.variables]
 //! greeting = "hello from staging"
+//!
+//! [placement]
+//! region = ["eu-west", "us-east"]
+//! min_replicas = 2
 //! ```
 
 use std::collections::BTreeMap;
@@ -51,6 +55,23 @@ pub struct RawManifest {
     /// chosen with `--env NAME`.
     #[serde(default)]
     pub environments: BTreeMap<Spanned<String>, Spanned<RawEnvironment>>,
+    /// Which cluster nodes run the app (`[placement]`): label selectors
+    /// (`region = ["eu-west"]`) and `min_replicas`.
+    #[serde(default)]
+    pub placement: BTreeMap<Spanned<String>, Spanned<RawSelector>>,
+}
+
+/// One entry of `[placement]`: the values a node label may have, or (for
+/// `min_replicas`) a count.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSelector {
+    /// `region = ["eu-west", "us-east"]`.
+    Values(Vec<String>),
+    /// `region = "eu-west"`.
+    Value(String),
+    /// `min_replicas = 2`.
+    Count(i64),
 }
 
 /// One `[environments.NAME]` table.

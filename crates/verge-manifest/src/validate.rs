@@ -9,9 +9,9 @@ use std::time::Duration;
 use verge_capabilities::{Capabilities, HostPattern, Limits, OutboundPolicy, check_store_name};
 use verge_router::Route;
 
-use crate::raw::{RawBuild, RawComponent, RawLimits, RawManifest, RawSize};
+use crate::raw::{RawBuild, RawComponent, RawLimits, RawManifest, RawSelector, RawSize};
 use crate::units::{parse_duration, parse_size};
-use crate::{BuildSpec, ComponentSpec, Manifest, ManifestError};
+use crate::{BuildSpec, ComponentSpec, Manifest, ManifestError, Placement};
 
 const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -134,6 +134,8 @@ pub(crate) fn manifest(text: &str, path: &Path) -> Result<Manifest, ManifestErro
         components.push(spec);
     }
 
+    let placement = placement(&cx, &raw.placement)?;
+
     Ok(Manifest {
         path: path.to_path_buf(),
         dir: cx.dir,
@@ -142,8 +144,76 @@ pub(crate) fn manifest(text: &str, path: &Path) -> Result<Manifest, ManifestErro
         variables,
         environments,
         environment: None,
+        placement,
         text: text.to_string(),
     })
+}
+
+/// `[placement]`: label selectors and `min_replicas`.
+fn placement(
+    cx: &Ctx<'_>,
+    raw: &std::collections::BTreeMap<toml::Spanned<String>, toml::Spanned<RawSelector>>,
+) -> Result<Placement, ManifestError> {
+    let mut placement = Placement::default();
+    let label_help = || {
+        Some(
+            "a selector is a node label with the values it may have, e.g. \
+             `region = [\"eu-west\", \"us-east\"]`"
+                .to_string(),
+        )
+    };
+    for (key, value) in raw {
+        let name = key.get_ref();
+        if name == "min_replicas" {
+            match value.get_ref() {
+                RawSelector::Count(n) if (1..=1000).contains(n) => {
+                    placement.min_replicas = Some(*n as u32);
+                }
+                _ => {
+                    return Err(cx.err(
+                        value.span(),
+                        "`min_replicas` must be a whole number from 1 to 1000",
+                        None,
+                    ));
+                }
+            }
+            continue;
+        }
+        if !crate::is_label(name) {
+            return Err(cx.err(
+                key.span(),
+                format!("invalid label name `{name}` in [placement]"),
+                label_help(),
+            ));
+        }
+        let values = match value.get_ref() {
+            RawSelector::Values(v) => v.clone(),
+            RawSelector::Value(v) => vec![v.clone()],
+            RawSelector::Count(_) => {
+                return Err(cx.err(
+                    value.span(),
+                    format!("label `{name}` needs text values"),
+                    label_help(),
+                ));
+            }
+        };
+        if values.is_empty() {
+            return Err(cx.err(
+                value.span(),
+                format!("label `{name}` lists no value, so no node could run the app"),
+                label_help(),
+            ));
+        }
+        if let Some(bad) = values.iter().find(|v| !crate::is_label(v)) {
+            return Err(cx.err(
+                value.span(),
+                format!("invalid value `{bad}` for label `{name}`"),
+                Some("label values are 1-63 letters, digits, `-`, `_` or `.`".to_string()),
+            ));
+        }
+        placement.labels.insert(name.clone(), values);
+    }
+    Ok(placement)
 }
 
 type Variables = std::collections::BTreeMap<String, String>;

@@ -21,6 +21,7 @@
 //! to a [`ServerConfig`].
 
 pub mod admin;
+mod forward;
 mod gateway;
 pub mod otel;
 mod plane;
@@ -258,8 +259,24 @@ impl Server {
                 tracing: config.telemetry.tracing.clone(),
             },
         );
-        let plane = plane::NodePlane::new(node.clone(), blobs.clone(), vaults, registry.clone());
-        sync::start(store.clone(), blobs.as_ref(), plane.clone()).await?;
+        let labels = config
+            .cluster
+            .as_ref()
+            .map(|c| c.labels.clone())
+            .unwrap_or_default();
+        let plane = plane::NodePlane::new(
+            node.clone(),
+            blobs.clone(),
+            vaults,
+            registry.clone().map(|r| (r, labels)),
+        );
+        sync::start(
+            store.clone(),
+            blobs.as_ref(),
+            plane.clone(),
+            registry.is_none(),
+        )
+        .await?;
         if let Some(registry) = &registry {
             let reporter = plane.clone();
             registry.start_heartbeats(move || reporter.local_state());
@@ -267,7 +284,7 @@ impl Server {
         let control = Control::new(
             store,
             blobs,
-            plane,
+            plane.clone(),
             config.logs.clone(),
             config.control.clone(),
             verge_control::StateAccess {
@@ -305,7 +322,8 @@ impl Server {
             .bootstrap(config.issue_admin_token)
             .await
             .map_err(|e| ServerError::Bootstrap(e.to_string()))?;
-        let gateway = Arc::new(Gateway::new(node.clone(), control.clone()));
+        let forwarder = registry.map(|r| forward::Forwarder::start(r, plane.clone()));
+        let gateway = Arc::new(Gateway::new(node.clone(), control.clone(), forwarder));
         Ok((
             Self {
                 node,

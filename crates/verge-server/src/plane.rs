@@ -5,7 +5,7 @@
 //! sync that follows a deploy swaps in the very runtime the deploy
 //! compiled: traffic moves only to a version that is ready.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,7 +17,10 @@ use verge_manifest::Manifest;
 use verge_node::{AppConfig, AppRuntime, ComponentConfig, Node};
 use verge_store::{BlobId, BlobStore, Revision};
 
+use arc_swap::ArcSwap;
 use verge_cluster::{LocalState, NodeReport, NodeStatus, Registry};
+use verge_manifest::Placement;
+use verge_router::{Route, RouteTable};
 
 use crate::secrets::Vaults;
 
@@ -35,7 +38,13 @@ pub(crate) struct NodePlane {
     /// Decrypted secrets by app.
     pub(crate) vaults: Vaults,
     /// The cluster's nodes; `None` for a standalone server.
-    registry: Option<Arc<Registry>>,
+    pub(crate) registry: Option<Arc<Registry>>,
+    /// This node's labels in a cluster; `None` (standalone) runs every app.
+    labels: Option<BTreeMap<String, String>>,
+    /// Every app the store records, with where it runs.
+    catalog: Mutex<HashMap<String, Catalogued>>,
+    /// Routes of the apps placed on other nodes, to forward their requests.
+    remote: ArcSwap<RouteTable<String>>,
     /// When the process started (Unix seconds), for a standalone
     /// server's own entry in `GET /v1/nodes`.
     started: u64,
@@ -51,11 +60,15 @@ impl NodePlane {
         node: Arc<Node>,
         blobs: Arc<dyn BlobStore>,
         vaults: Vaults,
-        registry: Option<Arc<Registry>>,
+        cluster: Option<(Arc<Registry>, BTreeMap<String, String>)>,
     ) -> Arc<Self> {
+        let (registry, labels) = cluster.unzip();
         Arc::new(Self {
             vaults,
             registry,
+            labels,
+            catalog: Mutex::new(HashMap::new()),
+            remote: ArcSwap::default(),
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -143,6 +156,80 @@ impl NodePlane {
         }
     }
 
+    /// Where app `key` runs, as the store records it at `revision`;
+    /// returns whether it runs on this node.
+    pub(crate) fn catalog(
+        &self,
+        key: &str,
+        revision: Revision,
+        record: &AppRecord,
+    ) -> Result<bool, String> {
+        // The newest version taking traffic decides where the app runs;
+        // requests are forwarded by the routes of every live version.
+        let mut placement = Placement::default();
+        let mut routes = Vec::new();
+        for (version, _) in record.live() {
+            let manifest = manifest_of(version)?;
+            placement = manifest.placement.clone();
+            for c in manifest.components {
+                routes.extend(c.routes);
+            }
+        }
+        let here = self.labels.as_ref().is_none_or(|l| placement.matches(l));
+        let entry = Catalogued {
+            placement,
+            routes,
+            revision,
+            here,
+        };
+        self.lock_catalog().insert(key.to_string(), entry);
+        self.rebuild_remote();
+        Ok(here)
+    }
+
+    /// Forgets app `key` (deleted).
+    pub(crate) fn uncatalog(&self, key: &str) {
+        if self.lock_catalog().remove(key).is_some() {
+            self.rebuild_remote();
+        }
+    }
+
+    fn lock_catalog(&self) -> std::sync::MutexGuard<'_, HashMap<String, Catalogued>> {
+        self.catalog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn rebuild_remote(&self) {
+        if self.labels.is_none() {
+            return;
+        }
+        let catalog = self.lock_catalog();
+        let mut entries = Vec::new();
+        for (key, app) in catalog.iter().filter(|(_, app)| !app.here) {
+            for route in &app.routes {
+                if !entries.iter().any(|(r, _)| r == route) {
+                    entries.push((route.clone(), key.clone()));
+                }
+            }
+        }
+        match RouteTable::new(entries) {
+            Ok(table) => self.remote.store(Arc::new(table)),
+            Err(e) => tracing::error!("cannot route to other nodes' apps: {e}"),
+        }
+    }
+
+    /// The app on another node serving `host` and `path`, with where it
+    /// runs and the revision a node must have applied to serve it.
+    pub(crate) fn remote(
+        &self,
+        host: Option<&str>,
+        path: &str,
+    ) -> Option<(String, Placement, Revision)> {
+        let key = self.remote.load().lookup(host, path)?.1.clone();
+        let catalog = self.lock_catalog();
+        let app = catalog.get(&key)?;
+        Some((key, app.placement.clone(), app.revision))
+    }
+
     /// What the node reports to the cluster.
     pub(crate) fn local_state(&self) -> LocalState {
         let outcomes = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
@@ -166,11 +253,7 @@ impl NodePlane {
         record: &AppRecord,
         version: &VersionRecord,
     ) -> Result<(AppConfig, Vec<(PathBuf, String)>), String> {
-        let mut manifest = Manifest::parse(&version.manifest, Path::new("verge.toml"))
-            .map_err(|e| e.to_string())?;
-        if let Some(env) = &version.environment {
-            manifest.select_environment(env)?;
-        }
+        let manifest = manifest_of(version)?;
         let mut components = Vec::new();
         let mut paths = Vec::new();
         for c in &manifest.components {
@@ -207,6 +290,24 @@ impl NodePlane {
             paths,
         ))
     }
+}
+
+/// Where an app runs, as recorded.
+struct Catalogued {
+    placement: Placement,
+    routes: Vec<Route>,
+    revision: Revision,
+    here: bool,
+}
+
+/// The manifest of `version`, in its selected environment.
+fn manifest_of(version: &VersionRecord) -> Result<Manifest, String> {
+    let mut manifest =
+        Manifest::parse(&version.manifest, Path::new("verge.toml")).map_err(|e| e.to_string())?;
+    if let Some(env) = &version.environment {
+        manifest.select_environment(env)?;
+    }
+    Ok(manifest)
 }
 
 #[async_trait]
@@ -251,6 +352,7 @@ impl DataPlane for NodePlane {
                     status: "up",
                     seen_ms: 0,
                     this_node: true,
+                    rtt_ms: None,
                 }]
             }
         };
@@ -262,19 +364,28 @@ impl DataPlane for NodePlane {
 
     async fn wait_fleet(&self, key: &str, revision: Revision, timeout: Duration) -> Option<Fleet> {
         let registry = self.registry.as_ref()?;
+        let placement = self
+            .lock_catalog()
+            .get(key)
+            .map(|app| app.placement.clone())
+            .unwrap_or_default();
+        let placed = |n: &NodeStatus| placement.matches(&n.report.labels);
         let nodes = registry
             .wait_until(
                 |nodes| {
                     nodes
                         .iter()
-                        .filter(|n| n.is_up())
+                        .filter(|n| n.is_up() && placed(n))
                         .all(|n| n.serves(key, revision))
                 },
                 timeout,
             )
             .await;
-        let mut fleet = Fleet::default();
-        for node in nodes {
+        let mut fleet = Fleet {
+            min_replicas: placement.min_replicas,
+            ..Fleet::default()
+        };
+        for node in nodes.iter().filter(|n| placed(n)) {
             let name = node.report.name.clone();
             if !node.is_up() {
                 fleet.down.push(name);

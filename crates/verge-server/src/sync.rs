@@ -25,16 +25,19 @@ use crate::plane::{NodePlane, node_key};
 
 /// Loads every app, then follows the store in a background task. Before
 /// loading, removes the blobs no version refers to; nothing is uploading
-/// yet, since the API starts after this.
+/// yet, since the API starts after this. With `own_store` (standalone) it
+/// also removes the records of such uploads; a cluster's store is shared,
+/// and another node may be between an upload and its deploy.
 pub(crate) async fn start(
     store: Arc<dyn Store>,
     blobs: &dyn BlobStore,
     plane: Arc<NodePlane>,
+    own_store: bool,
 ) -> Result<(), ServerError> {
     let revision = store.revision().await?;
     // (The vaults already hold every secret: `secrets::open` read them.)
     let entries = store.list(APPS_PREFIX).await?;
-    collect_garbage(store.as_ref(), blobs, &entries).await?;
+    collect_garbage(store.as_ref(), blobs, &entries, own_store).await?;
     for entry in &entries {
         apply_put(&plane, &entry.key, &entry.value, entry.revision).await;
     }
@@ -74,6 +77,7 @@ pub(crate) async fn start(
                             Change::Put(_) => {}
                             Change::Delete { key, .. } => {
                                 if let Some(k) = key.strip_prefix(APPS_PREFIX) {
+                                    plane.uncatalog(k);
                                     plane.node.remove_app(k);
                                     plane.retain(k, &[]);
                                     plane.set_outcome(k, change.revision(), None);
@@ -127,6 +131,24 @@ async fn apply_put(plane: &NodePlane, store_key: &str, value: &[u8], revision: R
         }
     };
     let key = node_key(&record);
+    match plane.catalog(&key, revision, &record) {
+        Ok(true) => {}
+        Ok(false) => {
+            // Placed on other nodes: requests for it are forwarded there.
+            if plane.node.apps().get(&key).is_some() {
+                plane.node.remove_app(&key);
+                tracing::info!(app = %key, "app placed on other nodes; no longer served here");
+            }
+            plane.retain(&key, &[]);
+            plane.set_outcome(&key, revision, None);
+            return;
+        }
+        Err(e) => {
+            tracing::error!(app = %key, "unreadable manifest, keeping the previous state: {e}");
+            plane.set_outcome(&key, revision, Some(e));
+            return;
+        }
+    }
     let mut versions = Vec::new();
     for (version, weight) in record.live() {
         match plane.runtime(&record, version).await {
@@ -165,6 +187,7 @@ async fn collect_garbage(
     store: &dyn Store,
     blobs: &dyn BlobStore,
     apps: &[Entry],
+    own_store: bool,
 ) -> Result<(), ServerError> {
     let mut referenced = HashSet::new();
     for entry in apps {
@@ -182,7 +205,12 @@ async fn collect_garbage(
         }
     }
     // A tenant's record of an upload goes with the blob.
-    for entry in store.list("uploads/").await? {
+    let uploads = if own_store {
+        store.list("uploads/").await?
+    } else {
+        Vec::new()
+    };
+    for entry in uploads {
         let digest = entry.key.rsplit('/').next().unwrap_or("");
         if !referenced.contains(digest) {
             store.delete(&entry.key, verge_store::Expect::Any).await?;

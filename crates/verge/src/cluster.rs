@@ -32,7 +32,7 @@ pub(crate) struct ClusterArgs {
     node_name: Option<String>,
 
     /// Labels of this node for placement, e.g. `region=eu-west,zone=a`.
-    #[arg(long, value_name = "K=V,...", requires = "cluster", value_parser = verge_cluster::parse_labels)]
+    #[arg(long, value_name = "K=V,...", requires = "cluster", value_parser = verge_manifest::parse_labels)]
     labels: Option<std::collections::BTreeMap<String, String>>,
 
     /// NATS user credentials (`.creds` file: user JWT and nkey seed).
@@ -159,13 +159,17 @@ pub(crate) fn nodes(output: Output, env: &dyn Env) -> Result<(), Failure> {
                 apps,
                 str_of(&n["applied"]),
                 seen(n["seen_ms"].as_u64().unwrap_or(0)),
+                n["rtt_ms"]
+                    .as_f64()
+                    .map_or_else(|| "-".to_string(), |ms| format!("{ms:.1}ms")),
                 str_of(&n["addr"]),
             ]
         })
         .collect();
     print(&table(
         &[
-            "NODE", "STATUS", "LABELS", "VERSION", "LOAD", "APPS", "REVISION", "SEEN", "ADDRESS",
+            "NODE", "STATUS", "LABELS", "VERSION", "LOAD", "APPS", "REVISION", "SEEN", "RTT",
+            "ADDRESS",
         ],
         rows,
     ));
@@ -214,6 +218,15 @@ pub(crate) fn report_fleet(out: &mut impl Write, nodes: &Value) -> Result<(), Fa
             "node(s) up but not serving the version in time: {}; see `verge nodes` and \
              their logs",
             lagging.join(", ")
+        )));
+    }
+    if let Some(min) = nodes["min_replicas"].as_u64()
+        && (ready.len() as u64) < min
+    {
+        return Err(Failure::runtime(anyhow!(
+            "the version is served by {} node(s), fewer than `min_replicas = {min}`: start or \
+             label more nodes that match its [placement]",
+            ready.len()
         )));
     }
     Ok(())

@@ -458,3 +458,96 @@ fn ai_models_and_vector_indexes() {
               |                        ^^^"#]],
     );
 }
+
+#[test]
+fn placement_selects_nodes_by_label() {
+    let m = Manifest::parse(
+        "[component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\n\n[placement]\nregion = [\"eu-west\", \"us-east\"]\ntier = \"edge\"\nmin_replicas = 2\n",
+        Path::new("/app/verge.toml"),
+    )
+    .expect("valid");
+    assert_eq!(m.placement.min_replicas, Some(2));
+    let labels = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    assert!(m.placement.matches(&labels(&[
+        ("region", "us-east"),
+        ("tier", "edge"),
+        ("zone", "b")
+    ])));
+    assert!(
+        !m.placement.matches(&labels(&[("region", "us-east")])),
+        "every selector must hold"
+    );
+    assert!(
+        !m.placement
+            .matches(&labels(&[("region", "ap-south"), ("tier", "edge")]))
+    );
+    let everywhere = Manifest::parse(
+        "[component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\n",
+        Path::new("/app/verge.toml"),
+    )
+    .expect("valid");
+    assert!(everywhere.placement.matches(&labels(&[])));
+}
+
+#[test]
+fn placement_errors() {
+    let base = "[component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\n\n[placement]\n";
+    check_err(
+        &format!("{base}region = []\n"),
+        expect![[r#"
+            label `region` lists no value, so no node could run the app
+             --> /app/verge.toml:6:10
+              |
+            6 | region = []
+              |          ^^
+              = help: a selector is a node label with the values it may have, e.g. `region = ["eu-west", "us-east"]`"#]],
+    );
+    check_err(
+        &format!("{base}min_replicas = 0\n"),
+        expect![[r#"
+            `min_replicas` must be a whole number from 1 to 1000
+             --> /app/verge.toml:6:16
+              |
+            6 | min_replicas = 0
+              |                ^"#]],
+    );
+    check_err(
+        &format!("{base}region = [\"eu west\"]\n"),
+        expect![[r#"
+            invalid value `eu west` for label `region`
+             --> /app/verge.toml:6:10
+              |
+            6 | region = ["eu west"]
+              |          ^^^^^^^^^^^
+              = help: label values are 1-63 letters, digits, `-`, `_` or `.`"#]],
+    );
+    check_err(
+        &format!("{base}region = 3\n"),
+        expect![[r#"
+            label `region` needs text values
+             --> /app/verge.toml:6:10
+              |
+            6 | region = 3
+              |          ^
+              = help: a selector is a node label with the values it may have, e.g. `region = ["eu-west", "us-east"]`"#]],
+    );
+}
+
+#[test]
+fn node_labels_parse_and_bad_ones_are_named() {
+    let labels = crate::parse_labels("region=eu-west, zone=a").expect("valid");
+    assert_eq!(labels["region"], "eu-west");
+    assert_eq!(labels["zone"], "a");
+    assert!(crate::parse_labels("").expect("empty").is_empty());
+    let err = crate::parse_labels("region").expect_err("no value");
+    assert!(err.contains("`region` is not key=value"), "{err}");
+    let err = crate::parse_labels("a=1,a=2").expect_err("twice");
+    assert!(err.contains("given twice"), "{err}");
+    let err = crate::parse_labels("re gion=x").expect_err("space");
+    assert!(err.contains("letters, digits"), "{err}");
+}

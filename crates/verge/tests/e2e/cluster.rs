@@ -3,10 +3,11 @@
 //! state through it. Faults are real: NATS and nodes are killed with
 //! SIGKILL, and a node's link to NATS is cut by a TCP relay between them.
 
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -116,21 +117,28 @@ impl Drop for Nats {
     }
 }
 
-/// A TCP relay between one node and NATS whose link can be cut (every
-/// connection closed, new ones refused) and healed.
+/// A TCP relay to a local port whose link can be cut (every connection
+/// closed, new ones refused) and healed, and which can delay every chunk
+/// it passes on (a far-away node).
 struct Relay {
     port: u16,
+    target: Arc<AtomicU16>,
     cut: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Relay {
     fn start(target: u16) -> Relay {
+        Self::with_delay(target, Duration::ZERO)
+    }
+
+    fn with_delay(target: u16, delay: Duration) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let cut = Arc::new(AtomicBool::new(false));
+        let target = Arc::new(AtomicU16::new(target));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (cut2, open2) = (cut.clone(), open.clone());
+        let (cut2, open2, target2) = (cut.clone(), open.clone(), target.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -138,16 +146,31 @@ impl Relay {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 }
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target2.load(Ordering::SeqCst)))
+                else {
                     continue;
                 };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
                 for (from, to) in [(&client, &server), (&server, &client)] {
                     let (mut from, mut to) = (
                         from.try_clone().expect("clone"),
                         to.try_clone().expect("clone"),
                     );
                     std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if !delay.is_zero() {
+                                std::thread::sleep(delay);
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
                         let _ = to.shutdown(Shutdown::Both);
                     });
                 }
@@ -156,11 +179,20 @@ impl Relay {
                 open.push(server);
             }
         });
-        Relay { port, cut, open }
+        Relay {
+            port,
+            target,
+            cut,
+            open,
+        }
     }
 
     fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn retarget(&self, port: u16) {
+        self.target.store(port, Ordering::SeqCst);
     }
 
     fn cut(&self) {
@@ -182,17 +214,26 @@ struct Node {
     nats: String,
     data: PathBuf,
     labels: String,
+    extra: Vec<String>,
     verge: Option<Verge>,
 }
 
 impl Node {
-    fn start(name: &str, ip: &str, nats: &str, dir: &Path, labels: &str) -> Node {
+    fn start(
+        name: &str,
+        ip: &str,
+        nats: &str,
+        dir: &Path,
+        labels: &str,
+        extra: Vec<String>,
+    ) -> Node {
         let mut node = Node {
             name: name.to_string(),
             ip: ip.to_string(),
             nats: nats.to_string(),
             data: dir.join(name),
             labels: labels.to_string(),
+            extra,
             verge: None,
         };
         node.restart();
@@ -201,7 +242,7 @@ impl Node {
 
     fn restart(&mut self) {
         assert!(self.verge.is_none(), "node {} is running", self.name);
-        let args = vec![
+        let mut args = vec![
             "--data".to_string(),
             self.data.display().to_string(),
             "--admin-token-file".to_string(),
@@ -219,6 +260,7 @@ impl Node {
             "--heartbeat".to_string(),
             HEARTBEAT.to_string(),
         ];
+        args.extend(self.extra.iter().cloned());
         self.verge = Some(
             Up::server(&args)
                 .env("VERGE_MASTER_KEY", MASTER_KEY)
@@ -260,22 +302,42 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        Self::start_with(Vec::new())
+    }
+
+    /// With `extra` arguments for node `a`.
+    fn start_with(extra: Vec<String>) -> Cluster {
         let nats = Nats::start();
         let relay = Relay::start(nats.port);
         let dir = tempfile::tempdir().expect("tempdir");
         // The first node creates the cluster's state and its admin token.
-        let a = Node::start("a", "127.0.0.1", &nats.url(), dir.path(), "region=eu-west");
+        let a = Node::start(
+            "a",
+            "127.0.0.1",
+            &nats.url(),
+            dir.path(),
+            "region=eu-west",
+            extra,
+        );
         let admin = std::fs::read_to_string(a.data.with_extension("token"))
             .expect("the first node writes the admin token")
             .trim()
             .to_string();
-        let b = Node::start("b", "127.0.0.2", &nats.url(), dir.path(), "region=us-east");
+        let b = Node::start(
+            "b",
+            "127.0.0.2",
+            &nats.url(),
+            dir.path(),
+            "region=us-east",
+            Vec::new(),
+        );
         let c = Node::start(
             "c",
             "127.0.0.3",
             &relay.url(),
             dir.path(),
             "region=eu-west,zone=b",
+            Vec::new(),
         );
         assert!(
             !b.data.with_extension("token").exists(),
@@ -295,8 +357,13 @@ impl Cluster {
 
     /// Runs `verge ARGS` against node `i` as the admin.
     fn cli(&self, i: usize, args: &[&str]) -> Run {
+        self.cli_in(i, args, Path::new("."))
+    }
+
+    fn cli_in(&self, i: usize, args: &[&str], dir: &Path) -> Run {
         let output = Command::new(verge_bin())
             .args(args)
+            .current_dir(dir)
             .env("VERGE_CONFIG_DIR", self.config.path())
             .env("VERGE_URL", self.nodes[i].url())
             .env("VERGE_TOKEN", &self.admin)
@@ -748,4 +815,152 @@ fn a_first_start_without_nats_is_refused_with_the_fix() {
         .output()
         .expect("runs");
     assert_eq!(output.status.code(), Some(2), "labels need --cluster");
+}
+
+/// `GET path` on `node` with extra headers: status, the serving node
+/// (`verge-served-by`) and the body.
+fn get_via(node: &Node, path: &str, headers: &str) -> (u16, String, String) {
+    let addr = node.url().trim_start_matches("http://").to_string();
+    let raw = crate::support::raw_exchange(
+        addr.parse().expect("address"),
+        format!("GET {path} HTTP/1.0\r\nHost: geo.example\r\n{headers}\r\n").as_bytes(),
+    )
+    .expect("answer");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let served_by = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("verge-served-by: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    (status, served_by, body.to_string())
+}
+
+#[test]
+fn apps_run_where_placed_and_requests_go_to_the_nearest_node() {
+    // Node a is reached through a relay that delays every chunk: it is
+    // "far" from b, and c is near.
+    let far = Relay::with_delay(0, Duration::from_millis(15));
+    let advertise = format!("http://127.0.0.1:{}", far.port);
+    let mut cluster = Cluster::start_with(vec!["--advertise".to_string(), advertise]);
+    far.retarget(cluster.nodes[0].verge().addr.port());
+
+    let app = tempfile::tempdir().expect("tempdir");
+    let manifest = |placement: &str| {
+        format!(
+            "name = \"geo\"\n[component.web]\nsource = \"{}\"\nroutes = [\"/\"]\n\n[placement]\n{placement}\n",
+            guests().test_programs.display()
+        )
+    };
+    std::fs::write(
+        app.path().join("verge.toml"),
+        manifest("region = [\"eu-west\"]"),
+    )
+    .expect("manifest");
+    let run = cluster.cli_in(1, &["deploy"], app.path());
+    assert!(run.status.success(), "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("ready on 2 of 2 node(s) up: a, c"),
+        "{}",
+        run.stdout
+    );
+    // a and c run it; b does not, and forwards to the nearer one once it
+    // has measured both.
+    for (i, runs) in [(0, true), (1, false), (2, true)] {
+        let json = cluster.cli(i, &["nodes", "--json"]);
+        let nodes: Value = serde_json::from_str(&json.stdout).expect("JSON");
+        let me = nodes["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["this_node"] == true)
+            .cloned()
+            .expect("me");
+        assert_eq!(me["apps"], if runs { 1 } else { 0 }, "node {i}: {me}");
+    }
+    wait_until("b measures a and c", Duration::from_secs(20), || {
+        let json = cluster.cli(1, &["nodes", "--json"]);
+        let nodes: Value = serde_json::from_str(&json.stdout).expect("JSON");
+        let rtt = |name: &str| {
+            nodes["nodes"]
+                .as_array()
+                .expect("nodes")
+                .iter()
+                .find(|n| n["name"] == name)
+                .and_then(|n| n["rtt_ms"].as_f64())
+        };
+        matches!((rtt("a"), rtt("c")), (Some(a), Some(c)) if a > c + 10.0)
+    });
+    let (status, served_by, body) = get_via(&cluster.nodes[1], "/headers", "");
+    assert_eq!((status, served_by.as_str()), (200, "c"), "{body}");
+    // The guest sees the client's address, the hop and the original host.
+    let forwarded = body
+        .lines()
+        .find(|l| l.starts_with("forwarded: "))
+        .expect("Forwarded header");
+    assert!(
+        forwarded.contains("for=\"127.0.0.1:") && forwarded.contains("by=\"b\""),
+        "{forwarded}"
+    );
+    assert!(forwarded.contains("host=\"geo.example\""), "{forwarded}");
+    assert!(body.contains("verge-forwarded-by: b"), "{body}");
+    assert!(body.contains("method=Method::Get"), "{body}");
+    // Bodies stream through both ways.
+    let payload = crate::support::pseudo_random(2 * 1024 * 1024, 7);
+    let addr = cluster.nodes[1]
+        .url()
+        .trim_start_matches("http://")
+        .to_string();
+    let mut raw = format!(
+        "POST /echo HTTP/1.0\r\nHost: geo.example\r\nContent-Length: {}\r\n\r\n",
+        payload.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&payload);
+    let mut stream = TcpStream::connect(&addr).expect("connect");
+    stream.write_all(&raw).expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read");
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head")
+        + 4;
+    assert!(answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(answer.len() - split, payload.len(), "the echo is whole");
+    assert!(answer[split..] == payload[..], "the echo is the same bytes");
+    // A request already forwarded once is never sent on.
+    let (status, served_by, _) =
+        get_via(&cluster.nodes[1], "/headers", "verge-forwarded-by: x\r\n");
+    assert_eq!((status, served_by.as_str()), (404, ""));
+    // The nearest node dies: requests go to the other one.
+    cluster.nodes[2].kill();
+    cluster.wait_for_nodes(1, &["up", "up", "down"]);
+    let (status, served_by, _) = get_via(&cluster.nodes[1], "/headers", "");
+    assert_eq!((status, served_by.as_str()), (200, "a"));
+
+    // A placement no node matches: the deploy says so, and requests get a
+    // clear 503 rather than a 404.
+    std::fs::write(
+        app.path().join("verge.toml"),
+        manifest("region = [\"ap-south\"]\nmin_replicas = 1"),
+    )
+    .expect("manifest");
+    let run = cluster.cli_in(0, &["deploy"], app.path());
+    assert_eq!(run.status.code(), Some(1), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("fewer than `min_replicas = 1`"),
+        "{}",
+        run.stderr
+    );
+    wait_until("no node serves geo", Duration::from_secs(10), || {
+        get_via(&cluster.nodes[1], "/headers", "").0 == 503
+    });
 }
