@@ -59,4 +59,8 @@ pub struct Capabilities {
     /// Trained classifiers (`verge ai train`) the component may use through
     /// `verge:ai/classify.classify-with`.
     pub classifiers: Vec<String>,
+    /// Those of `key_value_stores` declared `edge-local` (in a cluster,
+    /// written locally and reconciled last-writer-wins); the others are
+    /// strict.
+    pub edge_local_stores: Vec<String>,
 }

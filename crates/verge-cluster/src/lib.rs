@@ -11,6 +11,8 @@
 //! - [`ClusterBlobs`], a [`verge_store::BlobStore`]: component blobs in the
 //!   JetStream Object Store, fetched once into the node's blob folder and
 //!   verified by sha256 there.
+//! - [`KvLog`]: apps' key-value writes, one subject per tenant, for
+//!   `verge-kv`'s strict and edge-local stores.
 //! - [`Registry`]: node reports (labels, version, load, what the node
 //!   serves) in a JetStream KV bucket, sent every heartbeat and at once
 //!   after a change is applied; a node not heard from for
@@ -29,6 +31,7 @@
 //! HTTP or wasmtime.
 
 mod blobs;
+mod kv;
 mod log;
 mod nodes;
 
@@ -41,6 +44,7 @@ use async_nats::jetstream;
 use verge_store::{FsBlobs, SqliteStore, StoreError};
 
 pub use blobs::ClusterBlobs;
+pub use kv::KvLog;
 pub use log::ClusterStore;
 pub use nodes::{DOWN_AFTER_BEATS, LocalState, NodeReport, NodeStatus, Registry};
 
@@ -113,6 +117,8 @@ pub struct Cluster {
     pub blobs: Arc<ClusterBlobs>,
     /// Node reports.
     pub registry: Arc<Registry>,
+    /// Apps' key-value writes (give it to `verge_kv::KeyValue::replicate`).
+    pub kv: Arc<KvLog>,
 }
 
 /// The NATS connection and JetStream context, shared by the parts.
@@ -177,11 +183,13 @@ impl Cluster {
         };
         let store = ClusterStore::open(link.clone(), local).await?;
         let blobs = Arc::new(ClusterBlobs::new(link.clone(), blobs));
+        let kv = Arc::new(KvLog::new(link.clone()));
         let registry = Registry::start(link);
         Ok(Self {
             store,
             blobs,
             registry,
+            kv,
         })
     }
 }

@@ -31,6 +31,7 @@ fn kv_error(e: KvError) -> ApiError {
         }
         KvError::QuotaExceeded(_) => ApiError::TooLarge(e.to_string()),
         KvError::NotACounter(_) | KvError::Overflow(_) => ApiError::Conflict(e.to_string()),
+        KvError::Unavailable(message) => ApiError::Unavailable(message),
         _ => ApiError::internal(e),
     }
 }
@@ -54,13 +55,26 @@ async fn bucket(
     store: &str,
 ) -> Result<Bucket, ApiError> {
     let (record, _) = crate::apps::load(control, caller, app).await?;
-    let declared = record.live().any(|(version, _)| {
-        Manifest::parse(&version.manifest, std::path::Path::new("verge.toml")).is_ok_and(|m| {
+    let manifests: Vec<Manifest> = record
+        .live()
+        .filter_map(|(version, _)| {
+            Manifest::parse(&version.manifest, std::path::Path::new("verge.toml")).ok()
+        })
+        .collect();
+    let declares = |list: fn(&verge_capabilities::Capabilities) -> &Vec<String>| {
+        manifests.iter().any(|m| {
             m.components
                 .iter()
-                .any(|c| c.capabilities.key_value_stores.iter().any(|s| s == store))
+                .any(|c| list(&c.capabilities).iter().any(|s| s == store))
         })
-    });
+    };
+    let declared = declares(|c| &c.key_value_stores);
+    // An operator's write follows the store's declared consistency.
+    let consistency = if declares(|c| &c.edge_local_stores) {
+        verge_kv::Consistency::EdgeLocal
+    } else {
+        verge_kv::Consistency::Strict
+    };
     if !declared {
         return Err(ApiError::NotFound(format!(
             "app `{app}` declares no key-value store `{}`; components declare theirs with \
@@ -78,7 +92,7 @@ async fn bucket(
         store.to_string(),
     );
     // Opening a tenant's database the first time touches the disk.
-    tokio::task::spawn_blocking(move || kv.bucket(&tenant, &app, &store))
+    tokio::task::spawn_blocking(move || kv.bucket_with(&tenant, &app, &store, consistency))
         .await
         .map_err(ApiError::internal)?
         .map_err(kv_error)

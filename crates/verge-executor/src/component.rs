@@ -217,7 +217,12 @@ impl Executor {
                     store: store.clone(),
                     reason: "this node has no key-value storage".to_string(),
                 })?;
-            let bucket = kv.bucket(&app.tenant, &app.app, store).map_err(|e| {
+            let consistency = if capabilities.edge_local_stores.contains(store) {
+                verge_kv::Consistency::EdgeLocal
+            } else {
+                verge_kv::Consistency::Strict
+            };
+            let bucket = kv.bucket_with(&app.tenant, &app.app, store, consistency).map_err(|e| {
                 // Storage details (paths) go to the node log, not to the deployer.
                 tracing::error!(app = %app.key, store = %store, "cannot open key-value store: {e}");
                 LoadError::Store {

@@ -13,7 +13,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use crate::writer::{Job, Write, Written};
+use crate::replica::Replication;
+use crate::writer::{Job, Kind, Write, Written};
 use crate::{KvError, Quotas, storage};
 
 /// Read connections kept open per tenant between reads.
@@ -40,14 +41,42 @@ const SCHEMA: &str = "
         bytes INTEGER NOT NULL,
         PRIMARY KEY (app, store)
     ) WITHOUT ROWID;
-    PRAGMA user_version = 1;
 ";
+
+/// Schema 2: what replication across a cluster needs (see `replica`): the
+/// stamp of each value, tombstones of deleted edge-local keys, the outbox
+/// of edge-local writes, and the position in the tenant's log.
+const SCHEMA_2: &str = "
+    ALTER TABLE kv ADD COLUMN hlc INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE kv ADD COLUMN origin TEXT NOT NULL DEFAULT '';
+    CREATE TABLE tombstones (
+        app TEXT NOT NULL,
+        store TEXT NOT NULL,
+        key TEXT NOT NULL,
+        hlc INTEGER NOT NULL,
+        origin TEXT NOT NULL,
+        PRIMARY KEY (app, store, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        entry BLOB NOT NULL
+    );
+    CREATE TABLE replica (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        applied INTEGER NOT NULL
+    );
+";
+
+/// The schema version this Verge writes.
+const SCHEMA_VERSION: i64 = 2;
 
 /// A tenant's database: the writer thread's queue and idle readers.
 pub(crate) struct TenantDb {
     path: PathBuf,
     writes: std::sync::mpsc::Sender<Job>,
     readers: Mutex<Vec<Connection>>,
+    /// Woken when an edge-local write lands in the outbox.
+    outbox: tokio::sync::Notify,
 }
 
 pub(crate) fn open_connection(path: &Path, read_only: bool) -> Result<Connection, KvError> {
@@ -76,19 +105,128 @@ impl TenantDb {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(storage)?;
-        if version > 1 {
+        if version > SCHEMA_VERSION {
             return Err(KvError::Storage(format!(
                 "`{}` was written by a newer Verge (schema {version}); upgrade Verge",
                 path.display()
             )));
         }
-        conn.execute_batch(SCHEMA).map_err(storage)?;
+        if version < SCHEMA_VERSION {
+            let mut conn = conn;
+            let tx = conn.transaction().map_err(storage)?;
+            tx.execute_batch(SCHEMA).map_err(storage)?;
+            tx.execute_batch(SCHEMA_2).map_err(storage)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(storage)?;
+            tx.commit().map_err(storage)?;
+            return Self::started(conn, path, tenant);
+        }
+        Self::started(conn, path, tenant)
+    }
+
+    fn started(conn: Connection, path: &Path, tenant: &str) -> Result<Arc<Self>, KvError> {
         let writes = crate::writer::start(conn, tenant)?;
         Ok(Arc::new(Self {
             path: path.to_path_buf(),
             writes,
             readers: Mutex::new(Vec::new()),
+            outbox: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// The last entry of the tenant's log applied here (0 for none).
+    pub(crate) fn replica_applied(&self) -> Result<u64, KvError> {
+        self.read_now(|c| {
+            c.query_row("SELECT applied FROM replica", [], |r| r.get::<_, i64>(0))
+                .optional()
+        })
+        .map(|applied| applied.map_or(0, |a| a.max(0) as u64))
+    }
+
+    /// Applies entry `seq` of the log (`None`: unreadable, only the
+    /// position moves). Returns the entry's own result (for its writer),
+    /// or fails if nothing could be committed.
+    pub(crate) async fn apply_logged(
+        &self,
+        seq: u64,
+        entry: Option<crate::replica::Entry>,
+        me: &str,
+    ) -> Result<Option<Result<Written, KvError>>, KvError> {
+        let (reply, rx) = oneshot::channel();
+        let job = match entry {
+            Some(entry) => {
+                // This node's own edge-local writes are already applied.
+                let apply = entry.hlc == 0 || entry.origin != me;
+                Job {
+                    app: entry.app.into(),
+                    store: entry.store.into(),
+                    // Every node applies the same entries the same way;
+                    // quotas were checked where they could refuse.
+                    quotas: Quotas {
+                        max_key_bytes: usize::MAX,
+                        max_value_bytes: usize::MAX,
+                        max_keys: u64::MAX,
+                        max_store_bytes: u64::MAX,
+                    },
+                    op: entry.op,
+                    kind: Kind::Logged {
+                        seq,
+                        hlc: entry.hlc,
+                        origin: entry.origin,
+                        apply,
+                    },
+                    reply,
+                }
+            }
+            None => Job {
+                app: "".into(),
+                store: "".into(),
+                quotas: Quotas::default(),
+                op: Write::Delete(Vec::new()),
+                kind: Kind::Logged {
+                    seq,
+                    hlc: 0,
+                    origin: String::new(),
+                    apply: false,
+                },
+                reply,
+            },
+        };
+        match self.write(job, rx).await {
+            Err(KvError::Storage(e)) => Err(KvError::Storage(e)),
+            other => Ok(Some(other)),
+        }
+    }
+
+    /// Woken when an edge-local write is queued.
+    pub(crate) fn outbox_notify(&self) -> &tokio::sync::Notify {
+        &self.outbox
+    }
+
+    /// The oldest `limit` entries waiting in the outbox.
+    pub(crate) async fn outbox_batch(
+        self: &Arc<Self>,
+        limit: usize,
+    ) -> Result<Vec<(i64, Vec<u8>)>, KvError> {
+        self.read(move |c| {
+            c.prepare_cached("SELECT id, entry FROM outbox ORDER BY id LIMIT ?1")?
+                .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .await
+    }
+
+    /// Removes outbox entry `id` (the cluster stored it).
+    pub(crate) async fn outbox_done(self: &Arc<Self>, id: i64) -> Result<(), KvError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = open_connection(&path, false)?;
+            conn.execute("DELETE FROM outbox WHERE id = ?1", [id])
+                .map(drop)
+                .map_err(storage)
+        })
+        .await
+        .map_err(storage)?
     }
 
     /// Runs a short read (one indexed row) on the calling thread with a
@@ -153,15 +291,34 @@ pub struct Bucket {
     app: Arc<str>,
     store: Arc<str>,
     quotas: Quotas,
+    mode: Mode,
+}
+
+/// Where a bucket's writes go.
+#[derive(Clone)]
+pub(crate) enum Mode {
+    /// A standalone node's database.
+    Local,
+    /// Through the tenant's log (`tenant`).
+    Strict(Arc<Replication>, Arc<str>),
+    /// Here first, then to the log.
+    EdgeLocal(Arc<Replication>),
 }
 
 impl Bucket {
-    pub(crate) fn new(db: Arc<TenantDb>, app: &str, store: &str, quotas: Quotas) -> Self {
+    pub(crate) fn new(
+        db: Arc<TenantDb>,
+        app: &str,
+        store: &str,
+        quotas: Quotas,
+        mode: Mode,
+    ) -> Self {
         Self {
             db,
             app: app.into(),
             store: store.into(),
             quotas,
+            mode,
         }
     }
 
@@ -384,14 +541,33 @@ impl Bucket {
     }
 
     async fn write(&self, op: Write) -> Result<Written, KvError> {
+        let kind = match &self.mode {
+            Mode::Local => Kind::Plain,
+            Mode::Strict(replication, tenant) => {
+                return replication
+                    .write_strict(tenant, &self.app, &self.store, op)
+                    .await;
+            }
+            Mode::EdgeLocal(replication) => Kind::EdgeLocal {
+                hlc: replication.hlc.now(),
+                origin: replication.replicator.node().into(),
+                id: crate::replica::random_id(),
+            },
+        };
+        let edge = matches!(kind, Kind::EdgeLocal { .. });
         let (reply, rx) = oneshot::channel();
         let job = Job {
             app: self.app.clone(),
             store: self.store.clone(),
             quotas: self.quotas,
             op,
+            kind,
             reply,
         };
-        self.db.write(job, rx).await
+        let written = self.db.write(job, rx).await;
+        if edge && written.is_ok() {
+            self.db.outbox.notify_one();
+        }
+        written
     }
 }

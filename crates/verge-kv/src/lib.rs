@@ -24,6 +24,7 @@
 //! component's declared stores, the control API checks tokens).
 
 mod db;
+mod replica;
 mod writer;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ use std::sync::{Arc, Mutex};
 
 use db::TenantDb;
 pub use db::{Bucket, KeyPage, MAX_BATCH_KEYS};
+pub use replica::{Applier, BoxFuture, Consistency, Hlc, Replicator};
 
 /// Limits on one store (one tenant's app's store name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +85,10 @@ pub enum KvError {
     /// The database failed (disk full, I/O error, ...).
     #[error("key-value storage failed: {0}")]
     Storage(String),
+    /// A strict store's write could not reach the cluster (nothing was
+    /// written), or has not reached this node yet.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl KvError {
@@ -107,6 +113,8 @@ pub struct KeyValue {
     dir: PathBuf,
     quotas: Quotas,
     tenants: Mutex<HashMap<String, Arc<TenantDb>>>,
+    /// In a cluster: how stores reach the other nodes.
+    replication: std::sync::OnceLock<Arc<replica::Replication>>,
 }
 
 impl KeyValue {
@@ -117,7 +125,15 @@ impl KeyValue {
             dir: dir.to_path_buf(),
             quotas,
             tenants: Mutex::new(HashMap::new()),
+            replication: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Replicates every store through `replicator` (a cluster node); only
+    /// the first call has an effect, and it must come before any store is
+    /// opened.
+    pub fn replicate(&self, replicator: Arc<dyn Replicator>) {
+        let _ = self.replication.set(replica::Replication::new(replicator));
     }
 
     /// The quotas every store gets.
@@ -129,8 +145,32 @@ impl KeyValue {
     /// first use, which blocks: call it from a blocking context (loading a
     /// component, `spawn_blocking`).
     pub fn bucket(&self, tenant: &str, app: &str, store: &str) -> Result<Bucket, KvError> {
+        self.bucket_with(tenant, app, store, Consistency::Strict)
+    }
+
+    /// As [`KeyValue::bucket`], with the store's declared consistency
+    /// (which matters only in a cluster). In a cluster, the first store of
+    /// a tenant starts following the tenant's log.
+    pub fn bucket_with(
+        &self,
+        tenant: &str,
+        app: &str,
+        store: &str,
+        consistency: Consistency,
+    ) -> Result<Bucket, KvError> {
         check_store_name(store)?;
-        Ok(Bucket::new(self.tenant(tenant)?, app, store, self.quotas))
+        let db = self.tenant(tenant)?;
+        let mode = match self.replication.get() {
+            None => db::Mode::Local,
+            Some(replication) => {
+                replication.follow(tenant, &db)?;
+                match consistency {
+                    Consistency::Strict => db::Mode::Strict(replication.clone(), tenant.into()),
+                    Consistency::EdgeLocal => db::Mode::EdgeLocal(replication.clone()),
+                }
+            }
+        };
+        Ok(Bucket::new(db, app, store, self.quotas, mode))
     }
 
     /// The database of `tenant`, opened on first use (blocking).

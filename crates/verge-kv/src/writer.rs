@@ -20,6 +20,7 @@ use crate::{KvError, Quotas, storage};
 const MAX_GROUP: usize = 512;
 
 /// A write to one store.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Write {
     /// Set every pair, all or nothing.
     Set(Vec<(String, Vec<u8>)>),
@@ -40,7 +41,29 @@ pub(crate) struct Job {
     pub(crate) store: Arc<str>,
     pub(crate) quotas: Quotas,
     pub(crate) op: Write,
+    pub(crate) kind: Kind,
     pub(crate) reply: oneshot::Sender<Result<Written, KvError>>,
+}
+
+/// Where a write comes from, which decides how it is applied.
+pub(crate) enum Kind {
+    /// A standalone node's write.
+    Plain,
+    /// A local write to an edge-local store: applied with its stamp, and
+    /// queued in the outbox (as an entry with this id and origin).
+    EdgeLocal { hlc: u64, origin: Arc<str>, id: u64 },
+    /// Entry `seq` of the tenant's log: a strict write (stamp 0), applied
+    /// as is, or another node's edge-local write (`hlc`, `origin`),
+    /// applied to each key only if newer than what the key holds. `apply`
+    /// is false for an entry that changes nothing here (this node's own
+    /// edge-local write coming back, or an unreadable entry): only the
+    /// position moves.
+    Logged {
+        seq: u64,
+        hlc: u64,
+        origin: String,
+        apply: bool,
+    },
 }
 
 /// Starts the writer thread; it ends when every sender is gone.
@@ -104,18 +127,63 @@ fn commit(conn: &mut Connection, group: &[Job]) -> Vec<Result<Written, KvError>>
 }
 
 fn apply_one(tx: &mut Transaction<'_>, job: &Job) -> Result<Written, KvError> {
+    let Kind::Logged { seq, .. } = &job.kind else {
+        return apply_op(tx, job);
+    };
+    // A log entry's effects may fail (a quota), but it is applied either
+    // way: the position moves in the same transaction.
+    let result = apply_op(tx, job);
+    if tx.is_autocommit() {
+        return result;
+    }
+    tx.execute(
+        "INSERT INTO replica (id, applied) VALUES (0, ?1)
+         ON CONFLICT (id) DO UPDATE SET applied = excluded.applied",
+        [*seq as i64],
+    )
+    .map_err(storage)?;
+    result
+}
+
+/// The stamp and origin a write leaves on the keys it touches.
+fn stamp(kind: &Kind) -> (u64, &str) {
+    match kind {
+        Kind::Plain => (0, ""),
+        Kind::EdgeLocal { hlc, origin, .. } => (*hlc, origin),
+        Kind::Logged { hlc, origin, .. } => (*hlc, origin),
+    }
+}
+
+fn apply_op(tx: &mut Transaction<'_>, job: &Job) -> Result<Written, KvError> {
     let sp = tx.savepoint().map_err(storage)?;
     let mut usage = Usage::read(&sp, job)?;
+    let (hlc, origin) = stamp(&job.kind);
+    let remote_edge = matches!(job.kind, Kind::Logged { hlc, .. } if hlc > 0);
+    if matches!(job.kind, Kind::Logged { apply: false, .. }) {
+        return Ok(Written::Done);
+    }
     let written = match &job.op {
         Write::Set(items) => {
             for (key, value) in items {
+                if remote_edge && !newer(&sp, job, key, hlc, origin)? {
+                    continue;
+                }
                 set(&sp, job, &mut usage, key, value)?;
+                if hlc > 0 {
+                    clear_tombstone(&sp, job, key)?;
+                }
             }
             Written::Done
         }
         Write::Delete(keys) => {
             for key in keys {
+                if remote_edge && !newer(&sp, job, key, hlc, origin)? {
+                    continue;
+                }
                 delete(&sp, job, &mut usage, key)?;
+                if hlc > 0 {
+                    tombstone(&sp, job, key, hlc, origin)?;
+                }
             }
             Written::Done
         }
@@ -138,12 +206,81 @@ fn apply_one(tx: &mut Transaction<'_>, job: &Job) -> Result<Written, KvError> {
                 .checked_add(*delta)
                 .ok_or_else(|| KvError::Overflow(key.clone()))?;
             set(&sp, job, &mut usage, key, next.to_string().as_bytes())?;
+            if hlc > 0 {
+                clear_tombstone(&sp, job, key)?;
+            }
             Written::Counter(next)
         }
     };
     usage.write(&sp, job)?;
+    if let Kind::EdgeLocal { hlc, origin, id } = &job.kind {
+        // The entry other nodes apply: an increment travels as the value
+        // it produced (last writer wins, like every edge-local write).
+        let op = match (&job.op, &written) {
+            (Write::Increment(key, _), Written::Counter(n)) => {
+                Write::Set(vec![(key.clone(), n.to_string().into_bytes())])
+            }
+            (op, _) => op.clone(),
+        };
+        let entry = crate::replica::Entry {
+            id: *id,
+            origin: origin.to_string(),
+            hlc: *hlc,
+            app: job.app.to_string(),
+            store: job.store.to_string(),
+            op,
+        };
+        sp.execute("INSERT INTO outbox (entry) VALUES (?1)", [entry.encode()])
+            .map_err(storage)?;
+    }
     sp.commit().map_err(storage)?;
     Ok(written)
+}
+
+/// Whether a remote edge-local write stamped (`hlc`, `origin`) is newer
+/// than what `key` holds (its value's stamp or its tombstone's).
+fn newer(conn: &Connection, job: &Job, key: &str, hlc: u64, origin: &str) -> Result<bool, KvError> {
+    let held: Option<(i64, String)> = conn
+        .prepare_cached(
+            "SELECT hlc, origin FROM kv WHERE app = ?1 AND store = ?2 AND key = ?3
+             UNION ALL
+             SELECT hlc, origin FROM tombstones WHERE app = ?1 AND store = ?2 AND key = ?3
+             ORDER BY 1 DESC, 2 DESC LIMIT 1",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![&*job.app, &*job.store, key], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+        })
+        .map_err(storage)?;
+    Ok(match held {
+        None => true,
+        Some((held_hlc, held_origin)) => (hlc, origin) > (held_hlc as u64, held_origin.as_str()),
+    })
+}
+
+fn tombstone(
+    conn: &Connection,
+    job: &Job,
+    key: &str,
+    hlc: u64,
+    origin: &str,
+) -> Result<(), KvError> {
+    conn.prepare_cached(
+        "INSERT INTO tombstones (app, store, key, hlc, origin) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (app, store, key) DO UPDATE SET hlc = excluded.hlc, origin = excluded.origin",
+    )
+    .and_then(|mut s| s.execute(params![&*job.app, &*job.store, key, hlc as i64, origin]))
+    .map(drop)
+    .map_err(storage)
+}
+
+fn clear_tombstone(conn: &Connection, job: &Job, key: &str) -> Result<(), KvError> {
+    conn.prepare_cached("DELETE FROM tombstones WHERE app = ?1 AND store = ?2 AND key = ?3")
+        .and_then(|mut s| s.execute(params![&*job.app, &*job.store, key]))
+        .map(drop)
+        .map_err(storage)
 }
 
 /// A store's key count and bytes while a job changes them.
@@ -208,6 +345,7 @@ fn set(
 ) -> Result<(), KvError> {
     let old = stored_len(conn, job, key)?;
     let quotas = job.quotas;
+    let (hlc, origin) = stamp(&job.kind);
     let keys = usage.keys + u64::from(old.is_none());
     if keys > quotas.max_keys {
         return Err(KvError::QuotaExceeded(format!(
@@ -224,10 +362,20 @@ fn set(
         )));
     }
     conn.prepare_cached(
-        "INSERT INTO kv (app, store, key, value) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (app, store, key) DO UPDATE SET value = excluded.value",
+        "INSERT INTO kv (app, store, key, value, hlc, origin) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (app, store, key) DO UPDATE
+         SET value = excluded.value, hlc = excluded.hlc, origin = excluded.origin",
     )
-    .and_then(|mut s| s.execute(params![&*job.app, &*job.store, key, value]))
+    .and_then(|mut s| {
+        s.execute(params![
+            &*job.app,
+            &*job.store,
+            key,
+            value,
+            hlc as i64,
+            origin
+        ])
+    })
     .map_err(storage)?;
     usage.keys = keys;
     usage.bytes = bytes;

@@ -28,6 +28,9 @@
 //! [placement]
 //! region = ["eu-west", "us-east"]
 //! min_replicas = 2
+//!
+//! [key_value.sessions]
+//! consistency = "edge-local"
 //! ```
 
 use std::collections::BTreeMap;
@@ -59,6 +62,17 @@ pub struct RawManifest {
     /// (`region = ["eu-west"]`) and `min_replicas`.
     #[serde(default)]
     pub placement: BTreeMap<Spanned<String>, Spanned<RawSelector>>,
+    /// Settings of key-value stores (`[key_value.NAME]`).
+    #[serde(default)]
+    pub key_value: BTreeMap<Spanned<String>, Spanned<RawStoreSettings>>,
+}
+
+/// One `[key_value.NAME]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStoreSettings {
+    /// `strict` (the default) or `edge-local`.
+    pub consistency: Option<Spanned<String>>,
 }
 
 /// One entry of `[placement]`: the values a node label may have, or (for

@@ -9,7 +9,9 @@ use std::time::Duration;
 use verge_capabilities::{Capabilities, HostPattern, Limits, OutboundPolicy, check_store_name};
 use verge_router::Route;
 
-use crate::raw::{RawBuild, RawComponent, RawLimits, RawManifest, RawSelector, RawSize};
+use crate::raw::{
+    RawBuild, RawComponent, RawLimits, RawManifest, RawSelector, RawSize, RawStoreSettings,
+};
 use crate::units::{parse_duration, parse_size};
 use crate::{BuildSpec, ComponentSpec, Manifest, ManifestError, Placement};
 
@@ -135,6 +137,16 @@ pub(crate) fn manifest(text: &str, path: &Path) -> Result<Manifest, ManifestErro
     }
 
     let placement = placement(&cx, &raw.placement)?;
+    let edge_local = edge_local_stores(&cx, &raw.key_value, &components)?;
+    for c in &mut components {
+        c.capabilities.edge_local_stores = c
+            .capabilities
+            .key_value_stores
+            .iter()
+            .filter(|s| edge_local.contains(*s))
+            .cloned()
+            .collect();
+    }
 
     Ok(Manifest {
         path: path.to_path_buf(),
@@ -147,6 +159,50 @@ pub(crate) fn manifest(text: &str, path: &Path) -> Result<Manifest, ManifestErro
         placement,
         text: text.to_string(),
     })
+}
+
+/// The stores `[key_value.NAME]` declares `edge-local`; each must be one
+/// a component lists.
+fn edge_local_stores(
+    cx: &Ctx<'_>,
+    raw: &std::collections::BTreeMap<toml::Spanned<String>, toml::Spanned<RawStoreSettings>>,
+    components: &[ComponentSpec],
+) -> Result<std::collections::BTreeSet<String>, ManifestError> {
+    let mut edge_local = std::collections::BTreeSet::new();
+    for (name, settings) in raw {
+        let listed = components
+            .iter()
+            .any(|c| c.capabilities.key_value_stores.contains(name.get_ref()));
+        if !listed {
+            return Err(cx.err(
+                name.span(),
+                format!(
+                    "`[key_value.{}]` configures a store no component lists",
+                    name.get_ref()
+                ),
+                Some("add it to a component's `key_value_stores`, or remove the table".to_string()),
+            ));
+        }
+        match settings.get_ref().consistency.as_ref() {
+            None => {}
+            Some(c) if c.get_ref() == "strict" => {}
+            Some(c) if c.get_ref() == "edge-local" => {
+                edge_local.insert(name.get_ref().clone());
+            }
+            Some(c) => {
+                return Err(cx.err(
+                    c.span(),
+                    format!("unknown consistency `{}`", c.get_ref()),
+                    Some(
+                        "use \"strict\" (writes ordered by the cluster, refused without it) or \
+                         \"edge-local\" (written locally, last writer wins); see docs/cluster.md"
+                            .to_string(),
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(edge_local)
 }
 
 /// `[placement]`: label selectors and `min_replicas`.
@@ -518,6 +574,7 @@ fn component_spec(
             ai_models,
             vector_indexes,
             classifiers,
+            edge_local_stores: Vec::new(),
         },
         limits,
     })

@@ -198,12 +198,17 @@ impl Server {
         let lock = lock(data)?;
         let local = SqliteStore::open(&data.join("state.db"))?;
         let local_blobs = FsBlobs::open(&data.join("blobs"))?;
-        let (store, blobs, registry): (Arc<dyn Store>, Arc<dyn BlobStore>, _) =
+        let (store, blobs, registry, kv_log): (Arc<dyn Store>, Arc<dyn BlobStore>, _, _) =
             match config.cluster.clone() {
-                None => (Arc::new(local), Arc::new(local_blobs), None),
+                None => (Arc::new(local), Arc::new(local_blobs), None, None),
                 Some(cluster) => {
                     let cluster = verge_cluster::Cluster::join(cluster, local, local_blobs).await?;
-                    (cluster.store, cluster.blobs, Some(cluster.registry))
+                    (
+                        cluster.store,
+                        cluster.blobs,
+                        Some(cluster.registry),
+                        Some(cluster.kv),
+                    )
                 }
             };
         let vaults =
@@ -215,6 +220,9 @@ impl Server {
             .unwrap_or_else(|| data.join("compiled"));
         private_dir(&cache_dir)?;
         let key_value = KeyValue::open(&data.join("kv"), config.kv_quotas);
+        if let Some(kv_log) = kv_log {
+            key_value.replicate(kv_log);
+        }
         let ai = Arc::new(verge_ai::AiServices {
             embedder: verge_ai::Embedder::start(
                 verge_ai::ModelDir::new(&config.ai.models_dir),

@@ -551,3 +551,35 @@ fn node_labels_parse_and_bad_ones_are_named() {
     let err = crate::parse_labels("re gion=x").expect_err("space");
     assert!(err.contains("letters, digits"), "{err}");
 }
+
+#[test]
+fn key_value_consistency() {
+    let m = Manifest::parse(
+        "[component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\nkey_value_stores = [\"carts\", \"sessions\"]\n\n[key_value.sessions]\nconsistency = \"edge-local\"\n\n[key_value.carts]\nconsistency = \"strict\"\n",
+        Path::new("/app/verge.toml"),
+    )
+    .expect("valid");
+    assert_eq!(m.components[0].capabilities.edge_local_stores, ["sessions"]);
+    let base =
+        "[component.a]\nsource = \"a.wasm\"\nroutes = [\"/\"]\nkey_value_stores = [\"carts\"]\n\n";
+    check_err(
+        &format!("{base}[key_value.carts]\nconsistency = \"eventual\"\n"),
+        expect![[r#"
+            unknown consistency `eventual`
+             --> /app/verge.toml:7:15
+              |
+            7 | consistency = "eventual"
+              |               ^^^^^^^^^^
+              = help: use "strict" (writes ordered by the cluster, refused without it) or "edge-local" (written locally, last writer wins); see docs/cluster.md"#]],
+    );
+    check_err(
+        &format!("{base}[key_value.other]\nconsistency = \"edge-local\"\n"),
+        expect![[r#"
+            `[key_value.other]` configures a store no component lists
+             --> /app/verge.toml:6:12
+              |
+            6 | [key_value.other]
+              |            ^^^^^
+              = help: add it to a component's `key_value_stores`, or remove the table"#]],
+    );
+}

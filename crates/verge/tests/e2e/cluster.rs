@@ -964,3 +964,158 @@ fn apps_run_where_placed_and_requests_go_to_the_nearest_node() {
         get_via(&cluster.nodes[1], "/headers", "").0 == 503
     });
 }
+
+/// `METHOD path` with `body` on `node`: status and body.
+fn call(node: &Node, method: &str, path: &str, body: &str) -> (u16, String) {
+    let addr = node.url().trim_start_matches("http://").to_string();
+    let raw = crate::support::raw_exchange(
+        addr.parse().expect("address"),
+        format!(
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap_or_default();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}
+
+fn kv_get(node: &Node, store: &str, key: &str) -> Option<String> {
+    match call(node, "GET", &format!("/kv-get?store={store}&key={key}"), "") {
+        (200, body) => Some(body),
+        (404, _) => None,
+        other => panic!("kv-get on {}: {other:?}", node.name),
+    }
+}
+
+fn kv_set(node: &Node, store: &str, key: &str, value: &str) -> (u16, String) {
+    call(
+        node,
+        "POST",
+        &format!("/kv-set?store={store}&key={key}"),
+        value,
+    )
+}
+
+fn wait_for_value(node: &Node, store: &str, key: &str, want: Option<&str>) -> Duration {
+    let mut last = None;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        last = kv_get(node, store, key);
+        if last.as_deref() == want {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "node {}: {store}/{key} is {last:?}, not {want:?}",
+        node.name
+    );
+}
+
+#[test]
+fn key_value_stores_keep_their_consistency_through_a_partition() {
+    let mut cluster = Cluster::start();
+    let app = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        app.path().join("verge.toml"),
+        format!(
+            "name = \"kvapp\"\n[component.state]\nsource = \"{}\"\nroutes = [\"/\"]\n\
+             key_value_stores = [\"strict\", \"edge\"]\n\n[key_value.edge]\nconsistency = \"edge-local\"\n",
+            guests().state.display()
+        ),
+    )
+    .expect("manifest");
+    let run = cluster.cli_in(0, &["deploy"], app.path());
+    assert!(run.status.success(), "{}\n{}", run.stdout, run.stderr);
+    let [a, b, c] = [0, 1, 2];
+
+    // Strict: ordered by the cluster, exact across nodes.
+    assert_eq!(kv_set(&cluster.nodes[a], "strict", "k", "1").0, 204);
+    wait_for_value(&cluster.nodes[b], "strict", "k", Some("1"));
+    let counters: Vec<_> = [a, b, c]
+        .into_iter()
+        .map(|i| {
+            let url = cluster.nodes[i].url();
+            std::thread::spawn(move || {
+                for _ in 0..10 {
+                    let (status, body, _) = get(&url, "/kv-incr?store=strict&key=n&delta=1");
+                    assert_eq!(status, 200, "{body}");
+                }
+            })
+        })
+        .collect();
+    for t in counters {
+        t.join().expect("incrementer");
+    }
+    for i in [a, b, c] {
+        wait_for_value(&cluster.nodes[i], "strict", "n", Some("30"));
+    }
+    // Edge-local values written before the partition reach everyone.
+    assert_eq!(kv_set(&cluster.nodes[a], "edge", "d", "0").0, 204);
+    wait_for_value(&cluster.nodes[c], "edge", "d", Some("0"));
+
+    cluster.relay.cut();
+    cluster.wait_for_nodes(2, &["unknown", "unknown", "degraded"]);
+    // Strict writes on the cut-off node are refused and leave nothing.
+    let (status, body) = kv_set(&cluster.nodes[c], "strict", "k", "from-c");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("cannot reach the cluster"), "{body}");
+    assert_eq!(
+        kv_get(&cluster.nodes[c], "strict", "k").as_deref(),
+        Some("1")
+    );
+    // ... while the connected side goes on.
+    assert_eq!(kv_set(&cluster.nodes[a], "strict", "k", "2").0, 204);
+    // Edge-local writes are taken on both sides; the later one wins per key.
+    let step = || std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(kv_set(&cluster.nodes[c], "edge", "x", "from-c").0, 204);
+    step();
+    assert_eq!(kv_set(&cluster.nodes[a], "edge", "x", "from-a").0, 204);
+    assert_eq!(kv_set(&cluster.nodes[a], "edge", "w", "from-a").0, 204);
+    step();
+    assert_eq!(kv_set(&cluster.nodes[c], "edge", "w", "from-c").0, 204);
+    assert_eq!(
+        call(&cluster.nodes[a], "POST", "/kv-delete?store=edge&key=d", "").0,
+        204
+    );
+    assert_eq!(kv_set(&cluster.nodes[c], "edge", "z", "only-c").0, 204);
+    assert_eq!(
+        kv_get(&cluster.nodes[c], "edge", "x").as_deref(),
+        Some("from-c")
+    );
+    // The cut-off node's writes survive a kill -9 before the link heals.
+    cluster.nodes[c].kill();
+    cluster.nodes[c].restart();
+    assert_eq!(
+        kv_get(&cluster.nodes[c], "edge", "z").as_deref(),
+        Some("only-c")
+    );
+
+    cluster.relay.heal();
+    let took = wait_for_value(&cluster.nodes[c], "strict", "k", Some("2"));
+    eprintln!(
+        "partition healed: strict value on c after {} ms",
+        took.as_millis()
+    );
+    for i in [a, b, c] {
+        let node = &cluster.nodes[i];
+        wait_for_value(node, "edge", "x", Some("from-a"));
+        wait_for_value(node, "edge", "w", Some("from-c"));
+        wait_for_value(node, "edge", "z", Some("only-c"));
+        wait_for_value(node, "edge", "d", None);
+        assert_eq!(kv_get(node, "strict", "n").as_deref(), Some("30"));
+    }
+    // The refused strict write never appears.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        kv_get(&cluster.nodes[a], "strict", "k").as_deref(),
+        Some("2")
+    );
+}
