@@ -13,6 +13,8 @@
 //!   verified by sha256 there.
 //! - [`KvLog`]: apps' key-value writes, one subject per tenant, for
 //!   `verge-kv`'s strict and edge-local stores.
+//! - [`Uplink`]: usage summaries per app version and minute, sent to
+//!   the other nodes instead of events.
 //! - [`Registry`]: node reports (labels, version, load, what the node
 //!   serves) in a JetStream KV bucket, sent every heartbeat and at once
 //!   after a change is applied; a node not heard from for
@@ -34,6 +36,7 @@ mod blobs;
 mod kv;
 mod log;
 mod nodes;
+mod usage;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -47,6 +50,7 @@ pub use blobs::ClusterBlobs;
 pub use kv::KvLog;
 pub use log::ClusterStore;
 pub use nodes::{DOWN_AFTER_BEATS, LocalState, NodeReport, NodeStatus, Registry};
+pub use usage::Uplink;
 
 /// How to reach the cluster and who this node is.
 #[derive(Debug, Clone)]
@@ -71,6 +75,8 @@ pub struct ClusterConfig {
     pub join_timeout: Duration,
     /// The URL other nodes and operators reach this node's ingress at.
     pub advertise: Option<String>,
+    /// How often metered usage is summarised and sent to the cluster.
+    pub uplink_interval: Duration,
 }
 
 /// Credentials for NATS.
@@ -119,6 +125,7 @@ pub struct Cluster {
     pub registry: Arc<Registry>,
     /// Apps' key-value writes (give it to `verge_kv::KeyValue::replicate`).
     pub kv: Arc<KvLog>,
+    link: Link,
 }
 
 /// The NATS connection and JetStream context, shared by the parts.
@@ -184,13 +191,20 @@ impl Cluster {
         let store = ClusterStore::open(link.clone(), local).await?;
         let blobs = Arc::new(ClusterBlobs::new(link.clone(), blobs));
         let kv = Arc::new(KvLog::new(link.clone()));
-        let registry = Registry::start(link);
+        let registry = Registry::start(link.clone());
         Ok(Self {
             store,
             blobs,
             registry,
             kv,
+            link,
         })
+    }
+
+    /// Ships the usage metered into `db` to the other nodes as summaries,
+    /// and adds theirs to it ([`Uplink`]).
+    pub fn start_uplink(&self, db: Arc<verge_meter::UsageDb>) -> Arc<Uplink> {
+        Uplink::start(self.link.clone(), db, self.link.config.uplink_interval)
     }
 }
 

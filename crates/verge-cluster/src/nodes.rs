@@ -53,6 +53,9 @@ pub struct NodeReport {
     pub failed: BTreeMap<String, Revision>,
     /// The host's one-minute load average.
     pub load: f64,
+    /// Bytes of usage summaries sent to the cluster since the node started.
+    #[serde(default)]
+    pub uplink_bytes: u64,
 }
 
 /// What the node itself knows for its report.
@@ -64,6 +67,8 @@ pub struct LocalState {
     pub apps: usize,
     /// Apps that failed to load.
     pub failed: BTreeMap<String, Revision>,
+    /// Bytes of usage summaries sent since start.
+    pub uplink_bytes: u64,
 }
 
 /// A node as this node sees it.
@@ -200,6 +205,7 @@ impl Registry {
             apps: state.apps,
             failed: state.failed,
             load: load_average(),
+            uplink_bytes: state.uplink_bytes,
         })
     }
 

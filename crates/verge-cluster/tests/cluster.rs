@@ -122,6 +122,7 @@ fn config(nats: &Nats, name: &str) -> ClusterConfig {
         replicas: 1,
         join_timeout: Duration::from_secs(10),
         advertise: None,
+        uplink_interval: Duration::from_secs(1),
     }
 }
 

@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::aggregate::{Totals, UsageDelta};
 
@@ -153,6 +153,8 @@ pub struct UsagePage {
 #[derive(Debug)]
 pub struct UsageDb {
     conn: Mutex<Connection>,
+    /// Whether additions are also queued for the cluster.
+    uplink: std::sync::atomic::AtomicBool,
 }
 
 const COLUMNS: &[&str] = &[
@@ -271,9 +273,108 @@ impl UsageDb {
                 "ALTER TABLE usage ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
             ))?;
         }
+        // The uplink (a cluster node's usage on its way to the others) and
+        // the position in the other nodes' usage stream.
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS uplink (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                tenant TEXT NOT NULL,
+                app TEXT NOT NULL,
+                version TEXT NOT NULL,
+                minute INTEGER NOT NULL,
+                totals TEXT NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS remote (
+                id INTEGER PRIMARY KEY CHECK (id = 0),
+                applied INTEGER NOT NULL
+            );",
+        )?;
         Ok(Self {
             conn: Mutex::new(conn),
+            uplink: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// From now on, every [`UsageDb::add`] also queues its deltas for the
+    /// uplink (in the same transaction), for [`UsageDb::uplink_pending`].
+    pub fn enable_uplink(&self) {
+        self.uplink
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Up to `limit` queued deltas, oldest first, with the id of the last.
+    pub fn uplink_pending(&self, limit: usize) -> Result<(Vec<UsageDelta>, i64), UsageError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, tenant, app, version, minute, totals FROM uplink ORDER BY id LIMIT ?1",
+        )?;
+        let mut last = 0;
+        let mut deltas = Vec::new();
+        let rows = stmt.query_map([signed(limit as u64)], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, tenant, app, version, minute, totals) = row?;
+            last = id;
+            match serde_json::from_str(&totals) {
+                Ok(totals) => deltas.push(UsageDelta {
+                    key: crate::aggregate::SeriesKey {
+                        tenant,
+                        app,
+                        version,
+                    },
+                    minute: minute.max(0) as u64,
+                    totals,
+                }),
+                Err(e) => tracing::error!("dropping an unreadable uplink row: {e}"),
+            }
+        }
+        Ok((deltas, last))
+    }
+
+    /// Forgets queued deltas up to id `last` (the cluster stored them).
+    pub fn uplink_done(&self, last: i64) -> Result<(), UsageError> {
+        self.lock()
+            .execute("DELETE FROM uplink WHERE id <= ?1", [last])?;
+        Ok(())
+    }
+
+    /// The last entry of the other nodes' usage stream added here.
+    pub fn remote_applied(&self) -> Result<u64, UsageError> {
+        let applied: Option<i64> = self
+            .lock()
+            .query_row("SELECT applied FROM remote", [], |r| r.get(0))
+            .optional()?;
+        Ok(applied.map_or(0, |a| a.max(0) as u64))
+    }
+
+    /// Adds another node's usage, entry `seq` of the stream, once: entries
+    /// at or below the last applied are skipped, and the position moves in
+    /// the same transaction as the rows.
+    pub fn add_remote(&self, seq: u64, deltas: &[UsageDelta]) -> Result<(), UsageError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let applied: Option<i64> = tx
+            .query_row("SELECT applied FROM remote", [], |r| r.get(0))
+            .optional()?;
+        if applied.is_some_and(|a| a.max(0) as u64 >= seq) {
+            return Ok(());
+        }
+        Self::insert(&tx, deltas, false)?;
+        tx.execute(
+            "INSERT INTO remote (id, applied) VALUES (0, ?1)
+             ON CONFLICT (id) DO UPDATE SET applied = excluded.applied",
+            [signed(seq)],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -287,6 +388,35 @@ impl UsageDb {
         }
         let mut conn = self.lock();
         let tx = conn.transaction()?;
+        let uplink = self.uplink.load(std::sync::atomic::Ordering::Relaxed);
+        Self::insert(&tx, deltas, uplink)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Adds `deltas` to the usage rows in `tx`, and with `uplink` queues
+    /// them for the other nodes too.
+    fn insert(
+        tx: &rusqlite::Transaction<'_>,
+        deltas: &[UsageDelta],
+        uplink: bool,
+    ) -> Result<(), UsageError> {
+        if uplink {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO uplink (tenant, app, version, minute, totals) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for d in deltas {
+                let totals = serde_json::to_string(&d.totals)
+                    .map_err(|e| UsageError::Query(e.to_string()))?;
+                stmt.execute(params![
+                    d.key.tenant,
+                    d.key.app,
+                    d.key.version,
+                    signed(d.minute),
+                    totals
+                ])?;
+            }
+        }
         {
             let names = COLUMNS.join(", ");
             let marks: String = (5..5 + COLUMNS.len()).map(|i| format!(", ?{i}")).collect();
@@ -314,7 +444,6 @@ impl UsageDb {
                 stmt.execute(rusqlite::params_from_iter(args))?;
             }
         }
-        tx.commit()?;
         Ok(())
     }
 

@@ -198,19 +198,15 @@ impl Server {
         let lock = lock(data)?;
         let local = SqliteStore::open(&data.join("state.db"))?;
         let local_blobs = FsBlobs::open(&data.join("blobs"))?;
-        let (store, blobs, registry, kv_log): (Arc<dyn Store>, Arc<dyn BlobStore>, _, _) =
+        let (store, blobs, cluster): (Arc<dyn Store>, Arc<dyn BlobStore>, _) =
             match config.cluster.clone() {
-                None => (Arc::new(local), Arc::new(local_blobs), None, None),
+                None => (Arc::new(local), Arc::new(local_blobs), None),
                 Some(cluster) => {
                     let cluster = verge_cluster::Cluster::join(cluster, local, local_blobs).await?;
-                    (
-                        cluster.store,
-                        cluster.blobs,
-                        Some(cluster.registry),
-                        Some(cluster.kv),
-                    )
+                    (cluster.store.clone(), cluster.blobs.clone(), Some(cluster))
                 }
             };
+        let registry = cluster.as_ref().map(|c| c.registry.clone());
         let vaults =
             secrets::open(store.as_ref(), &config.master_key, config.rotate_master_key).await?;
         let keyring = vaults.keyring();
@@ -220,8 +216,8 @@ impl Server {
             .unwrap_or_else(|| data.join("compiled"));
         private_dir(&cache_dir)?;
         let key_value = KeyValue::open(&data.join("kv"), config.kv_quotas);
-        if let Some(kv_log) = kv_log {
-            key_value.replicate(kv_log);
+        if let Some(cluster) = &cluster {
+            key_value.replicate(cluster.kv.clone());
         }
         let ai = Arc::new(verge_ai::AiServices {
             embedder: verge_ai::Embedder::start(
@@ -285,9 +281,13 @@ impl Server {
             registry.is_none(),
         )
         .await?;
-        if let Some(registry) = &registry {
+        if let (Some(cluster), Some(registry)) = (&cluster, &registry) {
+            let uplink = cluster.start_uplink(usage.clone());
             let reporter = plane.clone();
-            registry.start_heartbeats(move || reporter.local_state());
+            registry.start_heartbeats(move || verge_cluster::LocalState {
+                uplink_bytes: uplink.bytes_sent(),
+                ..reporter.local_state()
+            });
         }
         let control = Control::new(
             store,

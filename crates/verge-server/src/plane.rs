@@ -241,6 +241,7 @@ impl NodePlane {
                 .filter(|(_, (_, error))| error.is_some())
                 .map(|(key, (revision, _))| (key.clone(), *revision))
                 .collect(),
+            uplink_bytes: 0,
         }
     }
 
@@ -348,6 +349,7 @@ impl DataPlane for NodePlane {
                         apps: state.apps,
                         failed: state.failed,
                         load: 0.0,
+                        uplink_bytes: 0,
                     },
                     status: "up",
                     seen_ms: 0,

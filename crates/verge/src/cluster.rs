@@ -72,6 +72,11 @@ pub(crate) struct ClusterArgs {
     /// ingress [default: http://LISTEN].
     #[arg(long, value_name = "URL", requires = "cluster")]
     advertise: Option<String>,
+
+    /// How often metered usage is summarised (per app version and minute)
+    /// and sent to the other nodes.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration, requires = "cluster")]
+    uplink_interval: Duration,
 }
 
 impl ClusterArgs {
@@ -117,6 +122,7 @@ impl ClusterArgs {
                     .clone()
                     .unwrap_or_else(|| format!("http://{listen}")),
             ),
+            uplink_interval: self.uplink_interval,
         }))
     }
 }

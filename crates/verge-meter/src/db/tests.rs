@@ -193,3 +193,47 @@ fn malformed_cursors_are_refused() {
     };
     assert_eq!(UsageCursor::decode(&c.encode()).expect("ok"), c);
 }
+
+#[test]
+fn the_uplink_queues_what_is_added_and_remote_usage_is_added_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("usage.db");
+    let db = UsageDb::open(&path).expect("open");
+    db.add(&[delta("t", "a", "v1", 10, 1)]).expect("add");
+    assert_eq!(
+        db.uplink_pending(10).expect("pending").1,
+        0,
+        "off by default"
+    );
+    db.enable_uplink();
+    db.add(&[delta("t", "a", "v1", 10, 2), delta("t", "b", "v1", 11, 3)])
+        .expect("add");
+    let (queued, last) = db.uplink_pending(10).expect("pending");
+    assert_eq!(queued.len(), 2);
+    assert_eq!(queued[1].totals.requests, 3);
+    // The queue survives reopening; done removes what was sent.
+    drop(db);
+    let db = UsageDb::open(&path).expect("reopen");
+    assert_eq!(db.uplink_pending(10).expect("pending").1, last);
+    db.uplink_done(last).expect("done");
+    assert_eq!(db.uplink_pending(10).expect("pending").0.len(), 0);
+    // Another node's summary counts once, even when delivered again.
+    db.add_remote(7, &[delta("t", "a", "v1", 10, 100)])
+        .expect("remote");
+    db.add_remote(7, &[delta("t", "a", "v1", 10, 100)])
+        .expect("again");
+    db.add_remote(5, &[delta("t", "a", "v1", 10, 100)])
+        .expect("older");
+    assert_eq!(db.remote_applied().expect("applied"), 7);
+    let rows = query(&db, Granularity::Minute, 100);
+    let a: u64 = rows
+        .iter()
+        .filter(|r| r.app == "a")
+        .map(|r| r.totals.requests)
+        .sum();
+    assert_eq!(a, 103, "1 + 2 here, 100 from the other node once");
+    assert!(
+        db.uplink_pending(10).expect("pending").0.is_empty(),
+        "remote usage is not sent on"
+    );
+}

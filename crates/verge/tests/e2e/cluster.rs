@@ -259,6 +259,10 @@ impl Node {
             self.labels.clone(),
             "--heartbeat".to_string(),
             HEARTBEAT.to_string(),
+            "--uplink-interval".to_string(),
+            "500ms".to_string(),
+            "--usage-flush-interval".to_string(),
+            "500ms".to_string(),
         ];
         args.extend(self.extra.iter().cloned());
         self.verge = Some(
@@ -412,6 +416,24 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("node {i} sees {last:?}, not {want:?}");
+    }
+
+    /// Requests to `app` in the last hour, as `verge usage` on node `i`
+    /// reports them.
+    fn requests(&self, i: usize, app: &str) -> u64 {
+        let run = self.cli(
+            i,
+            &[
+                "usage", "--app", app, "--by", "minute", "--format", "json", "--since", "1h",
+            ],
+        );
+        assert!(run.status.success(), "{}", run.stderr);
+        let rows: Value = serde_json::from_str(&run.stdout).expect("JSON");
+        rows.as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r["requests"].as_u64().expect("requests"))
+            .sum()
     }
 
     /// Deploys `wasm` as app `site` at `/` through node `i`.
@@ -709,6 +731,11 @@ fn a_node_cut_off_keeps_serving_and_catches_up() {
     eprintln!("link healed to v2 served on c: {} ms", took.as_millis());
     assert!(load.finish() > 20);
     cluster.wait_for_nodes(2, &["up", "up", "up"]);
+    // The usage c metered while cut off reaches the others.
+    wait_until("a counts c's requests", Duration::from_secs(30), || {
+        let at_c = cluster.requests(2, "site");
+        at_c > 20 && cluster.requests(0, "site") == at_c
+    });
 }
 
 #[test]
@@ -1117,5 +1144,56 @@ fn key_value_stores_keep_their_consistency_through_a_partition() {
     assert_eq!(
         kv_get(&cluster.nodes[a], "strict", "k").as_deref(),
         Some("2")
+    );
+}
+
+#[test]
+fn usage_travels_as_summaries_and_every_node_sees_the_cluster_total() {
+    let cluster = Cluster::start();
+    let run = cluster.deploy(0, &guests().hello);
+    assert!(run.status.success(), "{}", run.stderr);
+    for (node, n) in [(0, 40), (1, 60)] {
+        for _ in 0..n {
+            assert!(hello_v1(&cluster.nodes[node]));
+        }
+    }
+    // c served nothing, yet reports the cluster's 100 requests.
+    let requests = |i: usize| cluster.requests(i, "site");
+    let took = wait_until("c sees 100 requests", Duration::from_secs(30), || {
+        requests(2) == 100
+    });
+    eprintln!(
+        "usage reached the node that served nothing in {} ms",
+        took.as_millis()
+    );
+    assert_eq!(requests(0), 100);
+    assert_eq!(requests(1), 100);
+    // Summaries, not events: a few hundred bytes for 100 requests. (The
+    // count arrives with the nodes' next heartbeat.)
+    let sent_by = || -> Vec<u64> {
+        let json = cluster.cli(2, &["nodes", "--json"]);
+        let nodes: Value = serde_json::from_str(&json.stdout).expect("JSON");
+        nodes["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| n["uplink_bytes"].as_u64().expect("uplink_bytes"))
+            .collect()
+    };
+    wait_until(
+        "a and b report what they sent",
+        Duration::from_secs(10),
+        || {
+            let sent = sent_by();
+            sent[0] > 0 && sent[1] > 0
+        },
+    );
+    let sent = sent_by();
+    assert_eq!(sent[2], 0, "c had no usage to send");
+    let sent = |name: &str| sent[usize::from(name.as_bytes()[0] - b'a')];
+    let total = sent("a") + sent("b");
+    assert!(
+        total < 100 * 100,
+        "{total} bytes for 100 requests is not a summary"
     );
 }
