@@ -40,7 +40,7 @@ mod usage;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -66,6 +66,9 @@ pub struct ClusterConfig {
     pub auth: NatsAuth,
     /// A CA certificate (PEM) to trust for the NATS server's TLS.
     pub tls_ca: Option<PathBuf>,
+    /// A client certificate and its key (PEM), for NATS servers that
+    /// verify clients (mutual TLS).
+    pub tls_client: Option<(PathBuf, PathBuf)>,
     /// How often the node reports itself.
     pub heartbeat: Duration,
     /// JetStream replicas of the streams Verge creates (1, 3 or 5).
@@ -134,6 +137,9 @@ pub(crate) struct Link {
     pub(crate) client: async_nats::Client,
     pub(crate) js: jetstream::Context,
     pub(crate) config: Arc<ClusterConfig>,
+    /// The last error NATS or the client reported (an authorization
+    /// violation, a TLS failure), to say why the link is down.
+    last_error: Arc<Mutex<Option<String>>>,
 }
 
 impl Link {
@@ -149,6 +155,14 @@ impl Link {
              but changes are refused until the link returns: try again, or use another node",
             self.config.url
         ))
+    }
+
+    /// Why the link is down, if NATS or the client said.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Waits until connected, at most `timeout`.
@@ -182,11 +196,13 @@ impl Cluster {
             )));
         }
         let config = Arc::new(config);
-        let client = connect(&config).await?;
+        let last_error = Arc::new(Mutex::new(None));
+        let client = connect(&config, last_error.clone()).await?;
         let link = Link {
             js: jetstream::new(client.clone()),
             client,
             config: config.clone(),
+            last_error,
         };
         let store = ClusterStore::open(link.clone(), local).await?;
         let blobs = Arc::new(ClusterBlobs::new(link.clone(), blobs));
@@ -208,7 +224,10 @@ impl Cluster {
     }
 }
 
-async fn connect(config: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {
+async fn connect(
+    config: &ClusterConfig,
+    last_error: Arc<Mutex<Option<String>>>,
+) -> Result<async_nats::Client, ClusterError> {
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("verge {}", config.node_name))
         // The node must start (and serve its replica) without NATS.
@@ -222,10 +241,20 @@ async fn connect(config: &ClusterConfig) -> Result<async_nats::Client, ClusterEr
         })
         .event_callback({
             let url = config.url.clone();
+            let last_error = last_error.clone();
             move |event| {
                 let url = url.clone();
+                let last_error = last_error.clone();
                 async move {
                     match event {
+                        async_nats::Event::ServerError(e) => {
+                            *last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(e.to_string());
+                        }
+                        async_nats::Event::ClientError(e) => {
+                            *last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(e.to_string());
+                        }
                         async_nats::Event::Connected => {
                             tracing::info!("linked to the cluster (NATS at {url})");
                         }
@@ -261,6 +290,19 @@ async fn connect(config: &ClusterConfig) -> Result<async_nats::Client, ClusterEr
             )));
         }
         options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &config.tls_client {
+        for file in [cert, key] {
+            if !file.is_file() {
+                return Err(ClusterError::Config(format!(
+                    "--nats-cert/--nats-key `{}` is not a file",
+                    file.display()
+                )));
+            }
+        }
+        options = options
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
     }
     options
         .connect(config.url.as_str())

@@ -100,8 +100,13 @@ impl ClusterStore {
         let config = &self.link.config;
         tracing::info!(url = %config.url, "joining the cluster");
         if !self.link.wait_connected(config.join_timeout).await {
+            let why = self
+                .link
+                .last_error()
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default();
             return Err(ClusterError::Unreachable(format!(
-                "cannot reach NATS at {} within {}s, and this node has no state from an \
+                "cannot reach NATS at {} within {}s{why}, and this node has no state from an \
                  earlier start to serve: start NATS (with JetStream, `nats-server -js`), check \
                  --cluster and the credentials, or raise --join-timeout",
                 config.url,

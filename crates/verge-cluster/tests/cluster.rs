@@ -2,96 +2,17 @@
 //! (Debian's package), with two "nodes" in one process, each with its own
 //! replica and blob folder.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use verge_cluster::{Cluster, ClusterConfig, NatsAuth};
+use verge_cluster::Cluster;
 use verge_store::{
     BlobError, BlobId, BlobStore, Change, Expect, FsBlobs, Op, SqliteStore, Store, StoreError,
 };
 
-fn nats_server() -> PathBuf {
-    if let Some(path) = std::env::var_os("VERGE_NATS_SERVER") {
-        return path.into();
-    }
-    for dir in std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/sbin", "/usr/bin"])
-    {
-        let path = Path::new(dir).join("nats-server");
-        if path.is_file() {
-            return path;
-        }
-    }
-    panic!("nats-server is not installed: `apt-get install nats-server` (the CI does)");
-}
+mod support;
 
-struct Nats {
-    child: Option<Child>,
-    port: u16,
-    store: tempfile::TempDir,
-}
-
-impl Nats {
-    fn start() -> Nats {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let mut nats = Nats {
-            child: None,
-            port,
-            store: tempfile::tempdir().expect("tempdir"),
-        };
-        nats.restart();
-        nats
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new(nats_server())
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(self.store.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server starts");
-        self.child = Some(child);
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "NATS did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use support::{Nats, config};
 
 struct Member {
     cluster: Cluster,
@@ -109,21 +30,6 @@ async fn join(nats: &Nats, name: &str) -> Member {
         .registry
         .start_heartbeats(verge_cluster::LocalState::default);
     Member { cluster, _dir: dir }
-}
-
-fn config(nats: &Nats, name: &str) -> ClusterConfig {
-    ClusterConfig {
-        url: format!("nats://127.0.0.1:{}", nats.port),
-        node_name: name.to_string(),
-        labels: Default::default(),
-        auth: NatsAuth::None,
-        tls_ca: None,
-        heartbeat: Duration::from_millis(200),
-        replicas: 1,
-        join_timeout: Duration::from_secs(10),
-        advertise: None,
-        uplink_interval: Duration::from_secs(1),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

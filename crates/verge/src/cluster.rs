@@ -53,6 +53,15 @@ pub(crate) struct ClusterArgs {
     #[arg(long, value_name = "FILE", requires = "cluster")]
     nats_ca: Option<PathBuf>,
 
+    /// Client certificate (PEM) for NATS servers that verify clients
+    /// (mutual TLS); with --nats-key.
+    #[arg(long, value_name = "FILE", requires_all = ["cluster", "nats_key"])]
+    nats_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "nats_cert")]
+    nats_key: Option<PathBuf>,
+
     /// How often this node reports itself; a node silent for three
     /// heartbeats is down.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration, requires = "cluster")]
@@ -114,6 +123,7 @@ impl ClusterArgs {
             labels: self.labels.clone().unwrap_or_default(),
             auth,
             tls_ca: self.nats_ca.clone(),
+            tls_client: self.nats_cert.clone().zip(self.nats_key.clone()),
             heartbeat: self.heartbeat,
             replicas: self.cluster_replicas,
             join_timeout: self.join_timeout,
