@@ -18,6 +18,8 @@ use std::sync::Arc;
 use async_nats::jetstream::object_store::{self, ObjectStore};
 use async_nats::jetstream::stream::StorageType;
 use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE;
 use tokio::io::AsyncReadExt;
 use verge_store::{BlobError, BlobId, BlobStore, BlobWriter, FsBlobs};
 
@@ -43,7 +45,7 @@ impl ClusterBlobs {
     fn unreachable(&self, what: &str) -> BlobError {
         BlobError::Unavailable(format!(
             "cannot {what} the cluster's blob store (NATS at {}): the link is down",
-            self.link.config.url
+            self.link.config.display_url()
         ))
     }
 
@@ -53,6 +55,9 @@ impl ClusterBlobs {
         }
         self.bucket
             .get_or_try_init(|| async {
+                if let Ok(bucket) = self.link.js.get_object_store(BLOB_BUCKET).await {
+                    return Ok(bucket);
+                }
                 self.link
                     .js
                     .create_object_store(object_store::Config {
@@ -70,13 +75,17 @@ impl ClusterBlobs {
             .await
     }
 
-    /// Puts the local blob `id` into the Object Store unless it is there.
+    /// Puts the local blob `id` into the Object Store unless it is there,
+    /// whole (a damaged copy is replaced).
     async fn publish(&self, id: &BlobId) -> Result<(), BlobError> {
         let bucket = self.bucket().await?;
+        let digest = const_hex::decode(id.as_str())
+            .map(|bytes| format!("SHA-256={}", URL_SAFE.encode(bytes)))
+            .ok();
         if bucket
             .info(id.as_str())
             .await
-            .is_ok_and(|info| info.size > 0)
+            .is_ok_and(|info| info.digest.is_some() && info.digest == digest)
         {
             return Ok(());
         }

@@ -58,13 +58,13 @@ impl KvLog {
             .await
     }
 
+    /// Guests see this message: it names no internal address.
     fn unreachable(&self) -> KvError {
-        KvError::Unavailable(format!(
-            "this node cannot reach the cluster (NATS at {}) to order the write, so nothing \
-             was written; try again, or declare the store `edge-local` to accept writes \
-             during outages",
-            self.link.config.url
-        ))
+        KvError::Unavailable(
+            "this node cannot reach the cluster to order the write, so nothing was written; \
+             try again, or declare the store `edge-local` to accept writes during outages"
+                .to_string(),
+        )
     }
 
     async fn follow_once(

@@ -82,6 +82,24 @@ pub struct ClusterConfig {
     pub uplink_interval: Duration,
 }
 
+impl ClusterConfig {
+    /// The NATS URLs without any user or password in them, for messages
+    /// and logs.
+    pub fn display_url(&self) -> String {
+        self.url
+            .split(',')
+            .map(|url| match (url.find("://"), url.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    format!("{}{}", &url[..scheme + 3], &url[at + 1..])
+                }
+                (None, Some(at)) => url[at + 1..].to_string(),
+                _ => url.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 /// Credentials for NATS.
 #[derive(Debug, Clone, Default)]
 pub enum NatsAuth {
@@ -153,7 +171,7 @@ impl Link {
         StoreError::Unavailable(format!(
             "this node cannot reach the cluster (NATS at {}); it keeps serving what it has, \
              but changes are refused until the link returns: try again, or use another node",
-            self.config.url
+            self.config.display_url()
         ))
     }
 
@@ -240,7 +258,7 @@ async fn connect(
             Duration::from_millis((attempts as u64 * 100).min(1000))
         })
         .event_callback({
-            let url = config.url.clone();
+            let url = config.display_url();
             let last_error = last_error.clone();
             move |event| {
                 let url = url.clone();
@@ -307,5 +325,36 @@ async fn connect(
     options
         .connect(config.url.as_str())
         .await
-        .map_err(|e| ClusterError::Config(format!("NATS URL `{}`: {e}", config.url)))
+        .map_err(|e| ClusterError::Config(format!("NATS URL `{}`: {e}", config.display_url())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_in_messages_carry_no_credentials() {
+        let config = |url: &str| ClusterConfig {
+            url: url.to_string(),
+            node_name: "a".into(),
+            labels: BTreeMap::new(),
+            auth: NatsAuth::None,
+            tls_ca: None,
+            tls_client: None,
+            heartbeat: Duration::from_secs(1),
+            replicas: 1,
+            join_timeout: Duration::from_secs(1),
+            advertise: None,
+            uplink_interval: Duration::from_secs(60),
+        };
+        assert_eq!(
+            config("nats://user:secret@nats-1:4222,tls://t0ken@nats-2:4222").display_url(),
+            "nats://nats-1:4222,tls://nats-2:4222"
+        );
+        assert_eq!(config("user:pw@host:4222").display_url(), "host:4222");
+        assert_eq!(
+            config("nats://127.0.0.1:4222").display_url(),
+            "nats://127.0.0.1:4222"
+        );
+    }
 }

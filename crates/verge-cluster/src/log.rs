@@ -21,6 +21,13 @@
 //!   than mixed with the old state.
 //! - A write that JetStream confirmed is in the replica before it is
 //!   acknowledged to the caller (or the caller is told it is not yet).
+//! - Preconditions are checked only once the replica holds the whole log
+//!   as it was just before: a lagging replica never answers a false
+//!   conflict.
+//! - An entry of a newer format stops the replica (it is not skipped): the
+//!   node refuses changes until it is upgraded.
+//! - A first start counts as done only once it caught up; interrupted, it
+//!   starts over rather than serving a partial copy.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,6 +47,9 @@ const MAX_ATTEMPTS: usize = 64;
 
 /// How long a write waits for JetStream's confirmation.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Marks the log of a replica whose first start has not caught up yet.
+const PENDING: &str = "pending:";
 
 /// How long a confirmed write waits for the replica to apply it.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,7 +75,13 @@ impl ClusterStore {
             writes: tokio::sync::Mutex::new(()),
             broken: Mutex::new(None),
         });
-        let first_start = store.local.replica().await?.is_none();
+        // A first start interrupted before it caught up is a first start
+        // again: a partial copy must not be served.
+        let first_start = store
+            .local
+            .replica()
+            .await?
+            .is_none_or(|(log, _)| log.starts_with(PENDING));
         if first_start {
             store.join().await?;
         }
@@ -73,6 +89,11 @@ impl ClusterStore {
         tokio::spawn(async move { follower.follow().await });
         if first_start {
             store.catch_up().await?;
+            let (log, _) = store.local.replica().await?.unwrap_or_default();
+            store
+                .local
+                .start_replica(log.trim_start_matches(PENDING))
+                .await?;
         }
         Ok(store)
     }
@@ -98,7 +119,7 @@ impl ClusterStore {
     /// node, and records which log the replica follows.
     async fn join(&self) -> Result<(), ClusterError> {
         let config = &self.link.config;
-        tracing::info!(url = %config.url, "joining the cluster");
+        tracing::info!(url = %config.display_url(), "joining the cluster");
         if !self.link.wait_connected(config.join_timeout).await {
             let why = self
                 .link
@@ -109,12 +130,14 @@ impl ClusterStore {
                 "cannot reach NATS at {} within {}s{why}, and this node has no state from an \
                  earlier start to serve: start NATS (with JetStream, `nats-server -js`), check \
                  --cluster and the credentials, or raise --join-timeout",
-                config.url,
+                config.display_url(),
                 config.join_timeout.as_secs()
             )));
         }
         let stream = self.stream().await.map_err(ClusterError::Unreachable)?;
-        self.local.start_replica(&log_id(&stream)).await?;
+        self.local
+            .start_replica(&format!("{PENDING}{}", log_id(&stream)))
+            .await?;
         Ok(())
     }
 
@@ -183,21 +206,35 @@ impl ClusterStore {
         }
     }
 
+    /// Refuses (for good) a log that is not the one the replica follows:
+    /// NATS lost or recreated its JetStream data.
+    async fn check_identity(&self, stream: &stream::Stream) -> Result<(), StoreError> {
+        let id = log_id(stream);
+        let followed = self.local.replica().await?.map(|(log, _)| log);
+        match followed {
+            Some(followed) if followed.trim_start_matches(PENDING) != id => {
+                let message = format!(
+                    "the cluster's log {id} is not the one this node's state came from \
+                     ({followed}): NATS lost or recreated its JetStream data. This node keeps \
+                     serving what it has and refuses changes; restore NATS's data, or give the \
+                     node a new --data folder to start over from the cluster"
+                );
+                self.set_broken(message.clone());
+                Err(StoreError::Unavailable(message))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn set_broken(&self, message: String) {
+        *self.broken.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+    }
+
     async fn follow_once(&self) -> Result<(), String> {
         let stream = self.stream().await?;
-        let id = log_id(&stream);
-        if let Some((followed, _)) = self.local.replica().await.map_err(|e| e.to_string())?
-            && followed != id
-        {
-            let message = format!(
-                "the cluster's log {id} is not the one this node's state came from \
-                 ({followed}): NATS lost or recreated its JetStream data. This node keeps \
-                 serving what it has and refuses changes; restore NATS's data, or give the \
-                 node a new --data folder to start over from the cluster"
-            );
-            *self.broken.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.clone());
-            return Err(message);
-        }
+        self.check_identity(&stream)
+            .await
+            .map_err(|e| e.to_string())?;
         let applied = self.local.revision().await.map_err(|e| e.to_string())?;
         let consumer = stream
             .create_consumer(push::OrderedConfig {
@@ -220,12 +257,25 @@ impl ClusterStore {
                 .info()
                 .map_err(|e| format!("a log entry without metadata: {e}"))?
                 .stream_sequence;
-            let ops = decode(&message.payload).unwrap_or_else(|e| {
-                // Not written by Verge: skipped, but counted as applied so
-                // the replica's position stays the log's.
-                tracing::error!(seq, "skipping log entry {seq}: {e}");
-                Vec::new()
-            });
+            let ops = match decode(&message.payload) {
+                Ok(ops) => ops,
+                Err(Undecodable::Newer(format)) => {
+                    // Skipping it would let this replica drift from the
+                    // others: stop here until this node is upgraded.
+                    let message = format!(
+                        "entry {seq} of the cluster's log has format {format}, written by a newer \
+                         Verge: upgrade this node; it serves what it has and refuses changes"
+                    );
+                    self.set_broken(message.clone());
+                    return Err(message);
+                }
+                Err(Undecodable::Damaged(e)) => {
+                    // Not written by Verge: skipped, but counted as applied
+                    // so the replica's position stays the log's.
+                    tracing::error!(seq, "skipping log entry {seq}: {e}");
+                    Vec::new()
+                }
+            };
             self.local
                 .apply_replicated(seq, ops)
                 .await
@@ -248,9 +298,25 @@ impl ClusterStore {
             if !self.link.connected() {
                 return Err(self.link.unreachable());
             }
+            if let Some(reason) = self.broken() {
+                return Err(StoreError::Unavailable(reason));
+            }
+            // Catch up with the log as it is now, so the preconditions are
+            // checked against the latest state (a replica lagging behind
+            // would answer a false conflict or a false "nothing to do"),
+            // and make sure it is still the log this replica came from.
+            let stream = self.stream().await.map_err(StoreError::Unavailable)?;
+            self.check_identity(&stream).await?;
+            let last = stream.cached_info().state.last_sequence;
+            if !self.local.wait_for(last, APPLY_TIMEOUT).await {
+                return Err(StoreError::Unavailable(format!(
+                    "this node has not caught up with the cluster's state (entry {last}) within \
+                     {}s; try again",
+                    APPLY_TIMEOUT.as_secs()
+                )));
+            }
             let expected = self.local.revision().await?;
-            // Checked against the replica as of `expected` or later; the
-            // log takes the entry only if it is still at `expected`.
+            // The log takes the entry only if it is still at `expected`.
             if !self.local.check(ops.clone()).await? {
                 return Ok(expected);
             }
@@ -269,24 +335,17 @@ impl ClusterStore {
             match tokio::time::timeout(ACK_TIMEOUT, publish).await {
                 Ok(Ok(ack)) => {
                     if !self.local.wait_for(ack.sequence, APPLY_TIMEOUT).await {
-                        tracing::warn!(
-                            seq = ack.sequence,
-                            "the change is in the cluster's log but not yet applied here"
-                        );
+                        return Err(StoreError::Unavailable(format!(
+                            "the change is stored in the cluster (entry {}), but this node has \
+                             not applied it within {}s; it will shortly",
+                            ack.sequence,
+                            APPLY_TIMEOUT.as_secs()
+                        )));
                     }
                     return Ok(ack.sequence);
                 }
-                Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                    // Another node appended first: catch up and check again.
-                    let last = self
-                        .stream()
-                        .await
-                        .map_err(StoreError::Unavailable)?
-                        .cached_info()
-                        .state
-                        .last_sequence;
-                    self.local.wait_for(last, APPLY_TIMEOUT).await;
-                }
+                // Another node appended first: catch up and check again.
+                Ok(Err(e)) if e.kind() == PublishErrorKind::WrongLastSequence => {}
                 Ok(Err(e)) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
                     return Err(StoreError::Backend(format!(
                         "a change of {} bytes is larger than NATS accepts (max_payload)",
@@ -387,7 +446,24 @@ fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-fn decode(mut bytes: &[u8]) -> Result<Vec<Op>, String> {
+/// Why an entry cannot be read.
+#[derive(Debug)]
+enum Undecodable {
+    /// Written by a newer Verge (its format byte).
+    Newer(u8),
+    /// Not an entry Verge wrote.
+    Damaged(String),
+}
+
+fn decode(bytes: &[u8]) -> Result<Vec<Op>, Undecodable> {
+    match bytes.first() {
+        // Format bytes are small; anything else is not an entry at all.
+        Some(&format) if format > FORMAT && format < 32 => Err(Undecodable::Newer(format)),
+        _ => decode_ops(bytes).map_err(Undecodable::Damaged),
+    }
+}
+
+fn decode_ops(mut bytes: &[u8]) -> Result<Vec<Op>, String> {
     fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
         if bytes.len() < n {
             return Err("truncated".to_string());
@@ -457,11 +533,10 @@ mod tests {
             }
         }
         assert!(decode(&[]).is_err());
-        assert!(
-            decode(&[9])
-                .expect_err("format")
-                .contains("unknown entry format")
-        );
-        assert!(decode(b"{\"not\":\"verge\"}").is_err());
+        assert!(matches!(decode(&[9]), Err(super::Undecodable::Newer(9))));
+        assert!(matches!(
+            decode(b"{\"not\":\"verge\"}"),
+            Err(super::Undecodable::Damaged(_))
+        ));
     }
 }

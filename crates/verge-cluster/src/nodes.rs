@@ -10,7 +10,8 @@
 //! **Invariants**
 //! - Liveness is judged by this node's clock at arrival, never by the
 //!   sender's, so clock skew between nodes cannot make a dead node look
-//!   alive (only reports replayed at start use the sender's time).
+//!   alive or a live one dead (reports replayed at start are dated by when
+//!   NATS stored them).
 //! - A node is down when nothing arrived from it for [`DOWN_AFTER_BEATS`]
 //!   heartbeats; a node cut off from NATS cannot judge others, and says so
 //!   (`unknown`) rather than calling them down.
@@ -315,11 +316,15 @@ impl Registry {
                         tracing::warn!(node = %entry.key, "ignoring a malformed node report");
                         continue;
                     };
-                    // Replayed reports are as old as their sender says;
-                    // live ones arrived now.
-                    let age = Duration::from_millis(unix_ms().saturating_sub(report.sent));
-                    let arrived = if entry.delta > 0 || age > self.heartbeat() {
-                        Instant::now().checked_sub(age).unwrap_or_else(Instant::now)
+                    // Reports replayed at start (more are pending) are as
+                    // old as NATS says it stored them; live ones arrived
+                    // now, whatever the sender's clock says.
+                    let arrived = if entry.delta > 0 {
+                        let stored = entry.created.unix_timestamp_nanos() / 1_000_000;
+                        let age = u64::try_from(i128::from(unix_ms()) - stored).unwrap_or(0);
+                        Instant::now()
+                            .checked_sub(Duration::from_millis(age))
+                            .unwrap_or_else(Instant::now)
                     } else {
                         Instant::now()
                     };

@@ -14,7 +14,10 @@
 //!   cut off keeps queueing and ships when the link returns (a `kill -9`
 //!   loses nothing that reached `usage.db`).
 //! - Another node's message is added once: the stream position is stored
-//!   in the same transaction as its rows.
+//!   in the same transaction as its rows, and a message sent again (a lost
+//!   acknowledgement, a crash before the queue was cleared) carries the
+//!   same `Nats-Msg-Id`, so JetStream drops the copy (within its duplicate
+//!   window, two minutes by default).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,8 +35,9 @@ use crate::Link;
 /// The stream of every node's usage summaries.
 const USAGE_STREAM: &str = "VERGE_USAGE";
 
-/// Most queued rows merged into one message.
-const MAX_ROWS: usize = 5_000;
+/// Most queued rows merged into one message (about 400 bytes each, well
+/// under NATS's default 1 MiB payload).
+const MAX_ROWS: usize = 1_000;
 
 /// One message: a node's usage, one row per series and minute.
 #[derive(Debug, Serialize, Deserialize)]
@@ -99,13 +103,16 @@ impl Uplink {
 
     async fn ship(&self) {
         let mut failing = false;
+        // The rows of a message that may have been stored: sent again as
+        // the same message, so JetStream can drop a copy.
+        let mut retry = None;
         loop {
             tokio::time::sleep(self.interval).await;
             if !self.link.connected() {
                 continue;
             }
             loop {
-                match self.ship_once().await {
+                match self.ship_once(&mut retry).await {
                     Ok(true) => continue,
                     Ok(false) => {
                         if failing {
@@ -125,15 +132,19 @@ impl Uplink {
     }
 
     /// Ships one message of queued usage; `Ok(true)` if more is queued.
-    async fn ship_once(&self) -> Result<bool, String> {
+    async fn ship_once(&self, retry: &mut Option<i64>) -> Result<bool, String> {
         let db = self.db.clone();
-        let (deltas, last) = tokio::task::spawn_blocking(move || db.uplink_pending(MAX_ROWS))
+        let upto = *retry;
+        let (deltas, last) = tokio::task::spawn_blocking(move || db.uplink_pending(MAX_ROWS, upto))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         if last == 0 {
+            *retry = None;
             return Ok(false);
         }
+        *retry = Some(last);
+        let queued = deltas.len();
         let summary = Summary {
             node: self.link.config.node_name.clone(),
             rows: merge(deltas),
@@ -155,7 +166,8 @@ impl Uplink {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        Ok(summary.rows.len() >= MAX_ROWS)
+        *retry = None;
+        Ok(queued >= MAX_ROWS)
     }
 
     async fn follow(&self) {

@@ -139,6 +139,21 @@ async fn compare_and_set_and_atomic_writes_hold_across_nodes() {
         );
         seen.extend(watch.next(Duration::from_millis(200)).await.expect("next"));
     }
+    // A node acting right after another's write acts on it, never on a
+    // copy that lags behind: each delete finds the key just created.
+    for i in 0..20 {
+        let key = format!("lag/{i}");
+        sa.put(&key, b"v".to_vec(), Expect::Absent)
+            .await
+            .expect("put");
+        sb.delete(&key, Expect::Any).await.expect("delete");
+        let r = sb.revision().await.expect("rev");
+        assert!(sa.replica().wait_for(r, Duration::from_secs(5)).await);
+        assert!(
+            sa.get(&key).await.expect("get").is_none(),
+            "{key} was deleted"
+        );
+    }
     // Deleting an absent key changes nothing and appends nothing.
     let before = sa.revision().await.expect("rev");
     assert_eq!(

@@ -275,19 +275,38 @@ impl Control {
             },
             None,
         )?;
-        self.audited(
-            audit::Record::new("token.create", auth::DEFAULT_TENANT, audit::Outcome::Ok)
-                .actor("-", auth::DEFAULT_TENANT)
-                .detail(format!(
-                    "admin token {} issued at server start",
-                    issued.record.id
-                )),
-            vec![issued.op()?],
-        )
-        .await?;
-        Ok(Some(issued))
+        let mut ops = vec![issued.op()?];
+        if first {
+            // Nodes of a cluster starting together each see no token: the
+            // first to record this key mints the token, the others none.
+            ops.push(verge_store::Op::put(
+                BOOTSTRAP_KEY,
+                issued.record.id.clone().into_bytes(),
+                verge_store::Expect::Absent,
+            ));
+        }
+        let recorded = self
+            .audited(
+                audit::Record::new("token.create", auth::DEFAULT_TENANT, audit::Outcome::Ok)
+                    .actor("-", auth::DEFAULT_TENANT)
+                    .detail(format!(
+                        "admin token {} issued at server start",
+                        issued.record.id
+                    )),
+                ops,
+            )
+            .await;
+        match recorded {
+            Ok(_) => Ok(Some(issued)),
+            Err(ApiError::Conflict(_)) if first && !force => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
+
+/// Recorded with the first admin token, so only one node of a cluster
+/// mints it.
+const BOOTSTRAP_KEY: &str = "meta/bootstrap";
 
 /// The OpenAPI document describing this API.
 pub const OPENAPI: &str = include_str!("openapi.json");

@@ -776,3 +776,38 @@ async fn a_log_stream_ends_when_its_token_is_revoked() {
 
 mod state;
 mod usage;
+
+/// Nodes of a cluster sharing one store and starting together: each sees
+/// no token, yet only one first admin token is minted.
+#[tokio::test]
+async fn nodes_starting_together_mint_one_first_admin_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(&dir.path().join("state.db")).expect("store"));
+    let controls: Vec<Arc<Control>> = (0..4)
+        .map(|i| {
+            Control::new(
+                store.clone(),
+                Arc::new(FsBlobs::open(&dir.path().join(format!("blobs{i}"))).expect("blobs")),
+                Arc::new(AcceptAll),
+                logs::LogHub::new(),
+                ControlConfig::default(),
+                StateAccess {
+                    keyring: Arc::new(verge_secrets::Keyring::single(
+                        verge_secrets::MasterKey::generate().expect("key"),
+                    )),
+                    key_value: None,
+                    usage: None,
+                    prices: verge_meter::PriceSheet::default(),
+                },
+            )
+        })
+        .collect();
+    let minted = futures::future::join_all(controls.iter().map(|c| c.bootstrap(false))).await;
+    let minted: Vec<_> = minted
+        .into_iter()
+        .map(|r| r.expect("bootstrap"))
+        .filter(Option::is_some)
+        .collect();
+    assert_eq!(minted.len(), 1);
+    assert_eq!(store.list("tokens/").await.expect("list").len(), 1);
+}

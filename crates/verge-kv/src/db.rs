@@ -150,13 +150,14 @@ impl TenantDb {
         &self,
         seq: u64,
         entry: Option<crate::replica::Entry>,
-        me: &str,
     ) -> Result<Option<Result<Written, KvError>>, KvError> {
         let (reply, rx) = oneshot::channel();
         let job = match entry {
             Some(entry) => {
-                // This node's own edge-local writes are already applied.
-                let apply = entry.hlc == 0 || entry.origin != me;
+                // Edge-local entries, this node's own included (a node
+                // given a new data folder gets its writes back), apply only
+                // where newer than what a key holds; an entry this node
+                // already applied has the very stamp the key holds.
                 Job {
                     app: entry.app.into(),
                     store: entry.store.into(),
@@ -173,7 +174,7 @@ impl TenantDb {
                         seq,
                         hlc: entry.hlc,
                         origin: entry.origin,
-                        apply,
+                        apply: true,
                     },
                     reply,
                 }
@@ -216,17 +217,31 @@ impl TenantDb {
         .await
     }
 
-    /// Removes outbox entry `id` (the cluster stored it).
+    /// Removes outbox entries up to `id` (the cluster stored them).
     pub(crate) async fn outbox_done(self: &Arc<Self>, id: i64) -> Result<(), KvError> {
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let conn = open_connection(&path, false)?;
-            conn.execute("DELETE FROM outbox WHERE id = ?1", [id])
+            conn.execute("DELETE FROM outbox WHERE id <= ?1", [id])
                 .map(drop)
                 .map_err(storage)
         })
         .await
         .map_err(storage)?
+    }
+
+    /// The latest stamp any value or tombstone holds (0 for none): a clock
+    /// restarted behind it must still stamp later writes above it.
+    pub(crate) fn max_hlc(&self) -> Result<u64, KvError> {
+        self.read_now(|c| {
+            c.query_row(
+                "SELECT MAX(COALESCE((SELECT MAX(hlc) FROM kv), 0),
+                            COALESCE((SELECT MAX(hlc) FROM tombstones), 0))",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .map(|h| h.max(0) as u64)
     }
 
     /// Runs a short read (one indexed row) on the calling thread with a

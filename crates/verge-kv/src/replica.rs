@@ -279,6 +279,9 @@ impl Replication {
             return Ok(());
         }
         let after = db.replica_applied()?;
+        // The clock lives in memory: after a restart on a host whose clock
+        // is behind the stamps already held, it must still move past them.
+        self.hlc.observe(db.max_hlc()?);
         let (me, db2) = (self.clone(), db.clone());
         let apply: Applier = Arc::new(move |seq, bytes| {
             let (me, db) = (me.clone(), db2.clone());
@@ -297,19 +300,14 @@ impl Replication {
             Ok(entry) => entry,
             Err(e) => {
                 tracing::error!(seq, "skipping key-value log entry {seq}: {e}");
-                return db
-                    .apply_logged(seq, None, self.replicator.node())
-                    .await
-                    .map(drop);
+                return db.apply_logged(seq, None).await.map(drop);
             }
         };
         if entry.hlc > 0 {
             self.hlc.observe(entry.hlc);
         }
         let id = entry.id;
-        let result = db
-            .apply_logged(seq, Some(entry), self.replicator.node())
-            .await;
+        let result = db.apply_logged(seq, Some(entry)).await;
         let waiter = self
             .waiting
             .lock()
@@ -386,17 +384,10 @@ impl Replication {
                     continue;
                 }
                 Ok(batch) => {
+                    let mut sent = None;
                     for (id, entry) in batch {
                         match self.replicator.publish(tenant, entry).await {
-                            Ok(()) => {
-                                if failing {
-                                    tracing::info!(tenant, "sending edge-local writes again");
-                                    failing = false;
-                                }
-                                if let Err(e) = db.outbox_done(id).await {
-                                    tracing::error!(tenant, "key-value outbox: {e}");
-                                }
-                            }
+                            Ok(()) => sent = Some(id),
                             Err(e) => {
                                 if !failing {
                                     tracing::warn!(
@@ -408,6 +399,15 @@ impl Replication {
                                 tokio::time::sleep(Duration::from_millis(500)).await;
                                 break;
                             }
+                        }
+                    }
+                    if let Some(id) = sent {
+                        if failing {
+                            tracing::info!(tenant, "sending edge-local writes again");
+                            failing = false;
+                        }
+                        if let Err(e) = db.outbox_done(id).await {
+                            tracing::error!(tenant, "key-value outbox: {e}");
                         }
                     }
                 }

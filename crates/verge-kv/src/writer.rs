@@ -54,10 +54,9 @@ pub(crate) enum Kind {
     EdgeLocal { hlc: u64, origin: Arc<str>, id: u64 },
     /// Entry `seq` of the tenant's log: a strict write (stamp 0), applied
     /// as is, or another node's edge-local write (`hlc`, `origin`),
-    /// applied to each key only if newer than what the key holds. `apply`
-    /// is false for an entry that changes nothing here (this node's own
-    /// edge-local write coming back, or an unreadable entry): only the
-    /// position moves.
+    /// applied to each key only if newer than what the key holds (so this
+    /// node's own write coming back changes nothing). `apply` is false for
+    /// an unreadable entry: only the position moves.
     Logged {
         seq: u64,
         hlc: u64,

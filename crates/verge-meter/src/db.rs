@@ -302,15 +302,21 @@ impl UsageDb {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Up to `limit` queued deltas, oldest first, with the id of the last.
-    pub fn uplink_pending(&self, limit: usize) -> Result<(Vec<UsageDelta>, i64), UsageError> {
+    /// Up to `limit` queued deltas (with ids up to `upto`, if given),
+    /// oldest first, with the id of the last (0 when none).
+    pub fn uplink_pending(
+        &self,
+        limit: usize,
+        upto: Option<i64>,
+    ) -> Result<(Vec<UsageDelta>, i64), UsageError> {
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
-            "SELECT id, tenant, app, version, minute, totals FROM uplink ORDER BY id LIMIT ?1",
+            "SELECT id, tenant, app, version, minute, totals FROM uplink
+             WHERE ?2 IS NULL OR id <= ?2 ORDER BY id LIMIT ?1",
         )?;
         let mut last = 0;
         let mut deltas = Vec::new();
-        let rows = stmt.query_map([signed(limit as u64)], |r| {
+        let rows = stmt.query_map(params![signed(limit as u64), upto], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,

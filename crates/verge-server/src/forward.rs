@@ -80,6 +80,8 @@ impl Forwarder {
         path: &str,
     ) -> Option<Result<NodeStatus, Response<GatewayBody>>> {
         let (key, placement, revision) = self.plane.remote(host, path)?;
+        // Nodes serving the current revision first; during a deploy, until
+        // they do, the placed nodes still serving the one before.
         let best = self
             .registry
             .nodes()
@@ -89,12 +91,14 @@ impl Forwarder {
                     && n.status == "up"
                     && n.report.addr.is_some()
                     && placement.matches(&n.report.labels)
-                    && n.serves(&key, revision)
+                    && !n.report.failed.contains_key(&key)
             })
             .min_by(|a, b| {
-                let rtt = |n: &NodeStatus| n.rtt_ms.unwrap_or(f64::MAX);
-                rtt(a)
-                    .total_cmp(&rtt(b))
+                let rank =
+                    |n: &NodeStatus| (!n.serves(&key, revision), n.rtt_ms.unwrap_or(f64::MAX));
+                let (ra, rb) = (rank(a), rank(b));
+                ra.0.cmp(&rb.0)
+                    .then(ra.1.total_cmp(&rb.1))
                     .then(a.report.name.cmp(&b.report.name))
             });
         Some(best.ok_or_else(|| {

@@ -166,15 +166,18 @@ impl NodePlane {
     ) -> Result<bool, String> {
         // The newest version taking traffic decides where the app runs;
         // requests are forwarded by the routes of every live version.
-        let mut placement = Placement::default();
+        let mut placement = (0, Placement::default());
         let mut routes = Vec::new();
         for (version, _) in record.live() {
             let manifest = manifest_of(version)?;
-            placement = manifest.placement.clone();
+            if version.number >= placement.0 {
+                placement = (version.number, manifest.placement.clone());
+            }
             for c in manifest.components {
                 routes.extend(c.routes);
             }
         }
+        let placement = placement.1;
         let here = self.labels.as_ref().is_none_or(|l| placement.matches(l));
         let entry = Catalogued {
             placement,
@@ -203,10 +206,11 @@ impl NodePlane {
             return;
         }
         let catalog = self.lock_catalog();
+        let mut seen = std::collections::HashSet::new();
         let mut entries = Vec::new();
         for (key, app) in catalog.iter().filter(|(_, app)| !app.here) {
             for route in &app.routes {
-                if !entries.iter().any(|(r, _)| r == route) {
+                if seen.insert(route) {
                     entries.push((route.clone(), key.clone()));
                 }
             }

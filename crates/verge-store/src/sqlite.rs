@@ -172,6 +172,9 @@ fn current_revision(conn: &Connection) -> Result<Revision, StoreError> {
     .map_err(backend)
 }
 
+/// The prefix of a replica's log name while its first catch-up runs.
+const PENDING: &str = "pending:";
+
 /// A replica of a cluster's log: the local copy a cluster store reads
 /// from and keeps serving from when the cluster is out of reach.
 ///
@@ -195,7 +198,8 @@ impl SqliteStore {
 
     /// Makes this store a replica of `log`. Refuses a store that holds
     /// state of its own or replicates another log: their revisions would
-    /// not be the log's.
+    /// not be the log's. A log named `pending:LOG` marks a first start that
+    /// has not caught up yet; `start_replica(LOG)` then completes it.
     pub async fn start_replica(&self, log: &str) -> Result<(), StoreError> {
         let log = log.to_string();
         self.with(move |conn| {
@@ -208,6 +212,12 @@ impl SqliteStore {
                 .map_err(backend)?;
             match current {
                 Some(current) if current == log => return Ok(()),
+                // A first start completing its catch-up.
+                Some(current) if current.strip_prefix(PENDING) == Some(log.as_str()) => {
+                    tx.execute("UPDATE replica SET log = ?1", [&log])
+                        .map_err(backend)?;
+                    return tx.commit().map_err(backend);
+                }
                 Some(current) => {
                     return Err(StoreError::Backend(format!(
                         "this data folder follows the cluster log `{current}`, not `{log}`; \

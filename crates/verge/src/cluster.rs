@@ -112,6 +112,13 @@ impl ClusterArgs {
                 "--heartbeat must be between 100ms and 60s"
             )));
         }
+        if self.advertise.is_none() && listen.ip().is_unspecified() {
+            return Err(Failure::input(anyhow!(
+                "--listen {listen} is every address, which other nodes cannot dial: give the \
+                 address they reach this node at with --advertise http://HOST:{}",
+                listen.port()
+            )));
+        }
         let auth = match (&self.nats_creds, &self.nats_nkey) {
             (Some(creds), _) => NatsAuth::Credentials(creds.clone()),
             (None, Some(seed)) => NatsAuth::NkeySeed(seed.clone()),

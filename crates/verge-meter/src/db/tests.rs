@@ -201,22 +201,28 @@ fn the_uplink_queues_what_is_added_and_remote_usage_is_added_once() {
     let db = UsageDb::open(&path).expect("open");
     db.add(&[delta("t", "a", "v1", 10, 1)]).expect("add");
     assert_eq!(
-        db.uplink_pending(10).expect("pending").1,
+        db.uplink_pending(10, None).expect("pending").1,
         0,
         "off by default"
     );
     db.enable_uplink();
     db.add(&[delta("t", "a", "v1", 10, 2), delta("t", "b", "v1", 11, 3)])
         .expect("add");
-    let (queued, last) = db.uplink_pending(10).expect("pending");
+    let (queued, last) = db.uplink_pending(10, None).expect("pending");
     assert_eq!(queued.len(), 2);
     assert_eq!(queued[1].totals.requests, 3);
+    // A retry asks for the same rows, even if more were queued meanwhile.
+    db.add(&[delta("t", "c", "v1", 12, 4)]).expect("add");
+    let (again, again_last) = db.uplink_pending(10, Some(last)).expect("pending");
+    assert_eq!((again.len(), again_last), (2, last));
     // The queue survives reopening; done removes what was sent.
     drop(db);
     let db = UsageDb::open(&path).expect("reopen");
-    assert_eq!(db.uplink_pending(10).expect("pending").1, last);
+    assert_eq!(db.uplink_pending(10, Some(last)).expect("pending").1, last);
     db.uplink_done(last).expect("done");
-    assert_eq!(db.uplink_pending(10).expect("pending").0.len(), 0);
+    assert_eq!(db.uplink_pending(10, None).expect("pending").0.len(), 1);
+    let (_, rest) = db.uplink_pending(10, None).expect("pending");
+    db.uplink_done(rest).expect("done");
     // Another node's summary counts once, even when delivered again.
     db.add_remote(7, &[delta("t", "a", "v1", 10, 100)])
         .expect("remote");
@@ -232,8 +238,9 @@ fn the_uplink_queues_what_is_added_and_remote_usage_is_added_once() {
         .map(|r| r.totals.requests)
         .sum();
     assert_eq!(a, 103, "1 + 2 here, 100 from the other node once");
+    assert_eq!(db.uplink_pending(10, None).expect("pending").0.len(), 0);
     assert!(
-        db.uplink_pending(10).expect("pending").0.is_empty(),
+        db.uplink_pending(10, None).expect("pending").0.is_empty(),
         "remote usage is not sent on"
     );
 }
