@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{DeliverPolicy, push};
 use async_nats::jetstream::stream::{self, StorageType};
 use futures::StreamExt;
 use verge_kv::{Applier, BoxFuture, KvError, Replicator};
@@ -43,17 +42,14 @@ impl KvLog {
         self.stream
             .get_or_try_init(|| async {
                 self.link
-                    .js
-                    .get_or_create_stream(stream::Config {
+                    .stream(stream::Config {
                         name: KV_STREAM.to_string(),
                         subjects: vec!["verge.kv.>".to_string()],
                         storage: StorageType::File,
-                        num_replicas: self.link.config.replicas,
                         description: Some("Verge apps' key-value writes, by tenant".to_string()),
                         ..Default::default()
                     })
                     .await
-                    .map_err(|e| format!("cannot open the stream {KV_STREAM}: {e}"))
             })
             .await
     }
@@ -74,27 +70,10 @@ impl KvLog {
         apply: &Applier,
     ) -> Result<(), String> {
         let stream = self.stream().await?;
-        let consumer = stream
-            .create_consumer(push::OrderedConfig {
-                deliver_subject: self.link.client.new_inbox(),
-                filter_subject: format!("verge.kv.{tenant}"),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: *after + 1,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("cannot read the key-value log: {e}"))?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| format!("cannot read the key-value log: {e}"))?;
+        let filter = format!("verge.kv.{tenant}");
+        let mut messages = std::pin::pin!(self.link.read_after(stream, &filter, *after).await?);
         while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| format!("reading the key-value log: {e}"))?;
-            let seq = message
-                .info()
-                .map_err(|e| format!("a log entry without metadata: {e}"))?
-                .stream_sequence;
+            let (seq, message) = message?;
             if seq <= *after {
                 continue;
             }

@@ -183,6 +183,60 @@ impl Link {
             .clone()
     }
 
+    /// Opens the stream `config` names, creating it with this cluster's
+    /// replica count if it does not exist yet.
+    pub(crate) async fn stream(
+        &self,
+        config: jetstream::stream::Config,
+    ) -> Result<jetstream::stream::Stream, String> {
+        let name = config.name.clone();
+        self.js
+            .get_or_create_stream(jetstream::stream::Config {
+                num_replicas: self.config.replicas,
+                ..config
+            })
+            .await
+            .map_err(|e| format!("cannot open the stream {name} (is JetStream on?): {e}"))
+    }
+
+    /// The messages of `stream` on `filter` after sequence `after`, in
+    /// order, each with its stream sequence (an ordered consumer: no acks,
+    /// recreated by the client if it falls behind).
+    pub(crate) async fn read_after(
+        &self,
+        stream: &jetstream::stream::Stream,
+        filter: &str,
+        after: u64,
+    ) -> Result<
+        impl futures::Stream<Item = Result<(u64, jetstream::Message), String>> + use<>,
+        String,
+    > {
+        use futures::StreamExt;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: filter.to_string(),
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("cannot read {filter}: {e}"))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| format!("cannot read {filter}: {e}"))?;
+        Ok(messages.map(|message| {
+            let message = message.map_err(|e| format!("reading: {e}"))?;
+            let seq = message
+                .info()
+                .map_err(|e| format!("a message without metadata: {e}"))?
+                .stream_sequence;
+            Ok((seq, message))
+        }))
+    }
+
     /// Waits until connected, at most `timeout`.
     pub(crate) async fn wait_connected(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;

@@ -32,7 +32,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{DeliverPolicy, push};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::{self, StorageType};
 use async_trait::async_trait;
@@ -169,17 +168,14 @@ impl ClusterStore {
     /// The log stream, created by the first node to need it.
     async fn stream(&self) -> Result<stream::Stream, String> {
         self.link
-            .js
-            .get_or_create_stream(stream::Config {
+            .stream(stream::Config {
                 name: LOG_STREAM.to_string(),
                 subjects: vec![LOG_SUBJECT.to_string()],
                 storage: StorageType::File,
-                num_replicas: self.link.config.replicas,
                 description: Some("Verge control-plane state: one entry per change".to_string()),
                 ..Default::default()
             })
             .await
-            .map_err(|e| format!("cannot open the stream {LOG_STREAM} (is JetStream on?): {e}"))
     }
 
     /// Applies the log to the replica, for as long as the process lives,
@@ -236,27 +232,10 @@ impl ClusterStore {
             .await
             .map_err(|e| e.to_string())?;
         let applied = self.local.revision().await.map_err(|e| e.to_string())?;
-        let consumer = stream
-            .create_consumer(push::OrderedConfig {
-                deliver_subject: self.link.client.new_inbox(),
-                filter_subject: LOG_SUBJECT.to_string(),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: applied + 1,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("cannot read the log: {e}"))?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| format!("cannot read the log: {e}"))?;
+        let mut messages =
+            std::pin::pin!(self.link.read_after(&stream, LOG_SUBJECT, applied).await?);
         while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| format!("reading the log: {e}"))?;
-            let seq = message
-                .info()
-                .map_err(|e| format!("a log entry without metadata: {e}"))?
-                .stream_sequence;
+            let (seq, message) = message?;
             let ops = match decode(&message.payload) {
                 Ok(ops) => ops,
                 Err(Undecodable::Newer(format)) => {

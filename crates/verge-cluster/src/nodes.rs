@@ -217,8 +217,7 @@ impl Registry {
                 // async-nats's own helper asks for account details that
                 // nats-server 2.9 does not send.
                 self.link
-                    .js
-                    .get_or_create_stream(stream::Config {
+                    .stream(stream::Config {
                         name: format!("KV_{NODES_BUCKET}"),
                         description: Some("Verge node reports".to_string()),
                         subjects: vec![format!("$KV.{NODES_BUCKET}.>")],
@@ -226,15 +225,13 @@ impl Registry {
                         // A node gone for a day is forgotten.
                         max_age: Duration::from_secs(24 * 3600),
                         storage: StorageType::File,
-                        num_replicas: self.link.config.replicas,
                         allow_rollup: true,
                         deny_delete: true,
                         allow_direct: true,
                         discard: DiscardPolicy::New,
                         ..Default::default()
                     })
-                    .await
-                    .map_err(|e| format!("cannot open the node registry: {e}"))?;
+                    .await?;
                 self.link
                     .js
                     .get_key_value(NODES_BUCKET)

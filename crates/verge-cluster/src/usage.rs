@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{DeliverPolicy, push};
 use async_nats::jetstream::stream::{self, StorageType};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -84,19 +83,16 @@ impl Uplink {
         self.stream
             .get_or_try_init(|| async {
                 self.link
-                    .js
-                    .get_or_create_stream(stream::Config {
+                    .stream(stream::Config {
                         name: USAGE_STREAM.to_string(),
                         subjects: vec!["verge.usage.>".to_string()],
                         storage: StorageType::File,
-                        num_replicas: self.link.config.replicas,
                         // A node joining later reads a month of history.
                         max_age: Duration::from_secs(31 * 24 * 3600),
                         description: Some("Verge usage summaries, per node and minute".into()),
                         ..Default::default()
                     })
                     .await
-                    .map_err(|e| format!("cannot open the stream {USAGE_STREAM}: {e}"))
             })
             .await
     }
@@ -184,22 +180,11 @@ impl Uplink {
     async fn follow_once(&self) -> Result<(), String> {
         let after = self.db.remote_applied().map_err(|e| e.to_string())?;
         let stream = self.stream().await?;
-        let consumer = stream
-            .create_consumer(push::OrderedConfig {
-                deliver_subject: self.link.client.new_inbox(),
-                filter_subject: "verge.usage.>".to_string(),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: after + 1,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let mut messages =
+            std::pin::pin!(self.link.read_after(stream, "verge.usage.>", after).await?);
         let own = format!("verge.usage.{}", self.link.config.node_name);
         while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| e.to_string())?;
-            let seq = message.info().map_err(|e| e.to_string())?.stream_sequence;
+            let (seq, message) = message?;
             let deltas = if message.subject.as_str() == own {
                 // This node's own usage is in its database already.
                 Vec::new()

@@ -847,18 +847,10 @@ fn a_first_start_without_nats_is_refused_with_the_fix() {
 /// `GET path` on `node` with extra headers: status, the serving node
 /// (`verge-served-by`) and the body.
 fn get_via(node: &Node, path: &str, headers: &str) -> (u16, String, String) {
-    let addr = node.url().trim_start_matches("http://").to_string();
-    let raw = crate::support::raw_exchange(
-        addr.parse().expect("address"),
-        format!("GET {path} HTTP/1.0\r\nHost: geo.example\r\n{headers}\r\n").as_bytes(),
-    )
-    .expect("answer");
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let (status, head, body) = exchange(
+        node,
+        &format!("GET {path} HTTP/1.0\r\nHost: geo.example\r\n{headers}\r\n"),
+    );
     let served_by = head
         .lines()
         .find_map(|l| {
@@ -867,7 +859,21 @@ fn get_via(node: &Node, path: &str, headers: &str) -> (u16, String, String) {
                 .map(str::to_string)
         })
         .unwrap_or_default();
-    (status, served_by, body.to_string())
+    (status, served_by, body)
+}
+
+/// Sends `request` on a fresh connection to `node`: status, head, body.
+fn exchange(node: &Node, request: &str) -> (u16, String, String) {
+    let addr = node.url().trim_start_matches("http://").to_string();
+    let raw = crate::support::raw_exchange(addr.parse().expect("address"), request.as_bytes())
+        .unwrap_or_default();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
 }
 
 #[test]
@@ -995,22 +1001,14 @@ fn apps_run_where_placed_and_requests_go_to_the_nearest_node() {
 /// `METHOD path` with `body` on `node`: status and body.
 fn call(node: &Node, method: &str, path: &str, body: &str) -> (u16, String) {
     let addr = node.url().trim_start_matches("http://").to_string();
-    let raw = crate::support::raw_exchange(
-        addr.parse().expect("address"),
-        format!(
+    let (status, _, body) = exchange(
+        node,
+        &format!(
             "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
-        )
-        .as_bytes(),
-    )
-    .unwrap_or_default();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_string())
+        ),
+    );
+    (status, body)
 }
 
 fn kv_get(node: &Node, store: &str, key: &str) -> Option<String> {
