@@ -1,6 +1,7 @@
 //! The control plane's HTTP API, under `/v1`: apps and their immutable
 //! versions, traffic splits and rollback, secrets and key-value data of
-//! apps, scoped tokens of tenants, usage and cost, and the audit log. Described by `/v1/openapi.json`.
+//! apps, scoped tokens of tenants, usage and cost, the audit log, and the
+//! nodes of a cluster. Described by `/v1/openapi.json`.
 //!
 //! The API never sits in the request path of apps. It writes desired state
 //! to the [`Store`]; nodes watch the store and serve what it says. Before a

@@ -12,6 +12,13 @@
 //!   a version and then waits until the sync has applied the store.
 //! - One process owns a data folder at a time (an exclusive lock).
 //!
+//! With [`ServerConfig::cluster`] the node joins a cluster on NATS
+//! JetStream (`verge-cluster`): the store, blobs and key-value stores
+//! replicate through it (the data folder keeps this node's copies, which
+//! it serves from when the cluster is out of reach), the node reports
+//! itself every heartbeat, runs the apps its labels are placed for, and
+//! forwards requests for the others to the nearest node that runs them.
+//!
 //! Usage is metered per app version and minute into `DATA/usage.db`
 //! (flushed every [`TelemetryConfig::usage_flush`]); quotas refuse requests
 //! before their guest runs, and each refusing quota is audited once per

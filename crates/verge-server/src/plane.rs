@@ -4,6 +4,11 @@
 //! Compiled versions are kept by app, version number and digest, so the
 //! sync that follows a deploy swaps in the very runtime the deploy
 //! compiled: traffic moves only to a version that is ready.
+//!
+//! In a cluster it also keeps the catalog of every app's placement and
+//! routes (the routes of apps placed elsewhere, for forwarding), reports
+//! what the node serves to the registry, and answers which nodes serve a
+//! change ([`DataPlane::wait_fleet`]) and the node list.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

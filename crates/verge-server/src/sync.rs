@@ -7,7 +7,8 @@
 //! them in at once; a version that fails to load leaves the app as it was.
 //!
 //! An app that failed to load (a damaged blob, an I/O error) is tried
-//! again every few seconds.
+//! again every few seconds. In a cluster, an app whose placement does not
+//! select this node is catalogued (for forwarding) but not loaded.
 //!
 //! **Invariant**: the applied revision only moves forward, after the node
 //! reflects every change up to it.
