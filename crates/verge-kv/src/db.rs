@@ -150,6 +150,7 @@ impl TenantDb {
         &self,
         seq: u64,
         entry: Option<crate::replica::Entry>,
+        quotas: Quotas,
     ) -> Result<Option<Result<Written, KvError>>, KvError> {
         let (reply, rx) = oneshot::channel();
         let job = match entry {
@@ -161,13 +162,20 @@ impl TenantDb {
                 Job {
                     app: entry.app.into(),
                     store: entry.store.into(),
-                    // Every node applies the same entries the same way;
-                    // quotas were checked where they could refuse.
-                    quotas: Quotas {
-                        max_key_bytes: usize::MAX,
-                        max_value_bytes: usize::MAX,
-                        max_keys: u64::MAX,
-                        max_store_bytes: u64::MAX,
+                    // A strict entry takes effect here, in log order, so its
+                    // quotas are checked here, alike on every node (given
+                    // the same `--kv-max-*`): a refusal reaches its writer.
+                    // An edge-local one was checked where it was written;
+                    // refusing it here would keep the nodes apart.
+                    quotas: if entry.hlc == 0 {
+                        quotas
+                    } else {
+                        Quotas {
+                            max_key_bytes: usize::MAX,
+                            max_value_bytes: usize::MAX,
+                            max_keys: u64::MAX,
+                            max_store_bytes: u64::MAX,
+                        }
                     },
                     op: entry.op,
                     kind: Kind::Logged {

@@ -133,7 +133,9 @@ impl KeyValue {
     /// the first call has an effect, and it must come before any store is
     /// opened.
     pub fn replicate(&self, replicator: Arc<dyn Replicator>) {
-        let _ = self.replication.set(replica::Replication::new(replicator));
+        let _ = self
+            .replication
+            .set(replica::Replication::new(replicator, self.quotas));
     }
 
     /// The quotas every store gets.

@@ -248,15 +248,18 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// tenants are followed, and the clock.
 pub(crate) struct Replication {
     pub(crate) replicator: Arc<dyn Replicator>,
+    /// The quotas strict entries are applied with.
+    quotas: crate::Quotas,
     pub(crate) hlc: Hlc,
     waiting: Mutex<HashMap<u64, oneshot::Sender<Result<Written, KvError>>>>,
     followed: Mutex<HashSet<String>>,
 }
 
 impl Replication {
-    pub(crate) fn new(replicator: Arc<dyn Replicator>) -> Arc<Self> {
+    pub(crate) fn new(replicator: Arc<dyn Replicator>, quotas: crate::Quotas) -> Arc<Self> {
         Arc::new(Self {
             replicator,
+            quotas,
             hlc: Hlc::default(),
             waiting: Mutex::new(HashMap::new()),
             followed: Mutex::new(HashSet::new()),
@@ -300,14 +303,14 @@ impl Replication {
             Ok(entry) => entry,
             Err(e) => {
                 tracing::error!(seq, "skipping key-value log entry {seq}: {e}");
-                return db.apply_logged(seq, None).await.map(drop);
+                return db.apply_logged(seq, None, self.quotas).await.map(drop);
             }
         };
         if entry.hlc > 0 {
             self.hlc.observe(entry.hlc);
         }
         let id = entry.id;
-        let result = db.apply_logged(seq, Some(entry)).await;
+        let result = db.apply_logged(seq, Some(entry), self.quotas).await;
         let waiter = self
             .waiting
             .lock()

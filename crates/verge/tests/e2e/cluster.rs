@@ -263,6 +263,8 @@ impl Node {
             "500ms".to_string(),
             "--usage-flush-interval".to_string(),
             "500ms".to_string(),
+            "--kv-max-keys".to_string(),
+            "50".to_string(),
         ];
         args.extend(self.extra.iter().cloned());
         self.verge = Some(
@@ -1081,6 +1083,20 @@ fn key_value_stores_keep_their_consistency_through_a_partition() {
     }
     for i in [a, b, c] {
         wait_for_value(&cluster.nodes[i], "strict", "n", Some("30"));
+    }
+    // Quotas hold cluster-wide: a strict batch over the store's 50 keys is
+    // refused whole, on every node.
+    let (status, body) = call(
+        &cluster.nodes[b],
+        "POST",
+        "/kv-set-many?store=strict&prefix=q&n=60&size=1",
+        "",
+    );
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("quota"), "{body}");
+    std::thread::sleep(Duration::from_millis(200));
+    for i in [a, b, c] {
+        assert_eq!(kv_get(&cluster.nodes[i], "strict", "q0"), None);
     }
     // Edge-local values written before the partition reach everyone.
     assert_eq!(kv_set(&cluster.nodes[a], "edge", "d", "0").0, 204);
