@@ -89,7 +89,10 @@ pub(crate) struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    /// The cluster settings, or `None` to run standalone.
+    /// The cluster settings, or `None` to run standalone. Checked before
+    /// the server binds its port; without `--advertise`, the advertised
+    /// address is left for [`advertise_bound`] to fill in once the port is
+    /// known (`--listen` may ask for any free port).
     pub(crate) fn config(&self, listen: SocketAddr) -> Result<Option<ClusterConfig>, Failure> {
         let Some(url) = &self.cluster else {
             return Ok(None);
@@ -111,6 +114,15 @@ impl ClusterArgs {
             return Err(Failure::input(anyhow!(
                 "--heartbeat must be between 100ms and 60s"
             )));
+        }
+        if let Some(url) = &self.advertise {
+            check_advertise(url).map_err(|why| {
+                Failure::input(anyhow!(
+                    "--advertise `{url}`: {why}; give the URL other nodes reach this node's \
+                     ingress at, e.g. http://10.0.0.5:{}",
+                    listen.port()
+                ))
+            })?;
         }
         if self.advertise.is_none() && listen.ip().is_unspecified() {
             return Err(Failure::input(anyhow!(
@@ -134,14 +146,43 @@ impl ClusterArgs {
             heartbeat: self.heartbeat,
             replicas: self.cluster_replicas,
             join_timeout: self.join_timeout,
-            advertise: Some(
-                self.advertise
-                    .clone()
-                    .unwrap_or_else(|| format!("http://{listen}")),
-            ),
+            advertise: self.advertise.clone(),
             uplink_interval: self.uplink_interval,
         }))
     }
+}
+
+/// Fills in the advertised address of a node started without
+/// `--advertise`: the address its ingress is bound to.
+pub(crate) fn advertise_bound(config: &mut ClusterConfig, bound: SocketAddr) {
+    if config.advertise.is_none() {
+        config.advertise = Some(format!("http://{bound}"));
+    }
+}
+
+/// Why `url` cannot be dialled by other nodes, if it cannot: it must be an
+/// `http://` or `https://` URL of a host, without a path, query or user,
+/// and not the unspecified address.
+fn check_advertise(url: &str) -> Result<(), &'static str> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| "it is not a URL")?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("it must start with http:// or https://");
+    }
+    let host = parsed.host_str().ok_or("it has no host")?;
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    if ip
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        return Err("the unspecified address cannot be dialled");
+    }
+    if parsed.path() != "/" || parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err("it must not have a path, query or fragment");
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("it must not carry credentials");
+    }
+    Ok(())
 }
 
 /// `verge nodes`.

@@ -229,8 +229,19 @@ async fn serve(
     file: crate::server_config::ServerFile,
     models_dir: PathBuf,
 ) -> Result<Server, Failure> {
-    // Bind first: a token issued by a server that then cannot listen
-    // would never be shown.
+    // Every flag is checked before any port is bound (the invariant of
+    // both `verge up` and `verge server`): bad input exits 2 without
+    // touching the network.
+    let mut cluster = args.cluster.config(args.listen)?;
+    let traces = match &args.otlp_endpoint {
+        Some(url) => Some(
+            verge_server::otel::Traces::start(url, args.otlp_sample_ratio)
+                .map_err(|e| Failure::input(anyhow!("--otlp-endpoint: {e}")))?,
+        ),
+        None => None,
+    };
+    // Then bind, before anything is written: a token issued by a server
+    // that then cannot listen would never be shown.
     let ingress = bind(args.listen, args.header_read_timeout, args.shutdown_grace).await?;
     let admin_ingress = bind(
         args.admin_listen,
@@ -246,15 +257,10 @@ async fn serve(
     })?;
     let metrics = verge_server::admin::install_recorder()
         .map_err(|e| Failure::runtime(anyhow!("cannot keep metrics: {e}")))?;
-    let traces = match &args.otlp_endpoint {
-        Some(url) => Some(
-            verge_server::otel::Traces::start(url, args.otlp_sample_ratio)
-                .map_err(|e| Failure::input(anyhow!("--otlp-endpoint: {e}")))?,
-        ),
-        None => None,
-    };
     let addr = ingress.local_addr().map_err(Failure::runtime)?;
-    let cluster = args.cluster.config(addr)?;
+    if let Some(cluster) = &mut cluster {
+        crate::cluster::advertise_bound(cluster, addr);
+    }
     let (server, issued) = Server::start(ServerConfig {
         cluster,
         data_dir: data.clone(),

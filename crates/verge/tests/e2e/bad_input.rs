@@ -208,6 +208,64 @@ fn bad_flags() {
     }
 }
 
+/// `verge server` checks every flag before it binds a port, as `verge up`
+/// does: with both its ports held, a bad flag is still reported as bad
+/// input (exit 2), never as a port in use, and nothing is written.
+#[test]
+fn server_flags_are_checked_before_any_port_is_bound() {
+    let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listen = held.local_addr().expect("addr").to_string();
+    let held_admin = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let admin = held_admin.local_addr().expect("addr").to_string();
+    let cluster = ["--cluster", "nats://127.0.0.1:9"];
+    for (flags, expected) in [
+        (
+            &[&cluster[..], &["--node-name", "Not_A_Name"]].concat(),
+            "--node-name `Not_A_Name`",
+        ),
+        (
+            &[&cluster[..], &["--heartbeat", "10ms"]].concat(),
+            "--heartbeat must be between",
+        ),
+        (
+            &[&cluster[..], &["--advertise", "http://0.0.0.0:8080"]].concat(),
+            "unspecified address",
+        ),
+        (
+            &[&cluster[..], &["--advertise", "nats://node-a:4222"]].concat(),
+            "http:// or https://",
+        ),
+        (
+            &[&cluster[..], &["--advertise", "http://node-a:8080/v1"]].concat(),
+            "must not have a path",
+        ),
+        (
+            &[&cluster[..], &["--advertise", "not a url"]].concat(),
+            "is not a URL",
+        ),
+        (
+            &vec!["--otlp-endpoint", "collector:4318"],
+            "--otlp-endpoint",
+        ),
+    ] {
+        let data = tempfile::tempdir().expect("tempdir");
+        let data_path = data.path().join("data");
+        let mut args = vec!["server", "--data", data_path.to_str().expect("utf-8")];
+        args.extend_from_slice(&["--listen", &listen, "--admin-listen", &admin]);
+        args.extend_from_slice(flags);
+        let run = run_verge(&args, data.path());
+        let shown = format!("{flags:?}\nstdout: {}\nstderr: {}", run.stdout, run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{shown}");
+        assert!(run.stderr.contains(expected), "{shown}");
+        assert!(!run.stderr.contains("cannot listen"), "{shown}");
+        assert!(run.stdout.is_empty(), "{shown}");
+        assert!(
+            !data_path.exists(),
+            "a refused start created its data folder: {shown}"
+        );
+    }
+}
+
 #[test]
 fn a_build_that_leaves_a_process_behind_does_not_hang() {
     let dir = app_dir(&format!(
