@@ -18,15 +18,16 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
-use verge_router::Route;
 use verge_store::{Expect, Op, Revision};
 
 use crate::audit::{Outcome, Record};
-use crate::deploy::{check_app_name, check_claims, read_json, read_optional_json};
+use crate::deploy::{
+    Claims, MAX_ATTEMPTS, check_app_name, check_claims, live_routes, read_json, read_optional_json,
+};
 use crate::model::{
     APPS_PREFIX, AppRecord, RouteRecord, SECRETS_PREFIX, TrafficShare, app_key, parse_version,
 };
-use crate::{ApiError, Caller, Control};
+use crate::{ApiError, Caller, Control, Prepared};
 
 pub(crate) async fn load(
     control: &Control,
@@ -252,45 +253,48 @@ async fn change(
         .join(" ");
     let result = async {
         let _serial = control.deploy_lock.lock().await;
-        let (mut record, revision) = load(control, caller, app).await?;
-        for share in &split {
-            if record.version(share.version).is_none() {
-                return Err(ApiError::NotFound(format!(
-                    "`{app}` has no version v{}",
-                    share.version
-                )));
+        // Held until the node confirms: what a failed change compiled goes.
+        let mut prepared = Prepared::new(&control.data_plane);
+        for _ in 0..MAX_ATTEMPTS {
+            let claims = Claims::read(control).await?;
+            let (mut record, revision) = load(control, caller, app).await?;
+            for share in &split {
+                if record.version(share.version).is_none() {
+                    return Err(ApiError::NotFound(format!(
+                        "`{app}` has no version v{}",
+                        share.version
+                    )));
+                }
+            }
+            let before = live_routes(&record);
+            record.traffic = split.clone();
+            // Every version that will take traffic is compiled before the
+            // change is recorded (usually a cache hit), so a version that
+            // cannot load is refused here instead of failing on the node.
+            for (version, _) in record.live() {
+                if !prepared.holds(version) {
+                    prepared
+                        .prepare(&record, version)
+                        .await
+                        .map_err(|e| ApiError::BadRequest(format!("v{}: {e}", version.number)))?;
+                }
+            }
+            let routes = live_routes(&record);
+            check_claims(control, caller.tenant(), app, &routes).await?;
+            let key = app_key(caller.tenant(), app);
+            let value = serde_json::to_vec(&record).map_err(ApiError::internal)?;
+            let mut ops = vec![Op::put(&key, value, Expect::Revision(revision))];
+            ops.extend(claims.op_if_new(&key, &before, &routes));
+            let entry = Record::new(action, &target, Outcome::Ok)
+                .actor(&caller.token.id, caller.tenant())
+                .detail(detail.clone());
+            if let Some(revision) = control.try_audited(entry, ops).await? {
+                return Ok((record, revision, prepared));
             }
         }
-        record.traffic = split.clone();
-        // Every version that will take traffic is compiled before the
-        // change is recorded (usually a cache hit), so a version that
-        // cannot load is refused here instead of failing on the node.
-        for (version, _) in record.live() {
-            control
-                .data_plane
-                .prepare(&record, version)
-                .await
-                .map_err(|e| ApiError::BadRequest(format!("v{}: {e}", version.number)))?;
-        }
-        let routes: Vec<Route> = record
-            .live()
-            .flat_map(|(v, _)| v.routes.iter().filter_map(RouteRecord::route))
-            .collect();
-        check_claims(control, caller.tenant(), app, &routes).await?;
-        let value = serde_json::to_vec(&record).map_err(ApiError::internal)?;
-        let revision = control
-            .audited(
-                Record::new(action, &target, Outcome::Ok)
-                    .actor(&caller.token.id, caller.tenant())
-                    .detail(detail.clone()),
-                vec![Op::put(
-                    app_key(caller.tenant(), app),
-                    value,
-                    Expect::Revision(revision),
-                )],
-            )
-            .await?;
-        Ok((record, revision))
+        Err(ApiError::Conflict(
+            "other changes kept landing meanwhile; try again".to_string(),
+        ))
     }
     .await;
     if let Err(e) = &result {
@@ -302,7 +306,7 @@ async fn change(
             )
             .await;
     }
-    let (record, revision) = result?;
+    let (record, revision, _prepared) = result?;
     let mut body = summary(&record);
     control.confirm(&target, revision, &mut body).await;
     Ok(Json(body))

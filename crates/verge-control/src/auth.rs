@@ -58,14 +58,16 @@ pub const DEFAULT_TENANT: &str = "default";
 /// Failed authentications allowed per source per minute.
 const FAILURES_PER_MINUTE: u32 = 10;
 
-pub(crate) struct Guard {
+/// The limit on failed authentications per source address (not to be
+/// confused with `verge-guard`, which admits requests to apps).
+pub(crate) struct AuthLimiter {
     /// Counts failures per source (GCRA: 10 per minute, refilled evenly).
     failures: DefaultKeyedRateLimiter<IpAddr>,
     /// Sources over the limit, until when.
     blocked: Mutex<HashMap<IpAddr, Instant>>,
 }
 
-impl Guard {
+impl AuthLimiter {
     pub(crate) fn new() -> Self {
         let quota =
             Quota::per_minute(NonZeroU32::new(FAILURES_PER_MINUTE).unwrap_or(NonZeroU32::MIN));
@@ -262,7 +264,7 @@ where
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-        if let Some(secs) = control.guard.blocked(source) {
+        if let Some(secs) = control.auth_limiter.blocked(source) {
             return Err(ApiError::RateLimited(secs));
         }
         let text = parts
@@ -282,7 +284,7 @@ where
             Ok(token) => Ok(Caller { token, control }),
             Err((refusal, record)) => {
                 let target = parts.uri.path().to_string();
-                if let Err(secs) = control.guard.fail(source) {
+                if let Err(secs) = control.auth_limiter.fail(source) {
                     return Err(ApiError::RateLimited(secs));
                 }
                 let mut entry = Record::new("auth.failed", &target, Outcome::Denied)

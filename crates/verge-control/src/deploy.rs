@@ -5,10 +5,14 @@
 //! component, then `POST /v1/apps/{app}/versions` with the manifest and the
 //! digests. The version is validated, checked against other apps' routes,
 //! compiled by the data plane, and only then recorded with all the traffic,
-//! in one compare-and-set of the app's record.
+//! in one compare-and-set of the app's record (with the route claims'
+//! key when it claims new routes: see [`Claims`]).
 //!
-//! **Invariant**: nothing is recorded for a deploy that fails; the running
-//! version is untouched.
+//! **Invariants**
+//! - Nothing is recorded for a deploy that fails; the running version is
+//!   untouched, and what it compiled is released.
+//! - No two apps serve the same route, nor two tenants overlapping ones,
+//!   however many nodes deploy at once.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,14 +29,14 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use verge_manifest::{Manifest, ManifestError};
 use verge_router::Route;
-use verge_store::{BlobError, BlobId, Expect, Op};
+use verge_store::{BlobError, BlobId, Expect, Op, Revision};
 
 use crate::audit::{Outcome, Record};
 use crate::model::{
     APPS_PREFIX, AppRecord, RouteRecord, TrafficShare, VersionRecord, app_key, now, parse_version,
     secret_key,
 };
-use crate::{ApiError, Caller, Control};
+use crate::{ApiError, Caller, Control, Prepared};
 
 /// Largest deploy request (the manifest and digests), in bytes.
 const MAX_DEPLOY_REQUEST: usize = 1024 * 1024;
@@ -171,10 +175,10 @@ pub(crate) async fn create_version(
             )
             .await;
     }
-    let (status, body) = result?;
+    // What the deploy compiled stays held until the node confirms it.
+    let (status, mut body, _prepared) = result?;
     // Stopping here leaves the version recorded but maybe not yet served.
     control.pause_if("recorded").await;
-    let mut body = body;
     match body["revision"].as_u64() {
         Some(revision) => control.confirm(&target, revision, &mut body).await,
         None => crate::Applied::TimedOut.describe(&mut body),
@@ -182,14 +186,87 @@ pub(crate) async fn create_version(
     Ok((status, Json(body)))
 }
 
+/// A deploy request that passed every check that needs no lock: what
+/// `record_version` turns into a version.
+struct Draft {
+    request: DeployRequest,
+    manifest: Manifest,
+    /// Component name → blob digest.
+    components: BTreeMap<String, String>,
+    routes: Vec<Route>,
+    /// The version's content digest.
+    digest: String,
+}
+
+impl Draft {
+    /// The version this draft becomes as the next one of `record`.
+    fn version(&self, record: &AppRecord, caller: &Caller) -> VersionRecord {
+        VersionRecord {
+            number: record.next_version,
+            digest: self.digest.clone(),
+            manifest: self.request.manifest.clone(),
+            components: self.components.clone(),
+            routes: self.routes.iter().map(RouteRecord::from).collect(),
+            created: now(),
+            created_by: caller.token.id.clone(),
+            environment: self.request.environment.clone(),
+        }
+    }
+}
+
 async fn deploy(
     control: &Control,
     caller: &Caller,
     app: &str,
     body: Body,
-) -> Result<(StatusCode, Value), ApiError> {
+) -> Result<(StatusCode, Value, Prepared), ApiError> {
     check_app_name(app)?;
     let request: DeployRequest = read_json(body, MAX_DEPLOY_REQUEST).await?;
+    let draft = check_request(control, caller, request).await?;
+    control.pause_if("validated").await;
+
+    // Compile before taking the lock, so a slow compile of one tenant
+    // never holds up everyone's deploys; under the lock the version
+    // number is confirmed (a concurrent deploy may have taken it, then
+    // compiling again hits the compile cache).
+    let key = app_key(caller.tenant(), app);
+    let mut prepared = Prepared::new(&control.data_plane);
+    let (early, _) = read_record(control, &key, caller.tenant(), app).await?;
+    if !early.versions.iter().any(|v| v.digest == draft.digest) {
+        prepared
+            .prepare(&early, &draft.version(&early, caller))
+            .await
+            .map_err(ApiError::BadRequest)?;
+    }
+    let (version, unchanged, revision) =
+        record_version(control, caller, app, &draft, &mut prepared).await?;
+    tracing::info!(app = %key, version = version.number, "deployed");
+    let unset = unset_secrets(control, caller.tenant(), app, &draft.manifest).await?;
+    let status = if unchanged {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let body = json!({
+        "app": app,
+        "tenant": caller.tenant(),
+        "version": format!("v{}", version.number),
+        "digest": draft.digest,
+        "routes": draft.routes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "unchanged": unchanged,
+        "revision": revision,
+        "unset_secrets": unset,
+    });
+    Ok((status, body, prepared))
+}
+
+/// Checks a deploy request against the manifest rules, the caller's
+/// uploads and grants, and reserved routes.
+async fn check_request(
+    control: &Control,
+    caller: &Caller,
+    request: DeployRequest,
+) -> Result<Draft, ApiError> {
     if request.manifest.len() > MAX_MANIFEST {
         return Err(ApiError::TooLarge(format!(
             "the manifest is larger than {MAX_MANIFEST} bytes"
@@ -259,91 +336,105 @@ async fn deploy(
         &components,
         request.environment.as_deref(),
     );
-    control.pause_if("validated").await;
+    Ok(Draft {
+        request,
+        manifest,
+        components,
+        routes,
+        digest,
+    })
+}
 
-    // Compile before taking the lock, so a slow compile of one tenant
-    // never holds up everyone's deploys; under the lock the version
-    // number is confirmed (a concurrent deploy may have taken it, then
-    // compiling again hits the compile cache).
+/// Most times a deploy or traffic change is tried again when another
+/// change (on this node or another node of a cluster) landed between
+/// reading the state and writing it.
+pub(crate) const MAX_ATTEMPTS: usize = 20;
+
+/// Records `draft` as the version taking all traffic of `app`, in one
+/// compare-and-set of the app's record together with its route claims
+/// (see [`Claims`]); tried again from a fresh read when another change
+/// landed meanwhile. Returns the version, whether it already existed, and
+/// the revision of the write.
+async fn record_version(
+    control: &Control,
+    caller: &Caller,
+    app: &str,
+    draft: &Draft,
+    prepared: &mut Prepared,
+) -> Result<(VersionRecord, bool, Revision), ApiError> {
     let key = app_key(caller.tenant(), app);
-    let draft = |record: &AppRecord| VersionRecord {
-        number: record.next_version,
-        digest: digest.clone(),
-        manifest: request.manifest.clone(),
-        components: components.clone(),
-        routes: routes.iter().map(RouteRecord::from).collect(),
-        created: now(),
-        created_by: caller.token.id.clone(),
-        environment: request.environment.clone(),
-    };
-    let (early, _) = read_record(control, &key, caller.tenant(), app).await?;
-    let mut prepared = None;
-    if !early.versions.iter().any(|v| v.digest == digest) {
-        let v = draft(&early);
-        control
-            .data_plane
-            .prepare(&early, &v)
-            .await
-            .map_err(ApiError::BadRequest)?;
-        prepared = Some(v.number);
-    }
-
     let _serial = control.deploy_lock.lock().await;
-    let (mut record, expect) = read_record(control, &key, caller.tenant(), app).await?;
-    if let Some(expected) = &request.expect_version {
-        let expected = parse_version(expected)
-            .ok_or_else(|| ApiError::BadRequest(format!("`{expected}` is not a version")))?;
-        if record.primary() != Some(expected) {
-            return Err(ApiError::Conflict(format!(
-                "the app no longer serves v{expected} (now {}); deploy again from the latest state",
-                record
-                    .primary()
-                    .map_or("nothing".to_string(), |v| format!("v{v}"))
-            )));
+    for _ in 0..MAX_ATTEMPTS {
+        let claims = Claims::read(control).await?;
+        let (mut record, expect) = read_record(control, &key, caller.tenant(), app).await?;
+        if let Some(expected) = &draft.request.expect_version {
+            let expected = parse_version(expected)
+                .ok_or_else(|| ApiError::BadRequest(format!("`{expected}` is not a version")))?;
+            if record.primary() != Some(expected) {
+                return Err(ApiError::Conflict(format!(
+                    "the app no longer serves v{expected} (now {}); deploy again from the latest state",
+                    record
+                        .primary()
+                        .map_or("nothing".to_string(), |v| format!("v{v}"))
+                )));
+            }
+        }
+        check_claims(control, caller.tenant(), app, &draft.routes).await?;
+        let before = live_routes(&record);
+        let reused = record
+            .versions
+            .iter()
+            .find(|v| v.digest == draft.digest)
+            .cloned();
+        let unchanged = reused.is_some();
+        let version = match reused {
+            Some(v) => v,
+            None => {
+                let v = draft.version(&record, caller);
+                if !prepared.holds(&v) {
+                    prepared
+                        .prepare(&record, &v)
+                        .await
+                        .map_err(ApiError::BadRequest)?;
+                }
+                record.next_version += 1;
+                record.versions.push(v.clone());
+                v
+            }
+        };
+        control.pause_if("prepared").await;
+        record.traffic = vec![TrafficShare {
+            version: version.number,
+            weight: 100,
+        }];
+        record.prune();
+        let value = serde_json::to_vec(&record).map_err(ApiError::internal)?;
+        let mut ops = vec![Op::put(&key, value, expect)];
+        ops.extend(claims.op_if_new(&key, &before, &draft.routes));
+        let entry = Record::new("app.deploy", &key_target(caller, app), Outcome::Ok)
+            .actor(&caller.token.id, caller.tenant())
+            .detail(format!("version v{}", version.number));
+        if let Some(revision) = control.try_audited(entry, ops).await? {
+            return Ok((version, unchanged, revision));
         }
     }
-    check_claims(control, caller.tenant(), app, &routes).await?;
+    Err(ApiError::Conflict(
+        "other deploys kept changing the routes meanwhile; try again".to_string(),
+    ))
+}
 
-    let reused = record.versions.iter().find(|v| v.digest == digest).cloned();
-    let unchanged = reused.is_some();
-    let version = match reused {
-        Some(v) => v,
-        None => {
-            let v = draft(&record);
-            if prepared != Some(v.number) {
-                control
-                    .data_plane
-                    .prepare(&record, &v)
-                    .await
-                    .map_err(ApiError::BadRequest)?;
-            }
-            record.next_version += 1;
-            record.versions.push(v.clone());
-            v
-        }
-    };
-    control.pause_if("prepared").await;
-    record.traffic = vec![TrafficShare {
-        version: version.number,
-        weight: 100,
-    }];
-    record.prune();
-    let value = serde_json::to_vec(&record).map_err(ApiError::internal)?;
-    let revision = control
-        .audited(
-            Record::new(
-                "app.deploy",
-                &format!("{}/{app}", caller.tenant()),
-                Outcome::Ok,
-            )
-            .actor(&caller.token.id, caller.tenant())
-            .detail(format!("version v{}", version.number)),
-            vec![Op::put(&key, value, expect)],
-        )
-        .await?;
-    tracing::info!(app = %key, version = version.number, "deployed");
-    // Declared secrets nobody has set yet read as unset in the guest: say
-    // so, since a deploy is usually when that is noticed.
+fn key_target(caller: &Caller, app: &str) -> String {
+    format!("{}/{app}", caller.tenant())
+}
+
+/// Declared secrets nobody has set yet read as unset in the guest: a
+/// deploy says so, since that is usually when it is noticed.
+async fn unset_secrets(
+    control: &Control,
+    tenant: &str,
+    app: &str,
+    manifest: &Manifest,
+) -> Result<Vec<String>, ApiError> {
     let mut unset = Vec::new();
     for name in manifest
         .components
@@ -352,30 +443,62 @@ async fn deploy(
     {
         let stored = control
             .store
-            .get(&secret_key(caller.tenant(), app, name))
+            .get(&secret_key(tenant, app, name))
             .await?
             .is_some();
         if !stored && !unset.contains(name) {
             unset.push(name.clone());
         }
     }
-    Ok((
-        if unchanged {
-            StatusCode::OK
-        } else {
-            StatusCode::CREATED
-        },
-        json!({
-            "app": app,
-            "tenant": caller.tenant(),
-            "version": format!("v{}", version.number),
-            "digest": digest,
-            "routes": routes.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "unchanged": unchanged,
-            "revision": revision,
-            "unset_secrets": unset,
-        }),
-    ))
+    Ok(unset)
+}
+
+/// The routes the versions of `record` taking traffic serve.
+pub(crate) fn live_routes(record: &AppRecord) -> Vec<Route> {
+    record
+        .live()
+        .flat_map(|(v, _)| v.routes.iter().filter_map(RouteRecord::route))
+        .collect()
+}
+
+/// The route claims of every app, ordered cluster-wide by one key.
+///
+/// Checking that a route is free reads every app; claiming it writes one.
+/// Two changes (on one node or two nodes of a cluster) could each check
+/// before the other writes and both claim overlapping routes. So every
+/// change that claims a route its app does not hold yet also rewrites
+/// [`CLAIMS_KEY`] under the revision it read before checking, in the same
+/// atomic write as the app's record: of two such changes, the second
+/// fails its precondition and checks again against the first.
+///
+/// **Invariant**: no two apps ever serve the same route, and no two
+/// tenants overlapping ones, whatever the number of nodes deploying.
+pub(crate) struct Claims {
+    expect: Expect,
+}
+
+/// The key whose revision orders every new route claim.
+pub(crate) const CLAIMS_KEY: &str = "meta/claims";
+
+impl Claims {
+    /// Reads the claims' revision; to be done before checking claims.
+    pub(crate) async fn read(control: &Control) -> Result<Self, ApiError> {
+        let expect = match control.store.get(CLAIMS_KEY).await? {
+            Some(entry) => Expect::Revision(entry.revision),
+            None => Expect::Absent,
+        };
+        Ok(Self { expect })
+    }
+
+    /// The write that orders this change after every other claim, if
+    /// `routes` has a route that `held` (what the app serves now) lacks.
+    /// Routes the app already holds were checked when it claimed them.
+    pub(crate) fn op_if_new(&self, app_key: &str, held: &[Route], routes: &[Route]) -> Option<Op> {
+        routes
+            .iter()
+            .any(|r| !held.contains(r))
+            .then(|| Op::put(CLAIMS_KEY, app_key.as_bytes().to_vec(), self.expect))
+    }
 }
 
 /// The app's record, or a new empty one, with the precondition to write it.

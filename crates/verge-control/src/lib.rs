@@ -46,9 +46,15 @@ pub use model::{AppRecord, VersionRecord};
 /// Where the data plane is asked to compile and confirms it serves.
 #[async_trait]
 pub trait DataPlane: Send + Sync + 'static {
-    /// Compiles and checks `version` of `app` before it is recorded. The
-    /// error is a message for the deployer (which component, why).
+    /// Compiles and checks `version` of `app` before it is recorded, and
+    /// keeps the result until [`DataPlane::release`]. The error is a
+    /// message for the deployer (which component, why).
     async fn prepare(&self, app: &AppRecord, version: &VersionRecord) -> Result<(), String>;
+
+    /// The deploy or traffic change that prepared `version` of `app` is
+    /// over, recorded or not: what it prepared may go unless the store
+    /// records it. Called once for every successful `prepare`.
+    fn release(&self, app: &AppRecord, version: &VersionRecord);
 
     /// Waits until the node has applied the store as of `revision`, and
     /// says whether app `key` (`tenant/app`) is served as recorded.
@@ -62,6 +68,55 @@ pub trait DataPlane: Send + Sync + 'static {
     /// of `revision`, at most `timeout`, and says which do; `None` for a
     /// standalone server.
     async fn wait_fleet(&self, key: &str, revision: Revision, timeout: Duration) -> Option<Fleet>;
+}
+
+/// Versions one deploy or traffic change prepared, released when it is
+/// dropped: on failure at once, on success once the node has confirmed
+/// (or given up confirming), so what a failed deploy compiled never stays.
+pub(crate) struct Prepared {
+    data_plane: Arc<dyn DataPlane>,
+    held: Vec<(AppRecord, VersionRecord)>,
+}
+
+impl Prepared {
+    pub(crate) fn new(data_plane: &Arc<dyn DataPlane>) -> Self {
+        Self {
+            data_plane: data_plane.clone(),
+            held: Vec::new(),
+        }
+    }
+
+    /// Prepares `version` of `app`, held until this is dropped.
+    pub(crate) async fn prepare(
+        &mut self,
+        app: &AppRecord,
+        version: &VersionRecord,
+    ) -> Result<(), String> {
+        self.data_plane.prepare(app, version).await?;
+        // Only the identity of the app matters to a release.
+        let app = AppRecord {
+            versions: Vec::new(),
+            traffic: Vec::new(),
+            ..app.clone()
+        };
+        self.held.push((app, version.clone()));
+        Ok(())
+    }
+
+    /// Whether this change prepared `version` already.
+    pub(crate) fn holds(&self, version: &VersionRecord) -> bool {
+        self.held
+            .iter()
+            .any(|(_, v)| v.number == version.number && v.digest == version.digest)
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        for (app, version) in &self.held {
+            self.data_plane.release(app, version);
+        }
+    }
 }
 
 /// Which nodes of a cluster serve a change: those its placement selects
@@ -136,7 +191,7 @@ pub struct Control {
     pub(crate) blobs: Arc<dyn BlobStore>,
     pub(crate) data_plane: Arc<dyn DataPlane>,
     pub(crate) config: ControlConfig,
-    pub(crate) guard: auth::Guard,
+    pub(crate) auth_limiter: auth::AuthLimiter,
     pub(crate) logs: Arc<logs::LogHub>,
     /// Open `logs?follow=true` streams.
     pub(crate) followers: Arc<std::sync::atomic::AtomicUsize>,
@@ -191,7 +246,7 @@ impl Control {
             logs,
             followers: Arc::default(),
             config,
-            guard: auth::Guard::new(),
+            auth_limiter: auth::AuthLimiter::new(),
             audit_lock: tokio::sync::Mutex::new(()),
             deploy_lock: tokio::sync::Mutex::new(()),
             keyring: state.keyring,
@@ -224,6 +279,21 @@ impl Control {
                 "it changed meanwhile; try again".to_string(),
             )),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Makes the change `ops` and appends `record` for it, atomically;
+    /// `None` (and nothing written) when a precondition of `ops` no longer
+    /// holds, for the caller to read again and retry.
+    pub(crate) async fn try_audited(
+        &self,
+        record: audit::Record,
+        ops: Vec<verge_store::Op>,
+    ) -> Result<Option<Revision>, ApiError> {
+        match self.audited(record, ops).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(ApiError::Conflict(_)) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

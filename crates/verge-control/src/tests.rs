@@ -23,6 +23,7 @@ impl DataPlane for AcceptAll {
     async fn prepare(&self, _: &AppRecord, _: &VersionRecord) -> Result<(), String> {
         Ok(())
     }
+    fn release(&self, _: &AppRecord, _: &VersionRecord) {}
     async fn wait_applied(&self, _: &str, _: Revision, _: Duration) -> Applied {
         Applied::Serving
     }
@@ -774,6 +775,7 @@ async fn a_log_stream_ends_when_its_token_is_revoked() {
     assert!(ended.is_ok(), "the stream must end after the revocation");
 }
 
+mod claims;
 mod state;
 mod usage;
 

@@ -32,6 +32,7 @@ mod forward;
 mod gateway;
 pub mod otel;
 mod plane;
+mod prepared;
 mod secrets;
 mod sync;
 

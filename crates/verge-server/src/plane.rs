@@ -27,15 +27,14 @@ use verge_cluster::{LocalState, NodeReport, NodeStatus, Registry};
 use verge_manifest::Placement;
 use verge_router::{Route, RouteTable};
 
+use crate::prepared::{Prepared, PreparedKey};
 use crate::secrets::Vaults;
-
-type PreparedKey = (String, u32, String);
 
 /// The node behind the control API.
 pub(crate) struct NodePlane {
     pub(crate) node: Arc<Node>,
     blobs: Arc<dyn BlobStore>,
-    prepared: Mutex<HashMap<PreparedKey, Arc<AppRuntime>>>,
+    prepared: Prepared<Arc<AppRuntime>>,
     applied: watch::Sender<Revision>,
     /// Per app, the revision of its last change and why it failed, if it
     /// did.
@@ -55,8 +54,14 @@ pub(crate) struct NodePlane {
     started: u64,
 }
 
-/// The node's key for an app: `tenant/app`.
-pub(crate) fn node_key(record: &AppRecord) -> String {
+/// Where the runtime of `version` of `record` is kept.
+fn prepared_key(record: &AppRecord, version: &VersionRecord) -> PreparedKey {
+    (app_id(record), version.number, version.digest.clone())
+}
+
+/// The identity of an app on a node, `tenant/app` (its store key is
+/// `apps/tenant/app`, see `verge_control::model::app_key`).
+pub(crate) fn app_id(record: &AppRecord) -> String {
     format!("{}/{}", record.tenant, record.name)
 }
 
@@ -79,7 +84,7 @@ impl NodePlane {
                 .map_or(0, |d| d.as_secs()),
             node,
             blobs,
-            prepared: Mutex::new(HashMap::new()),
+            prepared: Prepared::new(),
             applied: watch::Sender::new(0),
             outcomes: Mutex::new(HashMap::new()),
         })
@@ -91,10 +96,10 @@ impl NodePlane {
         record: &AppRecord,
         version: &VersionRecord,
     ) -> Result<Arc<AppRuntime>, String> {
-        let key = node_key(record);
-        let cache_key = (key.clone(), version.number, version.digest.clone());
-        if let Some(rt) = self.lock().get(&cache_key) {
-            return Ok(rt.clone());
+        let key = app_id(record);
+        let cache_key = prepared_key(record, version);
+        if let Some(rt) = self.prepared.get(&cache_key) {
+            return Ok(rt);
         }
         let (config, paths) = self.app_config(record, version).await?;
         let node = self.node.clone();
@@ -116,19 +121,14 @@ impl NodePlane {
             }
             message
         })?;
-        let runtime = Arc::new(runtime);
-        self.lock().insert(cache_key, runtime.clone());
-        Ok(runtime)
+        Ok(self.prepared.insert(cache_key, Arc::new(runtime)))
     }
 
-    /// Forgets prepared runtimes of `key` that are not in `keep`, except
-    /// versions newer than all of them: a deploy may have compiled one
-    /// that the store does not record yet.
+    /// The store records exactly `keep` as the live versions of app `key`:
+    /// forgets its other prepared runtimes, except those a deploy or
+    /// traffic change under way still holds.
     pub(crate) fn retain(&self, key: &str, keep: &[(u32, String)]) {
-        let newest = keep.iter().map(|(n, _)| *n).max().unwrap_or(u32::MAX);
-        self.lock().retain(|(k, n, d), _| {
-            k != key || *n > newest || keep.iter().any(|(kn, kd)| kn == n && kd == d)
-        });
+        self.prepared.retain(key, keep);
     }
 
     /// Apps whose last change could not be applied.
@@ -254,10 +254,6 @@ impl NodePlane {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PreparedKey, Arc<AppRuntime>>> {
-        self.prepared.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     async fn app_config(
         &self,
         record: &AppRecord,
@@ -291,10 +287,10 @@ impl NodePlane {
         Ok((
             AppConfig {
                 // The node's key; it also tags the app's log lines.
-                name: node_key(record),
+                name: app_id(record),
                 tenant: record.tenant.clone(),
                 app: record.name.clone(),
-                secrets: Some(self.vaults.vault(&node_key(record))),
+                secrets: Some(self.vaults.vault(&app_id(record))),
                 components,
             },
             paths,
@@ -323,7 +319,13 @@ fn manifest_of(version: &VersionRecord) -> Result<Manifest, String> {
 #[async_trait]
 impl DataPlane for NodePlane {
     async fn prepare(&self, app: &AppRecord, version: &VersionRecord) -> Result<(), String> {
-        self.runtime(app, version).await.map(|_| ())
+        let runtime = self.runtime(app, version).await?;
+        self.prepared.hold(prepared_key(app, version), runtime);
+        Ok(())
+    }
+
+    fn release(&self, app: &AppRecord, version: &VersionRecord) {
+        self.prepared.release(&prepared_key(app, version));
     }
 
     async fn wait_applied(&self, key: &str, revision: Revision, timeout: Duration) -> Applied {

@@ -22,7 +22,7 @@ use verge_control::model::{APPS_PREFIX, SECRETS_PREFIX};
 use verge_store::{BlobStore, Change, Entry, Revision, Store, StoreError};
 
 use crate::ServerError;
-use crate::plane::{NodePlane, node_key};
+use crate::plane::{NodePlane, app_id};
 
 /// Loads every app, then follows the store in a background task. Before
 /// loading, removes the blobs no version refers to; nothing is uploading
@@ -131,7 +131,7 @@ async fn apply_put(plane: &NodePlane, store_key: &str, value: &[u8], revision: R
             return;
         }
     };
-    let key = node_key(&record);
+    let key = app_id(&record);
     match plane.catalog(&key, revision, &record) {
         Ok(true) => {}
         Ok(false) => {

@@ -1211,3 +1211,57 @@ fn usage_travels_as_summaries_and_every_node_sees_the_cluster_total() {
         "{total} bytes for 100 requests is not a summary"
     );
 }
+
+/// Two nodes deploying apps whose routes collide, at the same moment, 50
+/// times: exactly one deploy of each pair wins, whatever node it went
+/// through, and no route ends up claimed by two apps on any node.
+#[test]
+fn deploys_racing_for_one_route_on_two_nodes_let_exactly_one_win() {
+    let cluster = Cluster::start();
+    let hello = guests().hello.display().to_string();
+    let cluster = &cluster;
+    for i in 0..50 {
+        let route = format!("/r{i}");
+        let (a, b) = std::thread::scope(|s| {
+            let deploy = |node: usize, app: String| {
+                let (hello, route) = (hello.clone(), route.clone());
+                s.spawn(move || {
+                    cluster.cli(node, &["deploy", &hello, "--app", &app, "--route", &route])
+                })
+            };
+            let a = deploy(0, format!("a{i}"));
+            let b = deploy(1, format!("b{i}"));
+            (a.join().expect("deploy a"), b.join().expect("deploy b"))
+        });
+        let won: Vec<&Run> = [&a, &b]
+            .into_iter()
+            .filter(|r| r.status.success())
+            .collect();
+        assert_eq!(won.len(), 1, "pair {i}:\na: {}\nb: {}", a.stderr, b.stderr);
+        let lost = if a.status.success() { &b } else { &a };
+        assert_eq!(lost.status.code(), Some(2), "{}", lost.stderr);
+        assert!(
+            lost.stderr
+                .contains(&format!("route `{route}` is already served by app")),
+            "{}",
+            lost.stderr
+        );
+    }
+    // Every node sees 50 apps, one per route.
+    for i in 0..3 {
+        let run = cluster.cli(i, &["apps", "--json"]);
+        assert!(run.status.success(), "{}", run.stderr);
+        let apps: Value = serde_json::from_str(&run.stdout).expect("JSON");
+        let mut routes: Vec<String> = apps["apps"]
+            .as_array()
+            .expect("apps")
+            .iter()
+            .flat_map(|a| a["routes"].as_array().expect("routes").clone())
+            .map(|r| r.as_str().expect("route").to_string())
+            .collect();
+        routes.sort();
+        let count = routes.len();
+        routes.dedup();
+        assert_eq!((count, routes.len()), (50, 50), "node {i}: {routes:?}");
+    }
+}
