@@ -1,15 +1,18 @@
 //! `cargo xtask`: project automation that plain cargo cannot express
 //! (rust-analyzer's pattern). Run `cargo xtask help` for the list.
 //!
-//! - `test`: everything CI checks, in order: the wasm32-wasip2 target, guest
+//! - `test`: everything CI checks, in order: the tools it needs (checked,
+//!   and installed where possible, before anything is built), guest
 //!   builds, `cargo fmt --check`, `cargo clippy -D warnings`, `cargo doc`
 //!   with warnings denied, then all tests with `cargo nextest`.
 //! - `guests`: build the example and test guests: the Rust ones for
 //!   wasm32-wasip2, the Python one with componentize-py (installed into a
 //!   private virtualenv on first use). Safe to run from several processes at
 //!   once; does nothing when everything is up to date.
+//! - `preflight`: only the check of the tools `test` needs.
 //! - `tidy`: repository conventions (also run as a test).
 
+mod preflight;
 mod python;
 mod tidy;
 
@@ -26,12 +29,14 @@ fn main() -> anyhow::Result<()> {
     match task.as_str() {
         "test" => test(&root),
         "guests" => guests(&root),
+        "preflight" => preflight::check().map(|()| println!("preflight: ok")),
         "tidy" => tidy::check(&root).map(|_| println!("tidy: ok")),
         _ => {
-            println!("usage: cargo xtask <test|guests|tidy>");
-            println!("  test    install the wasm target, build guests, fmt, clippy, all tests");
-            println!("  guests  build examples/ and crates/test-programs for wasm32-wasip2");
-            println!("  tidy    check repository conventions");
+            println!("usage: cargo xtask <test|guests|preflight|tidy>");
+            println!("  test       check tools, build guests, fmt, clippy, doc, all tests");
+            println!("  guests     build examples/ and crates/test-programs for wasm32-wasip2");
+            println!("  preflight  check (and install where possible) the tools tests need");
+            println!("  tidy       check repository conventions");
             Ok(())
         }
     }
@@ -102,6 +107,7 @@ fn guests(root: &Path) -> anyhow::Result<()> {
 }
 
 fn test(root: &Path) -> anyhow::Result<()> {
+    preflight::check()?;
     guests(root)?;
     run(cargo().current_dir(root).args(["fmt", "--all", "--check"]))?;
     for manifest in guest_manifests(root)? {
