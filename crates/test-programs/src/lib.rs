@@ -43,6 +43,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Guest {
             "socket" => socket(&query, out),
             "headers" => headers(&request, &path_with_query, out),
             "status" => status(&query, out),
+            "count" => count(out),
             "no-response" => {}
             _ => respond(
                 out,
@@ -52,6 +53,16 @@ impl wasip2::exports::http::incoming_handler::Guest for Guest {
             ),
         }
     }
+}
+
+/// Requests this instance has handled, itself included: always 1 when
+/// every request gets a fresh instance.
+static HANDLED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// `/count`: answers how many requests this instance has handled.
+fn count(out: ResponseOutparam) {
+    let n = HANDLED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    respond(out, 200, &[("content-type", "text/plain")], format!("{n}\n").as_bytes());
 }
 
 fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
