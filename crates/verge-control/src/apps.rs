@@ -15,18 +15,19 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path as UrlPath, Query, State};
 use bytes::Bytes;
 use futures::StreamExt;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::broadcast;
+use verge_api::{
+    AppChanged, AppDeleted, AppList, AppSummary, CallerToken, LogsQuery, RollbackRequest,
+    ServerInfo, Status, TrafficRequest, VersionInfo, VersionList, VersionName,
+};
 use verge_store::{Expect, Op, Revision};
 
 use crate::audit::{Outcome, Record};
 use crate::deploy::{
     Claims, MAX_ATTEMPTS, check_app_name, check_claims, live_routes, read_json, read_optional_json,
 };
-use crate::model::{
-    APPS_PREFIX, AppRecord, RouteRecord, SECRETS_PREFIX, TrafficShare, app_key, parse_version,
-};
+use crate::model::{APPS_PREFIX, AppRecord, RouteRecord, SECRETS_PREFIX, TrafficShare, app_key};
 use crate::{ApiError, Caller, Control, Prepared};
 
 pub(crate) async fn load(
@@ -44,7 +45,7 @@ pub(crate) async fn load(
     Ok((record, entry.revision))
 }
 
-fn summary(record: &AppRecord) -> Value {
+fn summary(record: &AppRecord) -> AppSummary {
     let mut routes: Vec<String> = Vec::new();
     for (v, _) in record.live() {
         for r in v.routes.iter().filter_map(RouteRecord::route) {
@@ -54,35 +55,78 @@ fn summary(record: &AppRecord) -> Value {
             }
         }
     }
-    json!({
-        "name": record.name,
-        "tenant": record.tenant,
-        "created": record.created,
-        "versions": record.versions.len(),
-        "traffic": record.traffic.iter()
-            .map(|s| json!({"version": format!("v{}", s.version), "weight": s.weight}))
-            .collect::<Vec<_>>(),
-        "routes": routes,
-    })
+    AppSummary {
+        name: record.name.clone(),
+        tenant: record.tenant.clone(),
+        created: record.created.clone(),
+        versions: record.versions.len() as u64,
+        traffic: record
+            .traffic
+            .iter()
+            .map(|s| verge_api::TrafficShare {
+                version: VersionName(s.version),
+                weight: s.weight,
+            })
+            .collect(),
+        routes,
+    }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    operation_id = "getStatus",
+    tag = "meta",
+    summary = "Server and token status",
+    description = "Needs a valid token; no scope is required.",
+    responses(
+        (status = 200, description = "The server version and store revision, the caller's token, and its tenant's app count.", body = verge_api::Status, content_type = "application/json"),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn status(
     State(control): State<Arc<Control>>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Status>, ApiError> {
     let prefix = format!("{APPS_PREFIX}{}/", caller.tenant());
     let apps = control.store.list(&prefix).await?.len();
-    Ok(Json(json!({
-        "server": {"version": env!("CARGO_PKG_VERSION"), "revision": control.store.revision().await?},
-        "token": {"id": caller.token.id, "tenant": caller.tenant(), "scopes": caller.token.scopes},
-        "apps": apps,
-    })))
+    Ok(Json(Status {
+        server: ServerInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            revision: control.store.revision().await?,
+        },
+        token: CallerToken {
+            id: caller.token.id.clone(),
+            tenant: caller.tenant().to_string(),
+            scopes: crate::tokens::scopes(&caller.token.scopes),
+        },
+        apps: apps as u64,
+    }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/apps",
+    operation_id = "listApps",
+    tag = "apps",
+    summary = "List the tenant's apps",
+    description = "Requires the `apps:read` scope. Lists the apps of the caller's tenant only.",
+    responses(
+        (status = 200, description = "The tenant's apps.", body = verge_api::AppList, content_type = "application/json"),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn list(
     State(control): State<Arc<Control>>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AppList>, ApiError> {
     caller.require("apps:read", caller.tenant()).await?;
     let prefix = format!("{APPS_PREFIX}{}/", caller.tenant());
     let mut apps = Vec::new();
@@ -90,27 +134,65 @@ pub(crate) async fn list(
         let record: AppRecord = serde_json::from_slice(&entry.value).map_err(ApiError::internal)?;
         apps.push(summary(&record));
     }
-    Ok(Json(json!({ "apps": apps })))
+    Ok(Json(AppList { apps }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}",
+    operation_id = "getApp",
+    tag = "apps",
+    summary = "Show an app",
+    description = "Requires the `apps:read` scope. Another tenant's app answers 404, as a missing one does.",
+    params(("app" = String, Path, description = "App name, within the caller's tenant.")),
+    responses(
+        (status = 200, description = "The app.", body = verge_api::AppSummary, content_type = "application/json"),
+        (status = 400, description = "Invalid app name.", body = verge_api::ErrorBody),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 404, description = "No such app for this tenant.", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn show(
     State(control): State<Arc<Control>>,
     caller: Caller,
     UrlPath(app): UrlPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AppSummary>, ApiError> {
     caller.require("apps:read", caller.tenant()).await?;
     let (record, _) = load(&control, &caller, &app).await?;
     Ok(Json(summary(&record)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/versions",
+    operation_id = "listVersions",
+    tag = "apps",
+    summary = "List an app's versions",
+    description = "Requires the `apps:read` scope. Versions newest first, with their current traffic weight.",
+    params(("app" = String, Path, description = "App name, within the caller's tenant.")),
+    responses(
+        (status = 200, description = "The app's versions.", body = verge_api::VersionList, content_type = "application/json"),
+        (status = 400, description = "Invalid app name.", body = verge_api::ErrorBody),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 404, description = "No such app for this tenant.", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn versions(
     State(control): State<Arc<Control>>,
     caller: Caller,
     UrlPath(app): UrlPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VersionList>, ApiError> {
     caller.require("apps:read", caller.tenant()).await?;
     let (record, _) = load(&control, &caller, &app).await?;
-    let versions: Vec<Value> = record
+    let versions = record
         .versions
         .iter()
         .rev()
@@ -120,59 +202,61 @@ pub(crate) async fn versions(
                 .iter()
                 .find(|s| s.version == v.number)
                 .map_or(0, |s| s.weight);
-            json!({
-                "version": format!("v{}", v.number),
-                "digest": v.digest,
-                "created": v.created,
-                "created_by": v.created_by,
-                "components": v.components,
-                "routes": v.routes.iter().filter_map(RouteRecord::route).map(|r| r.to_string()).collect::<Vec<_>>(),
-                "weight": weight,
-            })
+            VersionInfo {
+                version: VersionName(v.number),
+                digest: v.digest.clone(),
+                created: v.created.clone(),
+                created_by: v.created_by.clone(),
+                components: v.components.clone(),
+                routes: v
+                    .routes
+                    .iter()
+                    .filter_map(RouteRecord::route)
+                    .map(|r| r.to_string())
+                    .collect(),
+                weight,
+            }
         })
         .collect();
-    Ok(Json(json!({ "app": app, "versions": versions })))
-}
-
-/// Body of `PUT /v1/apps/{app}/traffic`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct TrafficRequest {
-    /// Versions and weights, summing to 100.
-    split: Vec<SplitEntry>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SplitEntry {
-    version: String,
-    weight: u32,
-}
-
-/// Body of `POST /v1/apps/{app}/rollback`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RollbackRequest {
-    /// The version to serve; default: the one before the current.
-    #[serde(default)]
-    version: Option<String>,
+    Ok(Json(VersionList { app, versions }))
 }
 
 const MAX_SMALL_REQUEST: usize = 64 * 1024;
 
+#[utoipa::path(
+    put,
+    path = "/v1/apps/{app}/traffic",
+    operation_id = "setTraffic",
+    tag = "apps",
+    summary = "Set the traffic split",
+    description = "Requires the `apps:deploy` scope. Replaces the app's traffic split, then waits (up to the apply timeout) for the node to serve it. The body is at most 64 KiB. Audited as `app.traffic`. Every version that will take traffic is compiled first; one that cannot load is refused with 400 and nothing changes.",
+    params(("app" = String, Path, description = "App name, within the caller's tenant.")),
+    request_body(content = verge_api::TrafficRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The new split is recorded.", body = verge_api::AppChanged, content_type = "application/json"),
+        (status = 400, description = "Invalid app name or JSON, a version that does not parse, a version listed twice, or weights not summing to 100.", body = verge_api::ErrorBody),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 404, description = "No such app for this tenant, or the app has no such version.", body = verge_api::ErrorBody),
+        (status = 409, description = "A route is claimed by another app, or the app changed meanwhile.", body = verge_api::ErrorBody),
+        (status = 413, description = "The request body is larger than 64 KiB.", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn set_traffic(
     State(control): State<Arc<Control>>,
     caller: Caller,
     UrlPath(app): UrlPath<String>,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AppChanged>, ApiError> {
     let target = format!("{}/{app}", caller.tenant());
     caller.require("apps:deploy", &target).await?;
     let request: TrafficRequest = read_json(body, MAX_SMALL_REQUEST).await?;
     let mut split = Vec::new();
     for e in &request.split {
-        let version = parse_version(&e.version)
-            .ok_or_else(|| ApiError::BadRequest(format!("`{}` is not a version", e.version)))?;
+        let version = e.version.number();
         if split.iter().any(|s: &TrafficShare| s.version == version) {
             return Err(ApiError::BadRequest(format!("v{version} is listed twice")));
         }
@@ -198,19 +282,40 @@ pub(crate) async fn set_traffic(
     change(&control, &caller, &app, "app.traffic", split).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/rollback",
+    operation_id = "rollback",
+    tag = "apps",
+    summary = "Roll back to a version",
+    description = "Requires the `apps:deploy` scope. Sends 100% of the traffic to the given version, or by default to the highest version below the one serving now, then waits (up to the apply timeout) for the node to serve it. The body is optional (empty means default) and at most 64 KiB. Audited as `app.rollback`. Every version that will take traffic is compiled first; one that cannot load is refused with 400 and nothing changes.",
+    params(("app" = String, Path, description = "App name, within the caller's tenant.")),
+    request_body(content = verge_api::RollbackRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The rollback is recorded.", body = verge_api::AppChanged, content_type = "application/json"),
+        (status = 400, description = "Invalid app name or JSON, or a version that does not parse.", body = verge_api::ErrorBody),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 404, description = "No such app for this tenant, or the app has no such version.", body = verge_api::ErrorBody),
+        (status = 409, description = "No version before the current one, a route is claimed by another app, or the app changed meanwhile.", body = verge_api::ErrorBody),
+        (status = 413, description = "The request body is larger than 64 KiB.", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn rollback(
     State(control): State<Arc<Control>>,
     caller: Caller,
     UrlPath(app): UrlPath<String>,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AppChanged>, ApiError> {
     let target = format!("{}/{app}", caller.tenant());
     caller.require("apps:deploy", &target).await?;
     let request: RollbackRequest = read_optional_json(body, MAX_SMALL_REQUEST).await?;
     let (record, _) = load(&control, &caller, &app).await?;
     let version = match &request.version {
-        Some(v) => parse_version(v)
-            .ok_or_else(|| ApiError::BadRequest(format!("`{v}` is not a version")))?,
+        Some(v) => v.number(),
         None => {
             let current = record.primary().unwrap_or(0);
             record
@@ -244,7 +349,7 @@ async fn change(
     app: &str,
     action: &str,
     split: Vec<TrafficShare>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AppChanged>, ApiError> {
     let target = format!("{}/{app}", caller.tenant());
     let detail = split
         .iter()
@@ -307,16 +412,37 @@ async fn change(
             .await;
     }
     let (record, revision, _prepared) = result?;
-    let mut body = summary(&record);
-    control.confirm(&target, revision, &mut body).await;
-    Ok(Json(body))
+    Ok(Json(AppChanged {
+        app: summary(&record),
+        confirmation: control.confirm(&target, revision).await,
+    }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/apps/{app}",
+    operation_id = "deleteApp",
+    tag = "apps",
+    summary = "Delete an app",
+    description = "Requires the `apps:delete` scope. Deletes the app and all its versions, then waits (up to the apply timeout) for the node to apply it. Audited as `app.delete`.",
+    params(("app" = String, Path, description = "App name, within the caller's tenant.")),
+    responses(
+        (status = 200, description = "The app was deleted.", body = verge_api::AppDeleted, content_type = "application/json"),
+        (status = 400, description = "Invalid app name.", body = verge_api::ErrorBody),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 404, description = "No such app for this tenant.", body = verge_api::ErrorBody),
+        (status = 409, description = "The app changed meanwhile; try again.", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn delete(
     State(control): State<Arc<Control>>,
     caller: Caller,
     UrlPath(app): UrlPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AppDeleted>, ApiError> {
     let target = format!("{}/{app}", caller.tenant());
     caller.require("apps:delete", &target).await?;
     let result = async {
@@ -358,20 +484,28 @@ pub(crate) async fn delete(
         .data_plane
         .wait_applied(&target, revision, control.config.apply_timeout)
         .await;
-    Ok(Json(json!({ "deleted": app })))
+    Ok(Json(AppDeleted { deleted: app }))
 }
 
-/// Query of `GET /v1/apps/{app}/logs`.
-#[derive(Debug, Deserialize)]
-pub(crate) struct LogsQuery {
-    /// Keep the response open and stream new lines.
-    #[serde(default)]
-    follow: bool,
-    /// Recent lines to send first (default 100, at most 2000).
-    #[serde(default)]
-    tail: Option<usize>,
-}
-
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/logs",
+    operation_id = "appLogs",
+    tag = "apps",
+    summary = "Read or follow an app's log lines",
+    description = "Requires `apps:read`. Newline-delimited JSON, one log line per line: the app's guest output (stdout, stderr) and the node's lines about its requests (refused, failed, timed out). With `follow=true` the response stays open and streams new lines; a follower that falls behind gets a WARN line saying how many lines it lost.",
+    params(("app" = String, Path, description = "App name, within the caller's tenant."), verge_api::LogsQuery),
+    responses(
+        (status = 200, description = "Log lines.", body = verge_api::LogLine, content_type = "application/x-ndjson"),
+        (status = 400, description = "The request is invalid (`bad_request`).", body = verge_api::ErrorBody),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 404, description = "Not found, or not visible to this tenant (`not_found`).", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "The server is at a limit for this kind of request (e.g. too many open log streams).", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn logs(
     State(control): State<Arc<Control>>,
     caller: Caller,

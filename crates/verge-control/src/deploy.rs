@@ -24,17 +24,15 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use futures::StreamExt;
 use http_body_util::BodyExt;
-use serde::Deserialize;
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use verge_api::{BlobUploaded, Confirmation, DeployRequest, DeployResponse, VersionName};
 use verge_manifest::{Manifest, ManifestError};
 use verge_router::Route;
 use verge_store::{BlobError, BlobId, Expect, Op, Revision};
 
 use crate::audit::{Outcome, Record};
 use crate::model::{
-    APPS_PREFIX, AppRecord, RouteRecord, TrafficShare, VersionRecord, app_key, now, parse_version,
-    secret_key,
+    APPS_PREFIX, AppRecord, RouteRecord, TrafficShare, VersionRecord, app_key, now, secret_key,
 };
 use crate::{ApiError, Caller, Control, Prepared};
 
@@ -47,13 +45,33 @@ const MAX_MANIFEST: usize = 64 * 1024;
 /// Path prefixes apps may not claim: the control API and node endpoints.
 const RESERVED: &[&str] = &["/v1", "/.well-known/verge"];
 
+#[utoipa::path(
+    put,
+    path = "/v1/blobs/{digest}",
+    operation_id = "uploadBlob",
+    tag = "deploy",
+    summary = "Upload a component",
+    description = "Requires the `apps:deploy` scope. Streams a component's `.wasm` into the blob store; the bytes must hash to `digest`. Larger than the server's upload limit (default 64 MiB) answers 413.",
+    params(("digest" = String, Path, description = "sha256 of the body: 64 lower-case hex digits, optionally prefixed `sha256:`.")),
+    request_body(content = verge_api::RawBody, content_type = "application/octet-stream", description = "The raw bytes."),
+    responses(
+        (status = 201, description = "The blob is stored.", body = verge_api::BlobUploaded, content_type = "application/json"),
+        (status = 400, description = "`digest` is not a sha256, the upload was interrupted, or the bytes hash to another digest.", body = verge_api::ErrorBody),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 413, description = "The component is larger than the server's upload limit.", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn upload_blob(
     State(control): State<Arc<Control>>,
     caller: Caller,
     UrlPath(digest): UrlPath<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<BlobUploaded>), ApiError> {
     caller.require("apps:deploy", "blobs").await?;
     let id: BlobId = digest
         .parse()
@@ -90,7 +108,10 @@ pub(crate) async fn upload_blob(
                 .await?;
             Ok((
                 StatusCode::CREATED,
-                Json(json!({"digest": id.to_string(), "size": size})),
+                Json(BlobUploaded {
+                    digest: id.to_string(),
+                    size,
+                }),
             ))
         }
         Err(e @ BlobError::Mismatch { .. }) => Err(ApiError::BadRequest(e.to_string())),
@@ -105,22 +126,6 @@ fn blob_error(e: BlobError) -> ApiError {
         BlobError::Unavailable(message) => ApiError::Unavailable(message),
         e => ApiError::internal(e),
     }
-}
-
-/// Body of `POST /v1/apps/{app}/versions`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct DeployRequest {
-    /// The app's `verge.toml`, as text.
-    manifest: String,
-    /// Component name → sha256 of its uploaded `.wasm`.
-    components: BTreeMap<String, String>,
-    /// Refuse with 409 unless this version (`v3`) serves now.
-    #[serde(default)]
-    expect_version: Option<String>,
-    /// The manifest environment whose variables to use.
-    #[serde(default)]
-    environment: Option<String>,
 }
 
 /// Reads a JSON body of at most `limit` bytes.
@@ -155,12 +160,34 @@ pub(crate) fn check_app_name(app: &str) -> Result<(), ApiError> {
         .map_err(|hint| ApiError::BadRequest(format!("invalid app name `{app}`: {hint}")))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/versions",
+    operation_id = "deployVersion",
+    tag = "deploy",
+    summary = "Deploy a version",
+    description = "Requires the `apps:deploy` scope. Creates the app if needed. Upload every component with `PUT /v1/blobs/{digest}` first. The version is validated, its routes are checked against other apps' claims, it is compiled by the data plane, and then recorded taking 100% of the traffic. A version with the same digest as an existing one is reused (200, `unchanged: true`). The body is at most 1 MiB. Audited as `app.deploy`. Only a token with `tenants:admin` may claim the catch-all route (`/` on every host) or grant outbound calls to this machine or a private network (400 otherwise). Components must have been uploaded by the caller's tenant. The manifest may be at most 64 KiB (413). The response's `serving` is false, with `problem` saying why, when the node could not confirm it serves the version.",
+    params(("app" = String, Path, description = "App name, within the caller's tenant.")),
+    request_body(content = verge_api::DeployRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "An identical version already existed; it now takes all traffic.", body = verge_api::DeployResponse, content_type = "application/json"),
+        (status = 201, description = "A new version was recorded and takes all traffic.", body = verge_api::DeployResponse, content_type = "application/json"),
+        (status = 400, description = "Invalid app name, JSON, manifest or digest; a component without an uploaded blob or not in the manifest; a reserved route (`/v1`, `/.well-known/verge`); `expect_version` not a version; or the data plane refused to compile the version.", body = verge_api::ErrorBody),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 409, description = "`expect_version` does not serve now, a route is claimed by another app, or the app changed during the deploy.", body = verge_api::ErrorBody),
+        (status = 413, description = "The request body is larger than 1 MiB.", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn create_version(
     State(control): State<Arc<Control>>,
     caller: Caller,
     UrlPath(app): UrlPath<String>,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<DeployResponse>), ApiError> {
     let target = format!("{}/{app}", caller.tenant());
     caller.require("apps:deploy", &target).await?;
     // A deploy that lands is audited in the same write; one that fails
@@ -179,10 +206,7 @@ pub(crate) async fn create_version(
     let (status, mut body, _prepared) = result?;
     // Stopping here leaves the version recorded but maybe not yet served.
     control.pause_if("recorded").await;
-    match body["revision"].as_u64() {
-        Some(revision) => control.confirm(&target, revision, &mut body).await,
-        None => crate::Applied::TimedOut.describe(&mut body),
-    }
+    body.confirmation = control.confirm(&target, body.revision).await;
     Ok((status, Json(body)))
 }
 
@@ -219,7 +243,7 @@ async fn deploy(
     caller: &Caller,
     app: &str,
     body: Body,
-) -> Result<(StatusCode, Value, Prepared), ApiError> {
+) -> Result<(StatusCode, DeployResponse, Prepared), ApiError> {
     check_app_name(app)?;
     let request: DeployRequest = read_json(body, MAX_DEPLOY_REQUEST).await?;
     let draft = check_request(control, caller, request).await?;
@@ -247,16 +271,17 @@ async fn deploy(
     } else {
         StatusCode::CREATED
     };
-    let body = json!({
-        "app": app,
-        "tenant": caller.tenant(),
-        "version": format!("v{}", version.number),
-        "digest": draft.digest,
-        "routes": draft.routes.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "unchanged": unchanged,
-        "revision": revision,
-        "unset_secrets": unset,
-    });
+    let body = DeployResponse {
+        app: app.to_string(),
+        tenant: caller.tenant().to_string(),
+        version: VersionName(version.number),
+        digest: draft.digest.clone(),
+        routes: draft.routes.iter().map(ToString::to_string).collect(),
+        unchanged,
+        revision,
+        unset_secrets: unset,
+        confirmation: Confirmation::default(),
+    };
     Ok((status, body, prepared))
 }
 
@@ -367,17 +392,15 @@ async fn record_version(
     for _ in 0..MAX_ATTEMPTS {
         let claims = Claims::read(control).await?;
         let (mut record, expect) = read_record(control, &key, caller.tenant(), app).await?;
-        if let Some(expected) = &draft.request.expect_version {
-            let expected = parse_version(expected)
-                .ok_or_else(|| ApiError::BadRequest(format!("`{expected}` is not a version")))?;
-            if record.primary() != Some(expected) {
-                return Err(ApiError::Conflict(format!(
-                    "the app no longer serves v{expected} (now {}); deploy again from the latest state",
-                    record
-                        .primary()
-                        .map_or("nothing".to_string(), |v| format!("v{v}"))
-                )));
-            }
+        if let Some(VersionName(expected)) = draft.request.expect_version
+            && record.primary() != Some(expected)
+        {
+            return Err(ApiError::Conflict(format!(
+                "the app no longer serves v{expected} (now {}); deploy again from the latest state",
+                record
+                    .primary()
+                    .map_or("nothing".to_string(), |v| format!("v{v}"))
+            )));
         }
         check_claims(control, caller.tenant(), app, &draft.routes).await?;
         let before = live_routes(&record);

@@ -16,8 +16,7 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use verge_api::{KeyPage, KvListQuery};
 use verge_kv::{Bucket, KvError};
 
 use crate::audit::{Outcome, Record};
@@ -98,23 +97,31 @@ async fn bucket(
         .map_err(kv_error)
 }
 
-/// Query of `GET /v1/apps/{app}/kv/{store}`.
-#[derive(Debug, Deserialize)]
-pub(crate) struct ListQuery {
-    /// List keys after this one.
-    #[serde(default)]
-    after: Option<String>,
-    /// Keys per page (default 1000, at most 10000).
-    #[serde(default)]
-    limit: Option<usize>,
-}
-
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/kv/{store}",
+    operation_id = "listKeys",
+    tag = "kv",
+    summary = "List keys of an app's key-value store",
+    description = "Requires `kv:read`. Keys of the caller's tenant's store, in byte order, a page at a time. Only stores that a serving version of the app declares are reachable; others answer 404.",
+    params(("app" = String, Path, description = "App name, within the caller's tenant."), ("store" = String, Path, description = "Store name, as components declare it in `key_value_stores`."), verge_api::KvListQuery),
+    responses(
+        (status = 200, description = "A page of keys.", body = verge_api::KeyPage, content_type = "application/json"),
+        (status = 400, description = "The request is invalid (`bad_request`).", body = verge_api::ErrorBody),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 404, description = "Not found, or not visible to this tenant (`not_found`).", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "The server is at a limit for this kind of request (e.g. too many open log streams).", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn list(
     State(control): State<Arc<Control>>,
     caller: Caller,
     url: Result<UrlPath<(String, String)>, PathRejection>,
-    Query(query): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Query(query): Query<KvListQuery>,
+) -> Result<Json<KeyPage>, ApiError> {
     let (app, store) = path(url)?;
     caller
         .require("kv:read", &format!("{}/{app}", caller.tenant()))
@@ -125,9 +132,28 @@ pub(crate) async fn list(
         .await
         .map_err(kv_error)?;
     let next = if more { keys.last().cloned() } else { None };
-    Ok(Json(json!({ "keys": keys, "next": next })))
+    Ok(Json(KeyPage { keys, next }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/kv/{store}/{key}",
+    operation_id = "getKey",
+    tag = "kv",
+    summary = "Read a value",
+    description = "Requires `kv:read`. Only stores that a serving version of the app declares are reachable; others answer 404.",
+    params(("app" = String, Path, description = "App name, within the caller's tenant."), ("store" = String, Path, description = "Store name, as components declare it in `key_value_stores`."), ("key" = String, Path, description = "The key: UTF-8, percent-encoded, 1 to 1024 bytes, no NUL.")),
+    responses(
+        (status = 200, description = "The value's bytes.", body = verge_api::RawBody, content_type = "application/octet-stream"),
+        (status = 400, description = "The request is invalid (`bad_request`).", body = verge_api::ErrorBody),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 404, description = "Not found, or not visible to this tenant (`not_found`).", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "The server is at a limit for this kind of request (e.g. too many open log streams).", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn get(
     State(control): State<Arc<Control>>,
     caller: Caller,
@@ -151,6 +177,27 @@ pub(crate) async fn get(
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/apps/{app}/kv/{store}/{key}",
+    operation_id = "setKey",
+    tag = "kv",
+    summary = "Write a value",
+    description = "Requires `kv:write`. Durable when answered. Over the store's quotas (value size, keys, bytes) answers 413. Audited with the key, not the value. Only stores that a serving version of the app declares are reachable; others answer 404.",
+    params(("app" = String, Path, description = "App name, within the caller's tenant."), ("store" = String, Path, description = "Store name, as components declare it in `key_value_stores`."), ("key" = String, Path, description = "The key: UTF-8, percent-encoded, 1 to 1024 bytes, no NUL.")),
+    request_body(content = verge_api::RawBody, content_type = "application/octet-stream", description = "The raw bytes."),
+    responses(
+        (status = 204, description = "Stored."),
+        (status = 400, description = "The request is invalid (`bad_request`).", body = verge_api::ErrorBody),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 404, description = "Not found, or not visible to this tenant (`not_found`).", body = verge_api::ErrorBody),
+        (status = 413, description = "The body is too large (`too_large`).", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "The server is at a limit for this kind of request (e.g. too many open log streams).", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn set(
     State(control): State<Arc<Control>>,
     caller: Caller,
@@ -176,6 +223,25 @@ pub(crate) async fn set(
     result.map(|()| StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/apps/{app}/kv/{store}/{key}",
+    operation_id = "deleteKey",
+    tag = "kv",
+    summary = "Delete a key",
+    description = "Requires `kv:write`. Deleting a missing key succeeds. Only stores that a serving version of the app declares are reachable; others answer 404.",
+    params(("app" = String, Path, description = "App name, within the caller's tenant."), ("store" = String, Path, description = "Store name, as components declare it in `key_value_stores`."), ("key" = String, Path, description = "The key: UTF-8, percent-encoded, 1 to 1024 bytes, no NUL.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 400, description = "The request is invalid (`bad_request`).", body = verge_api::ErrorBody),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 404, description = "Not found, or not visible to this tenant (`not_found`).", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "The server is at a limit for this kind of request (e.g. too many open log streams).", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn delete(
     State(control): State<Arc<Control>>,
     caller: Caller,

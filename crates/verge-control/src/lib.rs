@@ -27,6 +27,7 @@ mod kv;
 pub mod logs;
 pub mod model;
 mod nodes;
+mod openapi;
 mod secrets;
 mod tokens;
 mod usage;
@@ -60,9 +61,9 @@ pub trait DataPlane: Send + Sync + 'static {
     /// says whether app `key` (`tenant/app`) is served as recorded.
     async fn wait_applied(&self, key: &str, revision: Revision, timeout: Duration) -> Applied;
 
-    /// The nodes of the cluster as JSON objects (`GET /v1/nodes`); a
-    /// standalone server lists itself.
-    fn nodes(&self) -> Vec<serde_json::Value>;
+    /// The nodes of the cluster (`GET /v1/nodes`); a standalone server
+    /// lists itself.
+    fn nodes(&self) -> Vec<verge_api::NodeStatus>;
 
     /// In a cluster, waits until every node that is up serves app `key` as
     /// of `revision`, at most `timeout`, and says which do; `None` for a
@@ -119,20 +120,7 @@ impl Drop for Prepared {
     }
 }
 
-/// Which nodes of a cluster serve a change: those its placement selects
-/// (nodes it does not select are not listed).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Fleet {
-    /// Nodes serving it.
-    pub ready: Vec<String>,
-    /// Nodes up but not serving it yet (still fetching or compiling, or
-    /// failing: see `verge nodes`).
-    pub lagging: Vec<String>,
-    /// Nodes down or out of reach; they catch up when they return.
-    pub down: Vec<String>,
-    /// Fewest nodes that must serve the app (`[placement] min_replicas`).
-    pub min_replicas: Option<u32>,
-}
+pub use verge_api::Fleet;
 
 /// What the node did with a recorded change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,15 +134,20 @@ pub enum Applied {
 }
 
 impl Applied {
-    /// The `serving` field of a response, and the reason when not.
-    pub(crate) fn describe(&self, body: &mut serde_json::Value) {
-        body["serving"] = serde_json::Value::Bool(*self == Applied::Serving);
-        match self {
-            Applied::Serving => {}
-            Applied::Failed(reason) => body["problem"] = reason.clone().into(),
+    /// What an answer says of it: whether the change is served, and the
+    /// reason when not.
+    pub(crate) fn confirmation(&self) -> verge_api::Confirmation {
+        let problem = match self {
+            Applied::Serving => None,
+            Applied::Failed(reason) => Some(reason.clone()),
             Applied::TimedOut => {
-                body["problem"] = "the node did not confirm in time; it may still be loading".into()
+                Some("the node did not confirm in time; it may still be loading".to_string())
             }
+        };
+        verge_api::Confirmation {
+            serving: *self == Applied::Serving,
+            problem,
+            nodes: None,
         }
     }
 }
@@ -298,27 +291,24 @@ impl Control {
     }
 
     /// Waits until the node serves the change at `revision` to app
-    /// `target`, then (in a cluster) until the other nodes do, and says so
-    /// in `body` (`serving`, `problem`, `nodes`).
+    /// `target`, then (in a cluster) until the other nodes do, and says so.
     pub(crate) async fn confirm(
         &self,
         target: &str,
         revision: Revision,
-        body: &mut serde_json::Value,
-    ) {
+    ) -> verge_api::Confirmation {
         let applied = self
             .data_plane
             .wait_applied(target, revision, self.config.apply_timeout)
             .await;
-        applied.describe(body);
-        if applied == Applied::Serving
-            && let Some(fleet) = self
+        let mut confirmation = applied.confirmation();
+        if applied == Applied::Serving {
+            confirmation.nodes = self
                 .data_plane
                 .wait_fleet(target, revision, self.config.apply_timeout)
-                .await
-        {
-            body["nodes"] = serde_json::to_value(&fleet).unwrap_or_default();
+                .await;
         }
+        confirmation
     }
 
     pub(crate) async fn pause_if(&self, stage: &str) {
@@ -379,22 +369,16 @@ impl Control {
 /// mints it.
 const BOOTSTRAP_KEY: &str = "meta/bootstrap";
 
-/// The OpenAPI document describing this API.
-pub const OPENAPI: &str = include_str!("openapi.json");
+/// The OpenAPI document describing this API (generated; see `openapi`).
+pub fn openapi() -> &'static str {
+    openapi::DOCUMENT.as_str()
+}
 
 /// The API's routes, all under `/v1`.
 pub fn router(control: Arc<Control>) -> Router {
     Router::new()
-        .route("/v1/health", get(|| async { "ok\n" }))
-        .route(
-            "/v1/openapi.json",
-            get(|| async {
-                (
-                    [(axum::http::header::CONTENT_TYPE, "application/json")],
-                    OPENAPI,
-                )
-            }),
-        )
+        .route("/v1/health", get(openapi::health))
+        .route("/v1/openapi.json", get(openapi::openapi_document))
         .route("/v1/status", get(apps::status))
         .route("/v1/apps", get(apps::list))
         .route("/v1/apps/{app}", get(apps::show).delete(apps::delete))

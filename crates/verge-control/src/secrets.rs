@@ -14,7 +14,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
 use http_body_util::BodyExt;
-use serde_json::{Value, json};
+use verge_api::{Confirmation, SecretDeleted, SecretInfo, SecretList, SecretSet};
 use verge_manifest::check_config_name;
 use verge_secrets::MAX_SECRET_BYTES;
 use verge_store::{Expect, Op};
@@ -33,11 +33,29 @@ fn check_names(app: &str, name: &str) -> Result<(), ApiError> {
         .map_err(|why| ApiError::BadRequest(format!("invalid secret name `{name}`: {why}")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/secrets",
+    operation_id = "listSecrets",
+    tag = "secrets",
+    summary = "List an app's secrets",
+    description = "Requires `apps:read`. Names and times only: no route ever returns a secret's value.",
+    params(("app" = String, Path, description = "App name, within the caller's tenant.")),
+    responses(
+        (status = 200, description = "The app's secrets.", body = verge_api::SecretList, content_type = "application/json"),
+        (status = 400, description = "The request is invalid (`bad_request`).", body = verge_api::ErrorBody),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn list(
     State(control): State<Arc<Control>>,
     caller: Caller,
     UrlPath(app): UrlPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretList>, ApiError> {
     caller.require("apps:read", caller.tenant()).await?;
     check_app_name(&app)?;
     let prefix = format!("{SECRETS_PREFIX}{}/{app}/", caller.tenant());
@@ -45,21 +63,43 @@ pub(crate) async fn list(
     for entry in control.store.list(&prefix).await? {
         let record: SecretRecord =
             serde_json::from_slice(&entry.value).map_err(ApiError::internal)?;
-        secrets.push(json!({
-            "name": record.name,
-            "created": record.created,
-            "updated": record.updated,
-        }));
+        secrets.push(SecretInfo {
+            name: record.name,
+            created: record.created,
+            updated: record.updated,
+        });
     }
-    Ok(Json(json!({ "secrets": secrets })))
+    Ok(Json(SecretList { secrets }))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/apps/{app}/secrets/{name}",
+    operation_id = "setSecret",
+    tag = "secrets",
+    summary = "Set a secret",
+    description = "Requires `secrets:write`. The body is the value: UTF-8 text (guests read it through `wasi:config/store`), at most 1 MiB, NUL bytes kept. It is sealed with XChaCha20-Poly1305 under the node's master key before it is stored; the audit entry names the secret, never the value. Components that declare the secret see the new value once the answer says `serving`. The app must exist (404 otherwise) and may have at most 64 secrets (409 for a new one beyond that).",
+    params(("app" = String, Path, description = "App name, within the caller's tenant."), ("name" = String, Path, description = "Secret name: 1 to 64 of a-z, 0-9 and `_`, starting with a letter.")),
+    request_body(content = verge_api::RawBody, content_type = "application/octet-stream", description = "The raw bytes."),
+    responses(
+        (status = 200, description = "Stored.", body = verge_api::SecretSet, content_type = "application/json"),
+        (status = 400, description = "The request is invalid (`bad_request`).", body = verge_api::ErrorBody),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 404, description = "Not found, or not visible to this tenant (`not_found`).", body = verge_api::ErrorBody),
+        (status = 409, description = "A precondition or a claim conflicts (`conflict`).", body = verge_api::ErrorBody),
+        (status = 413, description = "The body is too large (`too_large`).", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn set(
     State(control): State<Arc<Control>>,
     caller: Caller,
     UrlPath((app, name)): UrlPath<(String, String)>,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretSet>, ApiError> {
     let target = format!("{}/{app}/{name}", caller.tenant());
     caller.require("secrets:write", &target).await?;
     let result = set_value(&control, &caller, &app, &name, body).await;
@@ -73,8 +113,13 @@ pub(crate) async fn set(
             .await;
     }
     let (created, revision) = result?;
-    let body = json!({ "app": app, "secret": name, "created": created });
-    Ok(Json(applied(&control, &caller, &app, revision, body).await))
+    let confirmation = applied(&control, &caller, &app, revision).await;
+    Ok(Json(SecretSet {
+        app,
+        secret: name,
+        created,
+        confirmation,
+    }))
 }
 
 async fn set_value(
@@ -167,11 +212,31 @@ async fn set_value(
     Ok((existing.is_none(), revision))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/apps/{app}/secrets/{name}",
+    operation_id = "deleteSecret",
+    tag = "secrets",
+    summary = "Delete a secret",
+    description = "Requires `secrets:write`. Components that declared it read it as unset from then on.",
+    params(("app" = String, Path, description = "App name, within the caller's tenant."), ("name" = String, Path, description = "Secret name: 1 to 64 of a-z, 0-9 and `_`, starting with a letter.")),
+    responses(
+        (status = 200, description = "Deleted.", body = verge_api::SecretDeleted, content_type = "application/json"),
+        (status = 400, description = "The request is invalid (`bad_request`).", body = verge_api::ErrorBody),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 404, description = "Not found, or not visible to this tenant (`not_found`).", body = verge_api::ErrorBody),
+        (status = 409, description = "A precondition or a claim conflicts (`conflict`).", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn delete(
     State(control): State<Arc<Control>>,
     caller: Caller,
     UrlPath((app, name)): UrlPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretDeleted>, ApiError> {
     let target = format!("{}/{app}/{name}", caller.tenant());
     caller.require("secrets:write", &target).await?;
     check_names(&app, &name)?;
@@ -191,20 +256,17 @@ pub(crate) async fn delete(
             )
             .await?
     };
-    let body = json!({ "app": app, "deleted": name });
-    Ok(Json(applied(&control, &caller, &app, revision, body).await))
+    let confirmation = applied(&control, &caller, &app, revision).await;
+    Ok(Json(SecretDeleted {
+        app,
+        deleted: name,
+        confirmation,
+    }))
 }
 
-/// Waits until the node has the change at `revision`, and says so in `body`.
-async fn applied(
-    control: &Control,
-    caller: &Caller,
-    app: &str,
-    revision: u64,
-    mut body: Value,
-) -> Value {
+/// Waits until the node has the change at `revision`, and says so.
+async fn applied(control: &Control, caller: &Caller, app: &str, revision: u64) -> Confirmation {
     control
-        .confirm(&format!("{}/{app}", caller.tenant()), revision, &mut body)
-        .await;
-    body
+        .confirm(&format!("{}/{app}", caller.tenant()), revision)
+        .await
 }

@@ -27,7 +27,7 @@ impl DataPlane for AcceptAll {
     async fn wait_applied(&self, _: &str, _: Revision, _: Duration) -> Applied {
         Applied::Serving
     }
-    fn nodes(&self) -> Vec<serde_json::Value> {
+    fn nodes(&self) -> Vec<verge_api::NodeStatus> {
         Vec::new()
     }
     async fn wait_fleet(&self, _: &str, _: Revision, _: Duration) -> Option<Fleet> {
@@ -210,7 +210,7 @@ fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &s
 
 /// Every documented operation, with the path parameters filled in.
 fn documented_operations() -> Vec<(Method, String)> {
-    let doc: Value = serde_json::from_str(OPENAPI).expect("the OpenAPI document is JSON");
+    let doc: Value = serde_json::from_str(openapi()).expect("the OpenAPI document is JSON");
     let mut ops = Vec::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for method in ["get", "put", "post", "delete"] {

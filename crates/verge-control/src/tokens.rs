@@ -14,8 +14,10 @@ use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use verge_api::{
+    AuditPage, AuditQuery, CreateTokenRequest, Scope, Token, TokenCreated, TokenList, TokenState,
+    Verification,
+};
 use verge_store::{Expect, Op};
 
 use crate::audit::{self, Outcome, Record};
@@ -24,23 +26,6 @@ use crate::deploy::read_json;
 use crate::model::{TokenRecord, now, rfc3339, token_key, unix_now};
 use crate::{ApiError, Caller, Control};
 
-/// Body of `POST /v1/tokens`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CreateToken {
-    /// Tenant the token acts for; default: the caller's.
-    #[serde(default)]
-    tenant: Option<String>,
-    /// Scopes to grant.
-    scopes: Vec<String>,
-    /// What the token is for.
-    #[serde(default)]
-    name: String,
-    /// Lifetime, e.g. `30days` or `12h`; default: no expiry.
-    #[serde(default)]
-    expires_in: Option<String>,
-}
-
 /// Longest lifetime a token may be given (10 years).
 const MAX_LIFETIME_SECS: u64 = 10 * 366 * 24 * 3600;
 
@@ -48,33 +33,58 @@ fn visible(caller: &Caller, record: &TokenRecord) -> bool {
     record.tenant == caller.tenant() || caller.has("tenants:admin")
 }
 
-fn describe(record: &TokenRecord) -> Value {
-    let state = if record.revoked.is_some() {
-        "revoked"
-    } else if record.expires_at.is_some_and(|t| t <= unix_now()) {
-        "expired"
-    } else {
-        "active"
-    };
-    json!({
-        "id": record.id,
-        "tenant": record.tenant,
-        "scopes": record.scopes,
-        "name": record.name,
-        "created": record.created,
-        "expires": record.expires_at.map(rfc3339),
-        "revoked": record.revoked,
-        "state": state,
-    })
+/// The scopes of a stored token that this server knows (a record written
+/// by a newer server may hold others, which grant nothing here).
+pub(crate) fn scopes(stored: &[String]) -> Vec<Scope> {
+    stored.iter().filter_map(|s| s.parse().ok()).collect()
 }
 
+fn describe(record: &TokenRecord) -> Token {
+    let state = if record.revoked.is_some() {
+        TokenState::Revoked
+    } else if record.expires_at.is_some_and(|t| t <= unix_now()) {
+        TokenState::Expired
+    } else {
+        TokenState::Active
+    };
+    Token {
+        id: record.id.clone(),
+        tenant: record.tenant.clone(),
+        scopes: scopes(&record.scopes),
+        name: record.name.clone(),
+        created: record.created.clone(),
+        expires: record.expires_at.map(rfc3339),
+        revoked: record.revoked.clone(),
+        state,
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    operation_id = "createToken",
+    tag = "tokens",
+    summary = "Create a token",
+    description = "Requires the `tokens:admin` scope. A token can only grant scopes the caller holds, for the caller's own tenant unless the caller holds `tenants:admin`. The token text is returned once. The body is at most 64 KiB. Audited as `token.create`. `expires_in` is at most 10 years; a token never expires later than the token creating it.",
+    request_body(content = verge_api::CreateTokenRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The token was created.", body = verge_api::TokenCreated, content_type = "application/json"),
+        (status = 400, description = "Invalid JSON, tenant name or `expires_in`; no scope or an unknown scope; or a name longer than 200 characters or with control characters.", body = verge_api::ErrorBody),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The caller lacks `tokens:admin`, `tenants:admin` (for another tenant), or a scope it tries to grant.", body = verge_api::ErrorBody),
+        (status = 413, description = "The request body is larger than 64 KiB.", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn create(
     State(control): State<Arc<Control>>,
     caller: Caller,
     body: Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
     caller.require("tokens:admin", caller.tenant()).await?;
-    let request: CreateToken = read_json(body, 64 * 1024).await?;
+    let request: CreateTokenRequest = read_json(body, 64 * 1024).await?;
     let tenant = request
         .tenant
         .clone()
@@ -93,14 +103,8 @@ pub(crate) async fn create(
             )));
         }
         for scope in &request.scopes {
-            if !SCOPES.contains(&scope.as_str()) {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown scope `{scope}`; scopes are {}",
-                    SCOPES.join(", ")
-                )));
-            }
-            if !caller.has(scope) {
-                return Err(ApiError::Forbidden(scope.clone()));
+            if !caller.has(scope.as_str()) {
+                return Err(ApiError::Forbidden(scope.to_string()));
             }
         }
         if request.name.len() > 200 || request.name.chars().any(char::is_control) {
@@ -128,7 +132,7 @@ pub(crate) async fn create(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let mut scopes = request.scopes.clone();
+        let mut scopes: Vec<String> = request.scopes.iter().map(|s| s.to_string()).collect();
         scopes.sort();
         scopes.dedup();
         let issued = auth::mint(&tenant, scopes, &request.name, expires_at)?;
@@ -153,15 +157,35 @@ pub(crate) async fn create(
             .await;
     }
     let issued = result?;
-    let mut body = describe(&issued.record);
-    body["token"] = Value::String(issued.text);
-    Ok((StatusCode::CREATED, Json(body)))
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenCreated {
+            info: describe(&issued.record),
+            token: issued.text,
+        }),
+    ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    operation_id = "listTokens",
+    tag = "tokens",
+    summary = "List tokens",
+    description = "Requires the `tokens:admin` scope. Lists the tokens of the caller's tenant, or of every tenant with `tenants:admin`. Secrets are never shown.",
+    responses(
+        (status = 200, description = "The visible tokens.", body = verge_api::TokenList, content_type = "application/json"),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn list(
     State(control): State<Arc<Control>>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenList>, ApiError> {
     caller.require("tokens:admin", caller.tenant()).await?;
     let mut tokens = Vec::new();
     for entry in control.store.list("tokens/").await? {
@@ -171,14 +195,33 @@ pub(crate) async fn list(
             tokens.push(describe(&record));
         }
     }
-    Ok(Json(json!({ "tokens": tokens })))
+    Ok(Json(TokenList { tokens }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{id}",
+    operation_id = "revokeToken",
+    tag = "tokens",
+    summary = "Revoke a token",
+    description = "Requires the `tokens:admin` scope. Revokes a token of the caller's tenant (any tenant with `tenants:admin`). Revoking a revoked token changes nothing and answers it again. Audited as `token.revoke`. The caller must hold every scope of the token it revokes (403 otherwise); the last active `tenants:admin` token cannot be revoked (409).",
+    params(("id" = String, Path, description = "Token id, 16 hex digits.")),
+    responses(
+        (status = 200, description = "The token, now revoked.", body = verge_api::Token, content_type = "application/json"),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 404, description = "No such token, a malformed id, or a token of another tenant.", body = verge_api::ErrorBody),
+        (status = 409, description = "The token changed concurrently; try again.", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn revoke(
     State(control): State<Arc<Control>>,
     caller: Caller,
     UrlPath(id): UrlPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Token>, ApiError> {
     caller.require("tokens:admin", caller.tenant()).await?;
     let not_found = || ApiError::NotFound(format!("no token with id `{id}`"));
     if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -229,22 +272,29 @@ pub(crate) async fn revoke(
     Ok(Json(describe(&record)))
 }
 
-/// Query of `GET /v1/audit`.
-#[derive(Debug, Deserialize)]
-pub(crate) struct AuditQuery {
-    /// Only entries after this sequence number.
-    #[serde(default)]
-    after: u64,
-    /// At most this many entries (default 100, at most 1000).
-    #[serde(default)]
-    limit: Option<usize>,
-}
-
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    operation_id = "listAudit",
+    tag = "audit",
+    summary = "Read the audit log",
+    description = "Requires the `audit:read` scope. Entries of the caller's tenant, or of every tenant with `tenants:admin`, oldest first.",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "A page of entries.", body = verge_api::AuditPage, content_type = "application/json"),
+        (status = 400, description = "The query string does not parse.", body = verge_api::ErrorBody, content_type = "application/json"),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn audit_list(
     State(control): State<Arc<Control>>,
     caller: Caller,
     query: Result<Query<AuditQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     caller.require("audit:read", caller.tenant()).await?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
@@ -254,21 +304,58 @@ pub(crate) async fn audit_list(
         all || e.tenant == tenant
     })
     .await?;
-    let next = (entries.len() == limit).then(|| entries.last().map(|e| e.seq));
-    Ok(Json(
-        json!({ "entries": entries, "next_after": next.flatten() }),
-    ))
+    let next_after = (entries.len() == limit)
+        .then(|| entries.last().map(|e| e.seq))
+        .flatten();
+    let entries = entries
+        .into_iter()
+        .map(|e| verge_api::AuditEntry {
+            seq: e.seq,
+            time: e.time,
+            actor: e.actor,
+            tenant: e.tenant,
+            action: e.action,
+            target: e.target,
+            outcome: e.outcome,
+            detail: e.detail,
+            prev: e.prev,
+            hash: e.hash,
+        })
+        .collect();
+    Ok(Json(AuditPage {
+        entries,
+        next_after,
+    }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit/verify",
+    operation_id = "verifyAudit",
+    tag = "audit",
+    summary = "Verify the audit chain",
+    description = "Requires `audit:read` and `tenants:admin`: the chain spans every tenant. Recomputes the hash chain and reports the first entry that was edited, removed or reordered.",
+    responses(
+        (status = 200, description = "The result of the check (a broken chain is still 200, with `ok: false`).", body = verge_api::Verification, content_type = "application/json"),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn audit_verify(
     State(control): State<Arc<Control>>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Verification>, ApiError> {
     // The chain spans every tenant: verifying it is an operator's task.
     caller.require("audit:read", caller.tenant()).await?;
     caller.require("tenants:admin", caller.tenant()).await?;
     let report = audit::verify(control.store.as_ref()).await?;
-    Ok(Json(
-        serde_json::to_value(report).map_err(ApiError::internal)?,
-    ))
+    Ok(Json(Verification {
+        entries: report.entries,
+        ok: report.ok,
+        first_bad: report.first_bad,
+        problem: report.problem,
+    }))
 }

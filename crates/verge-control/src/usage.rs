@@ -11,8 +11,7 @@ use std::time::{Duration, SystemTime};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use verge_api::{UsagePage, UsageParams};
 use verge_meter::{Granularity, UsageCursor, UsageQuery, UsageRow};
 
 use crate::error::ApiError;
@@ -23,22 +22,6 @@ use crate::{Caller, Control};
 const DEFAULT_PAGE: usize = 500;
 /// Most rows per page.
 const MAX_PAGE: usize = 5000;
-
-/// The query string.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct UsageParams {
-    /// Start: a duration back from now (`24h`) or an RFC 3339 time.
-    since: Option<String>,
-    /// End (excluded), the same forms; default now.
-    until: Option<String>,
-    /// `minute`, `hour` (default) or `day`.
-    by: Option<Granularity>,
-    tenant: Option<String>,
-    app: Option<String>,
-    cursor: Option<String>,
-    limit: Option<usize>,
-}
 
 /// Reads `24h` (back from `now`) or an RFC 3339 time.
 fn parse_time(text: &str, now: SystemTime, name: &str) -> Result<SystemTime, ApiError> {
@@ -53,11 +36,29 @@ fn parse_time(text: &str, now: SystemTime, name: &str) -> Result<SystemTime, Api
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/usage",
+    operation_id = "getUsage",
+    tag = "usage",
+    summary = "Metered usage and cost per app and time bucket",
+    description = "Requires the `usage:read` scope. Rows of the caller's tenant; with `tenants:admin`, of any tenant (all by default). Summed over versions per bucket, tenant and app, ordered by bucket, tenant, app. Usage reaches this endpoint once per flush interval of the node.",
+    params(UsageParams),
+    responses(
+        (status = 200, description = "A page of rows.", body = verge_api::UsagePage, content_type = "application/json"),
+        (status = 400, description = "The query string does not parse.", body = verge_api::ErrorBody, content_type = "application/json"),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
+        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
+        (status = 503, description = "The server is at a limit for this kind of request (e.g. too many open log streams).", body = verge_api::ErrorBody),
+    ),
+)]
 pub(crate) async fn query(
     State(control): State<Arc<Control>>,
     caller: Caller,
     params: Result<Query<UsageParams>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UsagePage>, ApiError> {
     caller.require("usage:read", caller.tenant()).await?;
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let Some(db) = control.usage.clone() else {
@@ -96,7 +97,11 @@ pub(crate) async fn query(
         .map(UsageCursor::decode)
         .transpose()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let by = params.by.unwrap_or(Granularity::Hour);
+    let by = match params.by.unwrap_or(verge_api::Granularity::Hour) {
+        verge_api::Granularity::Minute => Granularity::Minute,
+        verge_api::Granularity::Hour => Granularity::Hour,
+        verge_api::Granularity::Day => Granularity::Day,
+    };
     let query = UsageQuery {
         tenant,
         app: params.app,
@@ -111,43 +116,49 @@ pub(crate) async fn query(
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     let prices = &control.prices;
-    let rows: Vec<Value> = page.rows.iter().map(|r| row(r, prices)).collect();
-    Ok(Json(json!({
-        "by": by,
-        "currency": prices.currency,
-        "rows": rows,
-        "next": page.next.map(|c| c.encode()),
-    })))
+    Ok(Json(UsagePage {
+        by: params.by.unwrap_or(verge_api::Granularity::Hour),
+        currency: prices.currency.clone(),
+        rows: page.rows.iter().map(|r| row(r, prices)).collect(),
+        next: page.next.map(|c| c.encode()),
+    }))
 }
 
-fn row(r: &UsageRow, prices: &verge_meter::PriceSheet) -> Value {
+fn row(r: &UsageRow, prices: &verge_meter::PriceSheet) -> verge_api::UsageRow {
     let t = &r.totals;
-    json!({
-        "start": rfc3339(r.bucket.saturating_mul(60)),
-        "tenant": r.tenant,
-        "app": r.app,
-        "requests": t.requests,
-        "invocations": t.invocations,
-        "rejected_quota": t.rejected_quota,
-        "rejected_limit": t.rejected_limit,
-        "status_2xx": t.status_2xx,
-        "status_3xx": t.status_3xx,
-        "status_4xx": t.status_4xx,
-        "status_5xx": t.status_5xx,
-        "cold_starts": t.cold_starts,
-        "wall_seconds": t.wall_us as f64 / 1e6,
-        "billed_ms": t.billed_ms,
-        "cpu_seconds": t.cpu_us as f64 / 1e6,
-        "gb_seconds": verge_meter::gb_seconds(t),
-        "peak_memory_bytes": t.peak_memory,
-        "request_bytes": t.request_bytes,
-        "response_bytes": t.response_bytes,
-        "outbound_calls": t.outbound_calls,
-        "outbound_bytes": t.outbound_bytes,
-        "outbound_bytes_sent": t.outbound_bytes_sent,
-        "egress_bytes": verge_meter::egress_bytes(t),
-        "kv_ops": t.kv_ops,
-        "ai_tokens": t.ai_tokens,
-        "cost": prices.cost(t),
-    })
+    let cost = prices.cost(t);
+    verge_api::UsageRow {
+        start: rfc3339(r.bucket.saturating_mul(60)),
+        tenant: r.tenant.clone(),
+        app: r.app.clone(),
+        requests: t.requests,
+        invocations: t.invocations,
+        rejected_quota: t.rejected_quota,
+        rejected_limit: t.rejected_limit,
+        status_2xx: t.status_2xx,
+        status_3xx: t.status_3xx,
+        status_4xx: t.status_4xx,
+        status_5xx: t.status_5xx,
+        cold_starts: t.cold_starts,
+        wall_seconds: t.wall_us as f64 / 1e6,
+        billed_ms: t.billed_ms,
+        cpu_seconds: t.cpu_us as f64 / 1e6,
+        gb_seconds: verge_meter::gb_seconds(t),
+        peak_memory_bytes: t.peak_memory,
+        request_bytes: t.request_bytes,
+        response_bytes: t.response_bytes,
+        outbound_calls: t.outbound_calls,
+        outbound_bytes: t.outbound_bytes,
+        outbound_bytes_sent: t.outbound_bytes_sent,
+        egress_bytes: verge_meter::egress_bytes(t),
+        kv_ops: t.kv_ops,
+        ai_tokens: t.ai_tokens,
+        cost: verge_api::Cost {
+            requests: cost.requests,
+            cpu: cost.cpu,
+            memory: cost.memory,
+            egress: cost.egress,
+            total: cost.total,
+        },
+    }
 }

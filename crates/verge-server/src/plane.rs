@@ -298,6 +298,33 @@ impl NodePlane {
     }
 }
 
+/// A node as `GET /v1/nodes` shows it.
+fn node_view(node: NodeStatus) -> verge_api::NodeStatus {
+    let report = node.report;
+    verge_api::NodeStatus {
+        name: report.name,
+        labels: report.labels,
+        version: report.version,
+        addr: report.addr,
+        started: report.started,
+        sent: report.sent,
+        applied: report.applied,
+        apps: report.apps as u64,
+        failed: report.failed,
+        load: report.load,
+        uplink_bytes: report.uplink_bytes,
+        status: match node.status {
+            "up" => verge_api::NodeState::Up,
+            "degraded" => verge_api::NodeState::Degraded,
+            "down" => verge_api::NodeState::Down,
+            _ => verge_api::NodeState::Unknown,
+        },
+        seen_ms: node.seen_ms,
+        this_node: node.this_node,
+        rtt_ms: node.rtt_ms,
+    }
+}
+
 /// Where an app runs, as recorded.
 struct Catalogued {
     placement: Placement,
@@ -343,7 +370,7 @@ impl DataPlane for NodePlane {
         }
     }
 
-    fn nodes(&self) -> Vec<serde_json::Value> {
+    fn nodes(&self) -> Vec<verge_api::NodeStatus> {
         let nodes = match &self.registry {
             Some(registry) => registry.nodes(),
             None => {
@@ -369,10 +396,7 @@ impl DataPlane for NodePlane {
                 }]
             }
         };
-        nodes
-            .iter()
-            .filter_map(|n| serde_json::to_value(n).ok())
-            .collect()
+        nodes.into_iter().map(node_view).collect()
     }
 
     async fn wait_fleet(&self, key: &str, revision: Revision, timeout: Duration) -> Option<Fleet> {

@@ -110,7 +110,7 @@ impl DataPlane for Counting {
     async fn wait_applied(&self, _: &str, _: Revision, _: Duration) -> Applied {
         Applied::Serving
     }
-    fn nodes(&self) -> Vec<serde_json::Value> {
+    fn nodes(&self) -> Vec<verge_api::NodeStatus> {
         Vec::new()
     }
     async fn wait_fleet(&self, _: &str, _: Revision, _: Duration) -> Option<Fleet> {
