@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, anyhow};
 use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -129,13 +130,13 @@ impl Client {
     /// failure (exit 2 for what the user must fix, 1 otherwise).
     pub(crate) async fn answer(&self, response: reqwest::Response) -> Result<Value, Failure> {
         let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success() {
-            return Ok(body);
+            return Ok(response.json().await.unwrap_or(Value::Null));
         }
-        let message = body["error"]["message"]
-            .as_str()
-            .map_or_else(|| format!("the server answered {status}"), str::to_string);
+        let message = match response.json::<verge_api::ErrorBody>().await {
+            Ok(body) => body.error.message,
+            Err(_) => format!("the server answered {status}"),
+        };
         let error = anyhow!("{message}");
         Err(match status {
             StatusCode::BAD_REQUEST | StatusCode::CONFLICT | StatusCode::PAYLOAD_TOO_LARGE => {
@@ -149,16 +150,45 @@ impl Client {
         })
     }
 
+    /// GET `path`, read as the API's type `T`.
+    pub(crate) async fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
+        typed(self.get(path).await?)
+    }
+
+    /// Sends `request`, and reads the answer as the API's type `T`.
+    pub(crate) async fn send_as<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+    ) -> Result<T, Failure> {
+        typed(self.send(request).await?)
+    }
+
     /// Shorthand for a GET.
     pub(crate) async fn get(&self, path: &str) -> Result<Value, Failure> {
         self.send(self.request(Method::GET, path)).await
     }
 }
 
+/// An answer of the API read as its type `T` (`verge_api`); an answer of
+/// another shape is a server this `verge` does not understand.
+pub(crate) fn typed<T: DeserializeOwned>(answer: Value) -> Result<T, Failure> {
+    serde_json::from_value(answer).map_err(|e| {
+        Failure::runtime(anyhow!(
+            "the server's answer is not what this verge {} expects ({e}); is the server \
+             another version?",
+            env!("CARGO_PKG_VERSION")
+        ))
+    })
+}
+
 /// Saves the login after checking it against the server.
-pub(crate) async fn login(env: &dyn Env, url: &str, token: String) -> Result<Value, Failure> {
+pub(crate) async fn login(
+    env: &dyn Env,
+    url: &str,
+    token: String,
+) -> Result<verge_api::Status, Failure> {
     let client = Client::new(url, token)?;
-    let status = client.get("/v1/status").await?;
+    let status = client.get_as("/v1/status").await?;
     let path = credentials_path(env)?;
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()

@@ -8,13 +8,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use serde_json::Value;
 use verge_cluster::{ClusterConfig, NatsAuth};
 
 use crate::Failure;
 use crate::client::Client;
+use crate::client::typed;
 use crate::env::Env;
-use crate::manage::{Output, block_on, items, print, print_json, str_of, table};
+use crate::manage::{Output, block_on, print, print_json, table};
 use crate::up::parse_duration;
 
 /// Flags of `verge server` for cluster mode.
@@ -188,45 +188,42 @@ fn check_advertise(url: &str) -> Result<(), &'static str> {
 /// `verge nodes`.
 pub(crate) fn nodes(output: Output, env: &dyn Env) -> Result<(), Failure> {
     let client = Client::from_env(env)?;
-    let nodes = block_on(client.get("/v1/nodes"))?;
+    let answer = block_on(client.get("/v1/nodes"))?;
     if output.json {
-        print_json(&nodes);
+        print_json(&answer);
         return Ok(());
     }
-    let rows = items(&nodes, "nodes")
+    let nodes: verge_api::NodeList = typed(answer)?;
+    let rows = nodes
+        .nodes
+        .iter()
         .map(|n| {
-            let mut name = str_of(&n["name"]);
-            if n["this_node"].as_bool() == Some(true) {
+            let mut name = n.name.clone();
+            if n.this_node {
                 name.push_str(" *");
             }
-            let labels = n["labels"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default();
-            let failed = n["failed"].as_object().map_or(0, |m| m.len());
-            let apps = if failed > 0 {
-                format!("{} ({failed} failing)", str_of(&n["apps"]))
-            } else {
-                str_of(&n["apps"])
+            let labels = n
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let apps = match n.failed.len() {
+                0 => n.apps.to_string(),
+                failed => format!("{} ({failed} failing)", n.apps),
             };
             vec![
                 name,
-                str_of(&n["status"]),
+                n.status.as_str().to_string(),
                 labels,
-                str_of(&n["version"]),
-                format!("{:.2}", n["load"].as_f64().unwrap_or(0.0)),
+                n.version.clone(),
+                format!("{:.2}", n.load),
                 apps,
-                str_of(&n["applied"]),
-                seen(n["seen_ms"].as_u64().unwrap_or(0)),
-                n["rtt_ms"]
-                    .as_f64()
+                n.applied.to_string(),
+                seen(n.seen_ms),
+                n.rtt_ms
                     .map_or_else(|| "-".to_string(), |ms| format!("{ms:.1}ms")),
-                str_of(&n["addr"]),
+                n.addr.clone().unwrap_or_else(|| "-".to_string()),
             ]
         })
         .collect();
@@ -251,19 +248,8 @@ fn seen(ms: u64) -> String {
 /// After a deploy: which nodes serve it. Nodes up but not serving in time
 /// fail the command (exit 1); nodes down only warn: they catch up when
 /// they return.
-pub(crate) fn report_fleet(out: &mut impl Write, nodes: &Value) -> Result<(), Failure> {
-    if nodes.is_null() {
-        return Ok(());
-    }
-    let names = |key: &str| -> Vec<String> {
-        nodes[key]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect()
-    };
-    let (ready, lagging, down) = (names("ready"), names("lagging"), names("down"));
+pub(crate) fn report_fleet(out: &mut impl Write, fleet: &verge_api::Fleet) -> Result<(), Failure> {
+    let (ready, lagging, down) = (&fleet.ready, &fleet.lagging, &fleet.down);
     let _ = writeln!(
         out,
         "  ready on {} of {} node(s) up: {}",
@@ -284,8 +270,8 @@ pub(crate) fn report_fleet(out: &mut impl Write, nodes: &Value) -> Result<(), Fa
             lagging.join(", ")
         )));
     }
-    if let Some(min) = nodes["min_replicas"].as_u64()
-        && (ready.len() as u64) < min
+    if let Some(min) = fleet.min_replicas
+        && ready.len() < min as usize
     {
         return Err(Failure::runtime(anyhow!(
             "the version is served by {} node(s), fewer than `min_replicas = {min}`: start or \

@@ -14,7 +14,6 @@ use anyhow::anyhow;
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use verge_manifest::MANIFEST_FILE;
 
@@ -141,25 +140,27 @@ async fn upload_and_deploy(
     environment: Option<&str>,
 ) -> Result<(), Failure> {
     let started = Instant::now();
-    let mut digests = serde_json::Map::new();
+    let mut components = std::collections::BTreeMap::new();
     for (name, path, bytes) in files {
         let digest = format!("{:x}", Sha256::digest(&bytes));
         upload(client, &name, &path, &digest, bytes).await?;
-        digests.insert(name, json!(digest));
+        components.insert(name, digest);
     }
-    let mut body = json!({"manifest": bundle.manifest, "components": digests});
-    if let Some(v) = expect_version {
-        body["expect_version"] = json!(v);
-    }
-    if let Some(env) = environment {
-        body["environment"] = json!(env);
-    }
+    let body = verge_api::DeployRequest {
+        manifest: bundle.manifest.clone(),
+        components,
+        expect_version: expect_version
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| Failure::input(anyhow!("--expect-version: {e}")))?,
+        environment: environment.map(str::to_string),
+    };
     let step = build::Step::start(format!(
         "Deploying {} (compiling on the server)",
         bundle.app
     ));
     let result = client
-        .send(
+        .send_as::<verge_api::DeployResponse>(
             client
                 .request(Method::POST, &format!("/v1/apps/{}/versions", bundle.app))
                 .json(&body),
@@ -175,42 +176,43 @@ async fn upload_and_deploy(
             return Err(e);
         }
     };
-    let version = answer["version"].as_str().unwrap_or("?");
-    let digest = answer["digest"].as_str().unwrap_or("");
+    let digest = &answer.digest;
     let mut out = std::io::stdout().lock();
-    let verb = if answer["unchanged"].as_bool() == Some(true) {
+    let verb = if answer.unchanged {
         "Unchanged; now serving"
     } else {
         "Deployed"
     };
     let _ = writeln!(
         out,
-        "{verb} {} {version} (digest {}) in {:.1}s",
+        "{verb} {} {} (digest {}) in {:.1}s",
         bundle.app,
+        answer.version,
         &digest[..digest.len().min(12)],
         started.elapsed().as_secs_f64()
     );
-    if answer["serving"].as_bool() != Some(true) {
+    if !answer.confirmation.serving {
         return Err(Failure::runtime(anyhow!(
-            "the version is recorded but the node did not confirm it serves; check `verge status` and the server log"
+            "the version is recorded but the node does not serve it: {}; check `verge status` \
+             and the server log",
+            answer
+                .confirmation
+                .problem
+                .as_deref()
+                .unwrap_or("it did not confirm")
         )));
     }
-    crate::cluster::report_fleet(&mut out, &answer["nodes"])?;
-    let unset: Vec<&str> = answer["unset_secrets"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str())
-        .collect();
-    if !unset.is_empty() {
+    if let Some(fleet) = &answer.confirmation.nodes {
+        crate::cluster::report_fleet(&mut out, fleet)?;
+    }
+    if !answer.unset_secrets.is_empty() {
         eprintln!(
             "warning: the app declares secrets that are not set, which its components read as unset: {}\n  set each with `verge secrets set {} NAME` (the value on stdin)",
-            unset.join(", "),
+            answer.unset_secrets.join(", "),
             bundle.app
         );
     }
-    for route in answer["routes"].as_array().into_iter().flatten() {
-        let route = route.as_str().unwrap_or("/");
+    for route in &answer.routes {
         if route.starts_with('/') {
             let _ = writeln!(out, "  {}{}", client.base, route);
         } else {
@@ -253,7 +255,7 @@ async fn upload(
         Ok::<_, std::io::Error>(chunk)
     }));
     let result = client
-        .send(
+        .send_as::<verge_api::BlobUploaded>(
             client
                 .request(Method::PUT, &format!("/v1/blobs/{digest}"))
                 .header(reqwest::header::CONTENT_LENGTH, total)

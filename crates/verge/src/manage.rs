@@ -8,10 +8,10 @@ use std::io::{Read, Write};
 use anyhow::anyhow;
 use clap::Subcommand;
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::Failure;
-use crate::client::{self, Client};
+use crate::client::{self, Client, typed};
 use crate::env::Env;
 
 /// Arguments of `verge login`.
@@ -93,9 +93,10 @@ pub(crate) enum TokensCommand {
     /// Create a token; its text is printed once.
     Create {
         /// Scopes, comma-separated: apps:read, apps:deploy, apps:delete,
-        /// tokens:admin, audit:read, tenants:admin.
+        /// secrets:write, kv:read, kv:write, tokens:admin, audit:read,
+        /// usage:read, metrics:read, tenants:admin.
         #[arg(long, value_delimiter = ',', required = true)]
-        scopes: Vec<String>,
+        scopes: Vec<verge_api::Scope>,
         /// Tenant the token acts for [default: your own].
         #[arg(long)]
         tenant: Option<String>,
@@ -190,34 +191,26 @@ pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
-pub(crate) fn str_of(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".to_string(),
-        other => other.to_string(),
-    }
-}
-
-/// The elements of the array `v[key]`.
-pub(crate) fn items<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
-    v[key].as_array().into_iter().flatten()
-}
-
-/// The array `v[key]` as text, elements separated by `sep`.
-fn joined(v: &Value, key: &str, sep: &str) -> String {
-    items(v, key).map(str_of).collect::<Vec<_>>().join(sep)
-}
-
-/// The fields `keys` of `v`, as table cells.
-fn cells(v: &Value, keys: &[&str]) -> Vec<String> {
-    keys.iter().map(|k| str_of(&v[*k])).collect()
-}
-
-fn traffic_text(app: &Value) -> String {
-    items(app, "traffic")
-        .map(|s| format!("{}={}", str_of(&s["version"]), str_of(&s["weight"])))
+fn traffic_text(traffic: &[verge_api::TrafficShare]) -> String {
+    traffic
+        .iter()
+        .map(|s| format!("{}={}", s.version, s.weight))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Scopes as `a,b,c`.
+fn scopes_text(scopes: &[verge_api::Scope]) -> String {
+    scopes
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// An optional text as a table cell.
+fn or_dash(value: Option<&str>) -> String {
+    value.unwrap_or("-").to_string()
 }
 
 pub(crate) fn login(args: LoginArgs, env: &dyn Env) -> Result<(), Failure> {
@@ -233,26 +226,27 @@ pub(crate) fn login(args: LoginArgs, env: &dyn Env) -> Result<(), Failure> {
     print(&format!(
         "Logged in to {} as token {} (tenant {})\n",
         args.url.trim_end_matches('/'),
-        str_of(&status["token"]["id"]),
-        str_of(&status["token"]["tenant"])
+        status.token.id,
+        status.token.tenant
     ));
     Ok(())
 }
 
 pub(crate) fn status(output: Output, env: &dyn Env) -> Result<(), Failure> {
     let client = Client::from_env(env)?;
-    let status = block_on(client.get("/v1/status"))?;
+    let answer = block_on(client.get("/v1/status"))?;
     if output.json {
-        print_json(&status);
+        print_json(&answer);
     } else {
+        let status: verge_api::Status = typed(answer)?;
         print(&format!(
             "Server   {} (verge {})\nToken    {} (tenant {}; scopes {})\nApps     {}\n",
             client.base,
-            str_of(&status["server"]["version"]),
-            str_of(&status["token"]["id"]),
-            str_of(&status["token"]["tenant"]),
-            joined(&status["token"], "scopes", ","),
-            str_of(&status["apps"]),
+            status.server.version,
+            status.token.id,
+            status.token.tenant,
+            scopes_text(&status.token.scopes),
+            status.apps,
         ));
     }
     Ok(())
@@ -260,18 +254,21 @@ pub(crate) fn status(output: Output, env: &dyn Env) -> Result<(), Failure> {
 
 pub(crate) fn apps(output: Output, env: &dyn Env) -> Result<(), Failure> {
     let client = Client::from_env(env)?;
-    let apps = block_on(client.get("/v1/apps"))?;
+    let answer = block_on(client.get("/v1/apps"))?;
     if output.json {
-        print_json(&apps);
+        print_json(&answer);
         return Ok(());
     }
-    let rows = items(&apps, "apps")
+    let apps: verge_api::AppList = typed(answer)?;
+    let rows = apps
+        .apps
+        .iter()
         .map(|a| {
             vec![
-                str_of(&a["name"]),
-                traffic_text(a),
-                str_of(&a["versions"]),
-                joined(a, "routes", " "),
+                a.name.clone(),
+                traffic_text(&a.traffic),
+                a.versions.to_string(),
+                a.routes.join(" "),
             ]
         })
         .collect();
@@ -281,19 +278,21 @@ pub(crate) fn apps(output: Output, env: &dyn Env) -> Result<(), Failure> {
 
 pub(crate) fn versions(args: AppArg, env: &dyn Env) -> Result<(), Failure> {
     let client = Client::from_env(env)?;
-    let versions = block_on(client.get(&format!("/v1/apps/{}/versions", args.app)))?;
+    let answer = block_on(client.get(&format!("/v1/apps/{}/versions", args.app)))?;
     if args.output.json {
-        print_json(&versions);
+        print_json(&answer);
         return Ok(());
     }
-    let rows = items(&versions, "versions")
+    let versions: verge_api::VersionList = typed(answer)?;
+    let rows = versions
+        .versions
+        .iter()
         .map(|v| {
-            let digest = str_of(&v["digest"]);
             vec![
-                str_of(&v["version"]),
-                format!("{}%", str_of(&v["weight"])),
-                digest.chars().take(12).collect(),
-                str_of(&v["created"]),
+                v.version.to_string(),
+                format!("{}%", v.weight),
+                v.digest.chars().take(12).collect(),
+                v.created.clone(),
             ]
         })
         .collect();
@@ -301,15 +300,20 @@ pub(crate) fn versions(args: AppArg, env: &dyn Env) -> Result<(), Failure> {
     Ok(())
 }
 
-fn changed(app: &Value) -> Result<(), Failure> {
+fn changed(changed: &verge_api::AppChanged) -> Result<(), Failure> {
     print(&format!(
         "{}: now serving {}\n",
-        str_of(&app["name"]),
-        traffic_text(app)
+        changed.app.name,
+        traffic_text(&changed.app.traffic)
     ));
-    if app["serving"].as_bool() != Some(true) {
+    if !changed.confirmation.serving {
         return Err(Failure::runtime(anyhow!(
-            "the change is recorded but the node did not confirm it; check the server log"
+            "the change is recorded but the node does not serve it: {}",
+            changed
+                .confirmation
+                .problem
+                .as_deref()
+                .unwrap_or("it did not confirm; check the server log")
         )));
     }
     Ok(())
@@ -320,18 +324,18 @@ pub(crate) fn traffic(args: TrafficArgs, env: &dyn Env) -> Result<(), Failure> {
     for entry in &args.split {
         let (version, weight) = entry
             .split_once('=')
-            .and_then(|(v, w)| Some((v, w.parse::<u32>().ok()?)))
+            .and_then(|(v, w)| Some((v.parse().ok()?, w.parse::<u32>().ok()?)))
             .ok_or_else(|| {
                 Failure::input(anyhow!("`{entry}` is not VERSION=WEIGHT, e.g. v3=90"))
             })?;
-        split.push(json!({"version": version, "weight": weight}));
+        split.push(verge_api::SplitEntry { version, weight });
     }
     let client = Client::from_env(env)?;
     let app = block_on(
-        client.send(
+        client.send_as(
             client
                 .request(Method::PUT, &format!("/v1/apps/{}/traffic", args.app))
-                .json(&json!({ "split": split })),
+                .json(&verge_api::TrafficRequest { split }),
         ),
     )?;
     changed(&app)
@@ -339,15 +343,17 @@ pub(crate) fn traffic(args: TrafficArgs, env: &dyn Env) -> Result<(), Failure> {
 
 pub(crate) fn rollback(args: RollbackArgs, env: &dyn Env) -> Result<(), Failure> {
     let client = Client::from_env(env)?;
-    let body = match &args.version {
-        Some(v) => json!({ "version": v }),
-        None => json!({}),
-    };
+    let version = args
+        .version
+        .as_deref()
+        .map(str::parse::<verge_api::VersionName>)
+        .transpose()
+        .map_err(|e| Failure::input(anyhow!("{e}")))?;
     let app = block_on(
-        client.send(
+        client.send_as(
             client
                 .request(Method::POST, &format!("/v1/apps/{}/rollback", args.app))
-                .json(&body),
+                .json(&verge_api::RollbackRequest { version }),
         ),
     )?;
     changed(&app)
@@ -369,34 +375,39 @@ pub(crate) fn tokens(command: TokensCommand, env: &dyn Env) -> Result<(), Failur
             name,
             expires_in,
         } => {
-            let mut body = json!({"scopes": scopes, "name": name});
-            if let Some(t) = tenant {
-                body["tenant"] = json!(t);
-            }
-            if let Some(e) = expires_in {
-                body["expires_in"] = json!(e);
-            }
-            let token =
-                block_on(client.send(client.request(Method::POST, "/v1/tokens").json(&body)))?;
+            let body = verge_api::CreateTokenRequest {
+                tenant,
+                scopes,
+                name,
+                expires_in,
+            };
+            let token: verge_api::TokenCreated =
+                block_on(client.send_as(client.request(Method::POST, "/v1/tokens").json(&body)))?;
             tracing::info!(
                 "created token {} for tenant {}; its text is shown only once",
-                str_of(&token["id"]),
-                str_of(&token["tenant"])
+                token.info.id,
+                token.info.tenant
             );
-            print(&format!("{}\n", str_of(&token["token"])));
+            print(&format!("{}\n", token.token));
         }
         TokensCommand::List(output) => {
-            let tokens = block_on(client.get("/v1/tokens"))?;
+            let answer = block_on(client.get("/v1/tokens"))?;
             if output.json {
-                print_json(&tokens);
+                print_json(&answer);
                 return Ok(());
             }
-            let rows = items(&tokens, "tokens")
+            let tokens: verge_api::TokenList = typed(answer)?;
+            let rows = tokens
+                .tokens
+                .iter()
                 .map(|t| {
-                    let mut row = cells(t, &["id", "tenant", "state"]);
-                    row.push(joined(t, "scopes", ","));
-                    row.push(str_of(&t["name"]));
-                    row
+                    vec![
+                        t.id.clone(),
+                        t.tenant.clone(),
+                        t.state.as_str().to_string(),
+                        scopes_text(&t.scopes),
+                        t.name.clone(),
+                    ]
                 })
                 .collect();
             print(&table(&["ID", "TENANT", "STATE", "SCOPES", "NAME"], rows));
@@ -412,42 +423,49 @@ pub(crate) fn tokens(command: TokensCommand, env: &dyn Env) -> Result<(), Failur
 pub(crate) fn audit(args: AuditArgs, env: &dyn Env) -> Result<(), Failure> {
     let client = Client::from_env(env)?;
     if let Some(AuditCommand::Verify) = args.command {
-        let report = block_on(client.get("/v1/audit/verify"))?;
+        let answer = block_on(client.get("/v1/audit/verify"))?;
         if args.output.json {
-            print_json(&report);
+            print_json(&answer);
         }
-        if report["ok"].as_bool() == Some(true) {
+        let report: verge_api::Verification = typed(answer)?;
+        if report.ok {
             if !args.output.json {
                 print(&format!(
                     "Audit log intact: {} entries verified\n",
-                    str_of(&report["entries"])
+                    report.entries
                 ));
             }
             return Ok(());
         }
         return Err(Failure::runtime(anyhow!(
             "audit log TAMPERED at entry {}: {} ({} entries before it verify)",
-            str_of(&report["first_bad"]),
-            str_of(&report["problem"]),
-            str_of(&report["entries"])
+            report.first_bad.map_or("-".to_string(), |n| n.to_string()),
+            or_dash(report.problem.as_deref()),
+            report.entries
         )));
     }
-    let page = block_on(client.get(&format!(
+    let answer = block_on(client.get(&format!(
         "/v1/audit?after={}&limit={}",
         args.after, args.limit
     )))?;
     if args.output.json {
-        print_json(&page);
+        print_json(&answer);
         return Ok(());
     }
-    let rows = items(&page, "entries")
+    let page: verge_api::AuditPage = typed(answer)?;
+    let rows = page
+        .entries
+        .into_iter()
         .map(|e| {
-            cells(
-                e,
-                &[
-                    "seq", "time", "actor", "action", "target", "outcome", "detail",
-                ],
-            )
+            vec![
+                e.seq.to_string(),
+                e.time,
+                e.actor,
+                e.action,
+                e.target,
+                e.outcome,
+                e.detail,
+            ]
         })
         .collect();
     print(&table(
@@ -496,24 +514,21 @@ pub(crate) fn logs(args: LogsArgs, env: &dyn Env) -> Result<(), Failure> {
                     print(&String::from_utf8_lossy(&line));
                     continue;
                 }
-                let Ok(v) = serde_json::from_slice::<Value>(&line) else {
+                let Ok(v) = serde_json::from_slice::<verge_api::LogLine>(&line) else {
                     continue;
                 };
-                let mut tags = str_of(&v["component"]);
-                if let Some(version) = v["version"].as_str() {
+                let mut tags = v.component;
+                if let Some(version) = &v.version {
                     tags = format!("{tags}@{version}");
                 }
-                let context = v["context"]
-                    .as_str()
+                let context = v
+                    .context
+                    .as_deref()
                     .filter(|c| !c.is_empty())
                     .map_or(String::new(), |c| format!("[{c}] "));
                 print(&format!(
                     "{} {:5} {} {} {context}{}\n",
-                    str_of(&v["time"]),
-                    str_of(&v["level"]),
-                    tags,
-                    str_of(&v["request_id"]),
-                    str_of(&v["message"]),
+                    v.time, v.level, tags, v.request_id, v.message,
                 ));
             }
         }

@@ -9,12 +9,11 @@ use std::io::{IsTerminal, Read, Write};
 
 use anyhow::anyhow;
 use reqwest::Method;
-use serde_json::Value;
 
 use crate::Failure;
-use crate::client::Client;
+use crate::client::{Client, typed};
 use crate::env::Env;
-use crate::manage::{app_name, block_on, items, print, print_json, str_of, table};
+use crate::manage::{app_name, block_on, print, print_json, table};
 
 /// `verge secrets ...`
 #[derive(Debug, clap::Subcommand)]
@@ -213,8 +212,8 @@ pub(crate) fn secrets(command: SecretsCommand, env: &dyn Env) -> Result<(), Fail
                 }
             }
             let body = reqwest::Body::from(value.to_vec());
-            let answer = block_on(
-                client.send(
+            let answer: verge_api::SecretSet = block_on(
+                client.send_as(
                     client
                         .request(
                             Method::PUT,
@@ -223,17 +222,15 @@ pub(crate) fn secrets(command: SecretsCommand, env: &dyn Env) -> Result<(), Fail
                         .body(body),
                 ),
             )?;
-            let verb = if answer["created"] == Value::Bool(true) {
-                "Set"
-            } else {
-                "Updated"
-            };
+            let verb = if answer.created { "Set" } else { "Updated" };
             print(&format!("{verb} secret {name} of {app}\n"));
-            if answer["serving"] == Value::Bool(false) {
+            if !answer.confirmation.serving {
                 eprintln!(
                     "warning: {}",
-                    answer["problem"]
-                        .as_str()
+                    answer
+                        .confirmation
+                        .problem
+                        .as_deref()
                         .unwrap_or("the node has not confirmed it yet")
                 );
             }
@@ -244,14 +241,11 @@ pub(crate) fn secrets(command: SecretsCommand, env: &dyn Env) -> Result<(), Fail
             if json {
                 print_json(&answer);
             } else {
-                let rows = items(&answer, "secrets")
-                    .map(|s| {
-                        vec![
-                            str_of(&s["name"]),
-                            str_of(&s["created"]),
-                            str_of(&s["updated"]),
-                        ]
-                    })
+                let list: verge_api::SecretList = typed(answer)?;
+                let rows = list
+                    .secrets
+                    .into_iter()
+                    .map(|s| vec![s.name, s.created, s.updated])
                     .collect();
                 print(&table(&["NAME", "CREATED", "UPDATED"], rows));
             }
@@ -322,17 +316,17 @@ pub(crate) fn kv(command: KvCommand, env: &dyn Env) -> Result<(), Failure> {
                 if let Some(a) = &after {
                     path.push_str(&format!("&after={}", encode(a)));
                 }
-                let page = block_on(client.get(&path))?;
-                let keys: Vec<String> = items(&page, "keys").map(str_of).collect();
-                left = left.saturating_sub(keys.len());
+                let page: verge_api::KeyPage = block_on(client.get_as(&path))?;
+                left = left.saturating_sub(page.keys.len());
                 print(
-                    &keys
+                    &page
+                        .keys
                         .iter()
                         .map(|k| format!("{}\n", printable(k)))
                         .collect::<String>(),
                 );
-                match page["next"].as_str() {
-                    Some(next) => after = Some(next.to_string()),
+                match page.next {
+                    Some(next) => after = Some(next),
                     None => break,
                 }
             }

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use serde_json::Value;
+use verge_api::{UsagePage, UsageRow};
 
 use crate::Failure;
 use crate::client::Client;
@@ -110,13 +110,12 @@ pub(crate) fn run(args: UsageArgs, env: &dyn Env) -> Result<(), Failure> {
                 Some(c) => format!("/v1/usage?{query}&cursor={}", encode(c)),
                 None => format!("/v1/usage?{query}"),
             };
-            let page = client.get(&path).await?;
-            let currency = page["currency"].as_str().unwrap_or("").to_string();
-            for row in page["rows"].as_array().into_iter().flatten() {
-                out.row(row, &currency).map_err(Failure::runtime)?;
+            let page: UsagePage = client.get_as(&path).await?;
+            for row in &page.rows {
+                out.row(row, &page.currency).map_err(Failure::runtime)?;
             }
-            match page["next"].as_str() {
-                Some(next) => cursor = Some(next.to_string()),
+            match page.next {
+                Some(next) => cursor = Some(next),
                 None => return Ok(()),
             }
         }
@@ -143,23 +142,49 @@ struct Sums {
     cost: f64,
 }
 
-fn num(row: &Value, field: &str) -> u64 {
-    row[field].as_u64().unwrap_or(0)
+/// The cells of a row in the order of [`CSV_FIELDS`].
+fn csv_cells(r: &UsageRow) -> Vec<String> {
+    let mut cells = vec![r.start.clone(), r.tenant.clone(), r.app.clone()];
+    cells.extend(
+        [
+            r.requests,
+            r.invocations,
+            r.rejected_quota,
+            r.rejected_limit,
+            r.status_2xx,
+            r.status_3xx,
+            r.status_4xx,
+            r.status_5xx,
+            r.cold_starts,
+        ]
+        .map(|n| n.to_string()),
+    );
+    cells.push(r.wall_seconds.to_string());
+    cells.push(r.billed_ms.to_string());
+    cells.push(r.cpu_seconds.to_string());
+    cells.push(r.gb_seconds.to_string());
+    cells.extend(
+        [
+            r.peak_memory_bytes,
+            r.request_bytes,
+            r.response_bytes,
+            r.outbound_calls,
+            r.outbound_bytes,
+            r.outbound_bytes_sent,
+            r.egress_bytes,
+            r.kv_ops,
+            r.ai_tokens,
+        ]
+        .map(|n| n.to_string()),
+    );
+    cells
 }
 
-fn float(row: &Value, field: &str) -> f64 {
-    row[field].as_f64().unwrap_or(0.0)
-}
-
-fn csv_field(value: &Value) -> String {
-    let text = match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
+fn csv_field(text: &str) -> String {
     if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
-        text
+        text.to_string()
     }
 }
 
@@ -176,7 +201,7 @@ impl Printer {
         }
     }
 
-    fn row(&mut self, row: &Value, currency: &str) -> std::io::Result<()> {
+    fn row(&mut self, row: &UsageRow, currency: &str) -> std::io::Result<()> {
         let mut out = self.out.lock();
         let first = self.rows == 0;
         self.rows += 1;
@@ -190,39 +215,39 @@ impl Printer {
                 if first {
                     writeln!(out, "{},cost,currency", CSV_FIELDS.join(","))?;
                 }
-                let fields: Vec<String> = CSV_FIELDS.iter().map(|f| csv_field(&row[*f])).collect();
+                let fields: Vec<String> = csv_cells(row).iter().map(|f| csv_field(f)).collect();
                 writeln!(
                     out,
                     "{},{},{}",
                     fields.join(","),
-                    float(&row["cost"], "total"),
-                    csv_field(&Value::from(currency))
+                    row.cost.total,
+                    csv_field(currency)
                 )?;
             }
             Format::Table => {
                 if first {
                     writeln!(out, "{TABLE_HEADER}")?;
                 }
-                let rejected = num(row, "rejected_quota") + num(row, "rejected_limit");
-                let cost = float(&row["cost"], "total");
+                let rejected = row.rejected_quota + row.rejected_limit;
+                let cost = row.cost.total;
                 let t = &mut self.total;
-                t.requests += num(row, "requests");
+                t.requests += row.requests;
                 t.rejected += rejected;
-                t.cpu += float(row, "cpu_seconds");
-                t.gb_seconds += float(row, "gb_seconds");
-                t.egress += num(row, "egress_bytes");
+                t.cpu += row.cpu_seconds;
+                t.gb_seconds += row.gb_seconds;
+                t.egress += row.egress_bytes;
                 t.cost += cost;
                 writeln!(
                     out,
                     "{:<21} {:<16} {:<16} {:>8} {:>10} {:>10.3} {:>12.3} {:>11} {:>12.6}",
-                    row["start"].as_str().unwrap_or("-"),
-                    row["tenant"].as_str().unwrap_or("-"),
-                    row["app"].as_str().unwrap_or("-"),
-                    num(row, "requests"),
+                    row.start,
+                    row.tenant,
+                    row.app,
+                    row.requests,
                     rejected,
-                    float(row, "cpu_seconds"),
-                    float(row, "gb_seconds"),
-                    bytesize::ByteSize(num(row, "egress_bytes"))
+                    row.cpu_seconds,
+                    row.gb_seconds,
+                    bytesize::ByteSize(row.egress_bytes)
                         .display()
                         .si()
                         .to_string(),
