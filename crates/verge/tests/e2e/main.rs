@@ -13,6 +13,7 @@ mod ai;
 mod bad_input;
 mod cache;
 mod cluster;
+mod compat;
 mod control;
 mod deploys;
 mod examples;
