@@ -18,7 +18,7 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::broadcast;
 use verge_api::{
-    AppChanged, AppDeleted, AppList, AppSummary, CallerToken, LogsQuery, RollbackRequest,
+    AppChanged, AppDeleted, AppList, AppSummary, CallerToken, LogsQuery, RollbackRequest, Scope,
     ServerInfo, Status, TrafficRequest, VersionInfo, VersionList, VersionName,
 };
 use verge_store::{Expect, Op, Revision};
@@ -127,7 +127,7 @@ pub(crate) async fn list(
     State(control): State<Arc<Control>>,
     caller: Caller,
 ) -> Result<Json<AppList>, ApiError> {
-    caller.require("apps:read", caller.tenant()).await?;
+    caller.require(Scope::AppsRead, caller.tenant()).await?;
     let prefix = format!("{APPS_PREFIX}{}/", caller.tenant());
     let mut apps = Vec::new();
     for entry in control.store.list(&prefix).await? {
@@ -161,7 +161,7 @@ pub(crate) async fn show(
     caller: Caller,
     UrlPath(app): UrlPath<String>,
 ) -> Result<Json<AppSummary>, ApiError> {
-    caller.require("apps:read", caller.tenant()).await?;
+    caller.require(Scope::AppsRead, caller.tenant()).await?;
     let (record, _) = load(&control, &caller, &app).await?;
     Ok(Json(summary(&record)))
 }
@@ -190,7 +190,7 @@ pub(crate) async fn versions(
     caller: Caller,
     UrlPath(app): UrlPath<String>,
 ) -> Result<Json<VersionList>, ApiError> {
-    caller.require("apps:read", caller.tenant()).await?;
+    caller.require(Scope::AppsRead, caller.tenant()).await?;
     let (record, _) = load(&control, &caller, &app).await?;
     let versions = record
         .versions
@@ -252,7 +252,7 @@ pub(crate) async fn set_traffic(
     body: Body,
 ) -> Result<Json<AppChanged>, ApiError> {
     let target = format!("{}/{app}", caller.tenant());
-    caller.require("apps:deploy", &target).await?;
+    caller.require(Scope::AppsDeploy, &target).await?;
     let request: TrafficRequest = read_json(body, MAX_SMALL_REQUEST).await?;
     let mut split = Vec::new();
     for e in &request.split {
@@ -311,7 +311,7 @@ pub(crate) async fn rollback(
     body: Body,
 ) -> Result<Json<AppChanged>, ApiError> {
     let target = format!("{}/{app}", caller.tenant());
-    caller.require("apps:deploy", &target).await?;
+    caller.require(Scope::AppsDeploy, &target).await?;
     let request: RollbackRequest = read_optional_json(body, MAX_SMALL_REQUEST).await?;
     let (record, _) = load(&control, &caller, &app).await?;
     let version = match &request.version {
@@ -444,7 +444,7 @@ pub(crate) async fn delete(
     UrlPath(app): UrlPath<String>,
 ) -> Result<Json<AppDeleted>, ApiError> {
     let target = format!("{}/{app}", caller.tenant());
-    caller.require("apps:delete", &target).await?;
+    caller.require(Scope::AppsDelete, &target).await?;
     let result = async {
         let _serial = control.deploy_lock.lock().await;
         let (_, revision) = load(&control, &caller, &app).await?;
@@ -512,7 +512,7 @@ pub(crate) async fn logs(
     UrlPath(app): UrlPath<String>,
     query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<axum::response::Response, ApiError> {
-    caller.require("apps:read", caller.tenant()).await?;
+    caller.require(Scope::AppsRead, caller.tenant()).await?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     load(&control, &caller, &app).await?;
     let key = format!("{}/{app}", caller.tenant());

@@ -29,28 +29,15 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use verge_store::{Expect, Op, Store};
 
+use verge_api::Scope;
+
 use crate::Control;
 use crate::audit::{Outcome, Record};
 use crate::error::ApiError;
 use crate::model::{TokenRecord, now, token_key, unix_now};
 
-/// Every scope a token can hold.
-pub const SCOPES: &[&str] = &[
-    "apps:read",
-    "apps:deploy",
-    "apps:delete",
-    "secrets:write",
-    "kv:read",
-    "kv:write",
-    "tokens:admin",
-    "audit:read",
-    "usage:read",
-    "metrics:read",
-    "tenants:admin",
-];
-
-/// Scopes of the first admin token.
-pub const ADMIN_SCOPES: &[&str] = SCOPES;
+/// Scopes of the first admin token: all of them.
+pub const ADMIN_SCOPES: [Scope; 11] = Scope::ALL;
 
 /// The tenant of the first admin token.
 pub const DEFAULT_TENANT: &str = "default";
@@ -231,12 +218,12 @@ impl Caller {
     }
 
     /// Whether the token holds `scope`.
-    pub fn has(&self, scope: &str) -> bool {
-        self.token.scopes.iter().any(|s| s == scope)
+    pub fn has(&self, scope: Scope) -> bool {
+        self.token.scopes.iter().any(|s| s == scope.as_str())
     }
 
     /// Requires `scope`; a refusal is audited and answered 403.
-    pub async fn require(&self, scope: &str, target: &str) -> Result<(), ApiError> {
+    pub async fn require(&self, scope: Scope, target: &str) -> Result<(), ApiError> {
         if self.has(scope) {
             return Ok(());
         }

@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
-use verge_api::{BlobUploaded, Confirmation, DeployRequest, DeployResponse, VersionName};
+use verge_api::{BlobUploaded, Confirmation, DeployRequest, DeployResponse, Scope, VersionName};
 use verge_manifest::{Manifest, ManifestError};
 use verge_router::Route;
 use verge_store::{BlobError, BlobId, Expect, Op, Revision};
@@ -72,7 +72,7 @@ pub(crate) async fn upload_blob(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<BlobUploaded>), ApiError> {
-    caller.require("apps:deploy", "blobs").await?;
+    caller.require(Scope::AppsDeploy, "blobs").await?;
     let id: BlobId = digest
         .parse()
         .map_err(|e: BlobError| ApiError::BadRequest(e.to_string()))?;
@@ -189,7 +189,7 @@ pub(crate) async fn create_version(
     body: Body,
 ) -> Result<(StatusCode, Json<DeployResponse>), ApiError> {
     let target = format!("{}/{app}", caller.tenant());
-    caller.require("apps:deploy", &target).await?;
+    caller.require(Scope::AppsDeploy, &target).await?;
     // A deploy that lands is audited in the same write; one that fails
     // is audited here.
     let result = deploy(&control, &caller, &app, body).await;
@@ -558,7 +558,7 @@ fn check_operator_grants(
     manifest: &Manifest,
     routes: &[Route],
 ) -> Result<(), ApiError> {
-    if caller.has("tenants:admin") {
+    if caller.has(Scope::TenantsAdmin) {
         return Ok(());
     }
     if routes

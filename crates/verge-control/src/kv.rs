@@ -16,7 +16,7 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
-use verge_api::{KeyPage, KvListQuery};
+use verge_api::{KeyPage, KvListQuery, Scope};
 use verge_kv::{Bucket, KvError};
 
 use crate::audit::{Outcome, Record};
@@ -124,7 +124,7 @@ pub(crate) async fn list(
 ) -> Result<Json<KeyPage>, ApiError> {
     let (app, store) = path(url)?;
     caller
-        .require("kv:read", &format!("{}/{app}", caller.tenant()))
+        .require(Scope::KvRead, &format!("{}/{app}", caller.tenant()))
         .await?;
     let bucket = bucket(&control, &caller, &app, &store).await?;
     let (keys, more) = bucket
@@ -161,7 +161,7 @@ pub(crate) async fn get(
 ) -> Result<Response, ApiError> {
     let (app, store, key) = path(url)?;
     caller
-        .require("kv:read", &format!("{}/{app}", caller.tenant()))
+        .require(Scope::KvRead, &format!("{}/{app}", caller.tenant()))
         .await?;
     let bucket = bucket(&control, &caller, &app, &store).await?;
     match bucket.get(&key).await.map_err(kv_error)? {
@@ -206,7 +206,7 @@ pub(crate) async fn set(
 ) -> Result<StatusCode, ApiError> {
     let (app, store, key) = path(url)?;
     let target = format!("{}/{app}/{store}", caller.tenant());
-    caller.require("kv:write", &target).await?;
+    caller.require(Scope::KvWrite, &target).await?;
     let bucket = bucket(&control, &caller, &app, &store).await?;
     bucket.check_key(&key).map_err(kv_error)?;
     let limit = bucket.quotas().max_value_bytes;
@@ -249,7 +249,7 @@ pub(crate) async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let (app, store, key) = path(url)?;
     let target = format!("{}/{app}/{store}", caller.tenant());
-    caller.require("kv:write", &target).await?;
+    caller.require(Scope::KvWrite, &target).await?;
     let bucket = bucket(&control, &caller, &app, &store).await?;
     let result = bucket.delete(key.clone()).await.map_err(kv_error);
     audit(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use verge_api::NodeList;
+use verge_api::{NodeList, Scope};
 
 use crate::Control;
 use crate::auth::Caller;
@@ -31,7 +31,7 @@ pub(crate) async fn list(
     State(control): State<Arc<Control>>,
     caller: Caller,
 ) -> Result<Json<NodeList>, ApiError> {
-    caller.require("tenants:admin", "nodes").await?;
+    caller.require(Scope::TenantsAdmin, "nodes").await?;
     Ok(Json(NodeList {
         nodes: control.data_plane.nodes(),
     }))

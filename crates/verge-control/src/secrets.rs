@@ -14,7 +14,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
 use http_body_util::BodyExt;
-use verge_api::{Confirmation, SecretDeleted, SecretInfo, SecretList, SecretSet};
+use verge_api::{Confirmation, Scope, SecretDeleted, SecretInfo, SecretList, SecretSet};
 use verge_manifest::check_config_name;
 use verge_secrets::MAX_SECRET_BYTES;
 use verge_store::{Expect, Op};
@@ -56,7 +56,7 @@ pub(crate) async fn list(
     caller: Caller,
     UrlPath(app): UrlPath<String>,
 ) -> Result<Json<SecretList>, ApiError> {
-    caller.require("apps:read", caller.tenant()).await?;
+    caller.require(Scope::AppsRead, caller.tenant()).await?;
     check_app_name(&app)?;
     let prefix = format!("{SECRETS_PREFIX}{}/{app}/", caller.tenant());
     let mut secrets = Vec::new();
@@ -101,7 +101,7 @@ pub(crate) async fn set(
     body: Body,
 ) -> Result<Json<SecretSet>, ApiError> {
     let target = format!("{}/{app}/{name}", caller.tenant());
-    caller.require("secrets:write", &target).await?;
+    caller.require(Scope::SecretsWrite, &target).await?;
     let result = set_value(&control, &caller, &app, &name, body).await;
     if let Err(e) = &result {
         control
@@ -238,7 +238,7 @@ pub(crate) async fn delete(
     UrlPath((app, name)): UrlPath<(String, String)>,
 ) -> Result<Json<SecretDeleted>, ApiError> {
     let target = format!("{}/{app}/{name}", caller.tenant());
-    caller.require("secrets:write", &target).await?;
+    caller.require(Scope::SecretsWrite, &target).await?;
     check_names(&app, &name)?;
     let revision = {
         let _serial = control.deploy_lock.lock().await;

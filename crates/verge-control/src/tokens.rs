@@ -21,7 +21,7 @@ use verge_api::{
 use verge_store::{Expect, Op};
 
 use crate::audit::{self, Outcome, Record};
-use crate::auth::{self, SCOPES};
+use crate::auth;
 use crate::deploy::read_json;
 use crate::model::{TokenRecord, now, rfc3339, token_key, unix_now};
 use crate::{ApiError, Caller, Control};
@@ -30,7 +30,7 @@ use crate::{ApiError, Caller, Control};
 const MAX_LIFETIME_SECS: u64 = 10 * 366 * 24 * 3600;
 
 fn visible(caller: &Caller, record: &TokenRecord) -> bool {
-    record.tenant == caller.tenant() || caller.has("tenants:admin")
+    record.tenant == caller.tenant() || caller.has(Scope::TenantsAdmin)
 }
 
 /// The scopes of a stored token that this server knows (a record written
@@ -83,7 +83,7 @@ pub(crate) async fn create(
     caller: Caller,
     body: Body,
 ) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
-    caller.require("tokens:admin", caller.tenant()).await?;
+    caller.require(Scope::TokensAdmin, caller.tenant()).await?;
     let request: CreateTokenRequest = read_json(body, 64 * 1024).await?;
     let tenant = request
         .tenant
@@ -93,17 +93,17 @@ pub(crate) async fn create(
         verge_manifest::check_name(&tenant).map_err(|hint| {
             ApiError::BadRequest(format!("invalid tenant name `{tenant}`: {hint}"))
         })?;
-        if tenant != caller.tenant() && !caller.has("tenants:admin") {
+        if tenant != caller.tenant() && !caller.has(Scope::TenantsAdmin) {
             return Err(ApiError::Forbidden("tenants:admin".to_string()));
         }
         if request.scopes.is_empty() {
             return Err(ApiError::BadRequest(format!(
                 "give at least one scope: {}",
-                SCOPES.join(", ")
+                Scope::ALL.map(Scope::as_str).join(", ")
             )));
         }
         for scope in &request.scopes {
-            if !caller.has(scope.as_str()) {
+            if !caller.has(*scope) {
                 return Err(ApiError::Forbidden(scope.to_string()));
             }
         }
@@ -186,7 +186,7 @@ pub(crate) async fn list(
     State(control): State<Arc<Control>>,
     caller: Caller,
 ) -> Result<Json<TokenList>, ApiError> {
-    caller.require("tokens:admin", caller.tenant()).await?;
+    caller.require(Scope::TokensAdmin, caller.tenant()).await?;
     let mut tokens = Vec::new();
     for entry in control.store.list("tokens/").await? {
         let record: TokenRecord =
@@ -222,7 +222,7 @@ pub(crate) async fn revoke(
     caller: Caller,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Token>, ApiError> {
-    caller.require("tokens:admin", caller.tenant()).await?;
+    caller.require(Scope::TokensAdmin, caller.tenant()).await?;
     let not_found = || ApiError::NotFound(format!("no token with id `{id}`"));
     if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(not_found());
@@ -236,7 +236,8 @@ pub(crate) async fn revoke(
     }
     // Revoking is as powerful as what the token could do: only a caller
     // holding every scope of the token may revoke it.
-    if let Some(scope) = record.scopes.iter().find(|s| !caller.has(s)) {
+    let held = |s: &String| s.parse().is_ok_and(|scope| caller.has(scope));
+    if let Some(scope) = record.scopes.iter().find(|s| !held(s)) {
         return Err(ApiError::Forbidden(scope.clone()));
     }
     if record.revoked.is_none() && record.scopes.iter().any(|s| s == "tenants:admin") {
@@ -295,10 +296,10 @@ pub(crate) async fn audit_list(
     caller: Caller,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    caller.require("audit:read", caller.tenant()).await?;
+    caller.require(Scope::AuditRead, caller.tenant()).await?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let all = caller.has("tenants:admin");
+    let all = caller.has(Scope::TenantsAdmin);
     let tenant = caller.tenant();
     let entries = audit::entries(control.store.as_ref(), query.after, limit, |e| {
         all || e.tenant == tenant
@@ -349,8 +350,8 @@ pub(crate) async fn audit_verify(
     caller: Caller,
 ) -> Result<Json<Verification>, ApiError> {
     // The chain spans every tenant: verifying it is an operator's task.
-    caller.require("audit:read", caller.tenant()).await?;
-    caller.require("tenants:admin", caller.tenant()).await?;
+    caller.require(Scope::AuditRead, caller.tenant()).await?;
+    caller.require(Scope::TenantsAdmin, caller.tenant()).await?;
     let report = audit::verify(control.store.as_ref()).await?;
     Ok(Json(Verification {
         entries: report.entries,

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use verge_api::{UsagePage, UsageParams};
+use verge_api::{Scope, UsagePage, UsageParams};
 use verge_meter::{Granularity, UsageCursor, UsageQuery, UsageRow};
 
 use crate::error::ApiError;
@@ -59,7 +59,7 @@ pub(crate) async fn query(
     caller: Caller,
     params: Result<Query<UsageParams>, QueryRejection>,
 ) -> Result<Json<UsagePage>, ApiError> {
-    caller.require("usage:read", caller.tenant()).await?;
+    caller.require(Scope::UsageRead, caller.tenant()).await?;
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let Some(db) = control.usage.clone() else {
         return Err(ApiError::Unavailable(
@@ -68,11 +68,11 @@ pub(crate) async fn query(
     };
     let tenant = match params.tenant {
         Some(t) if t != caller.tenant() => {
-            caller.require("tenants:admin", &t).await?;
+            caller.require(Scope::TenantsAdmin, &t).await?;
             Some(t)
         }
         Some(t) => Some(t),
-        None if caller.has("tenants:admin") => None,
+        None if caller.has(Scope::TenantsAdmin) => None,
         None => Some(caller.tenant().to_string()),
     };
     let now = SystemTime::now();

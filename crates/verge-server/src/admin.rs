@@ -91,8 +91,8 @@ async fn guarded_metrics(
     State(state): State<AdminState>,
     caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require("metrics:read", "metrics").await?;
-    let tenant = (!caller.has("tenants:admin")).then(|| caller.tenant().to_string());
+    caller.require(Scope::MetricsRead, "metrics").await?;
+    let tenant = (!caller.has(Scope::TenantsAdmin)).then(|| caller.tenant().to_string());
     Ok(render(&state, tenant.as_deref()))
 }
 
@@ -138,3 +138,4 @@ impl Handler for Admin {
         response
     }
 }
+use verge_api::Scope;
