@@ -38,3 +38,6 @@ pub use invoke::{
     UsageSink,
 };
 pub use verge_meter::Invocation;
+/// The error a request body may yield to the executor (a guest sees it as
+/// a failed read of its body).
+pub use wasmtime_wasi_http::Error as BodyError;

@@ -13,9 +13,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use verge_executor::{HandleError, RequestContext, RequestId};
+use verge_executor::{BodyError, HandleError, RequestContext, RequestId};
 use verge_guard::{Rejection, check_declared_body};
 use verge_ingress::{Conn, Handler};
 use verge_meter::Rejected;
@@ -32,7 +33,20 @@ impl Handler for Node {
     type Body = NodeBody;
     type BodyError = HandleError;
 
-    async fn handle(&self, mut request: Request<Incoming>, conn: Conn) -> Response<NodeBody> {
+    async fn handle(&self, request: Request<Incoming>, conn: Conn) -> Response<NodeBody> {
+        self.call(request, conn).await
+    }
+}
+
+impl Node {
+    /// Answers one request through the whole pipeline, whatever its body:
+    /// the ingress calls it for every connection's requests, tests call it
+    /// in-process with bodies of their own.
+    pub async fn call<B>(&self, mut request: Request<B>, conn: Conn) -> Response<NodeBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BodyError>,
+    {
         let id = RequestId::next();
         // HTTP/1.0 may omit Host; guests always get an authority: the
         // address the client connected to.
@@ -57,16 +71,18 @@ impl Handler for Node {
         }
         response
     }
-}
 
-impl Node {
-    async fn route(
+    async fn route<B>(
         &self,
-        request: Request<Incoming>,
+        request: Request<B>,
         peer: SocketAddr,
         id: RequestId,
         mut trace: Option<RequestTrace>,
-    ) -> Response<NodeBody> {
+    ) -> Response<NodeBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BodyError>,
+    {
         let path = request.uri().path();
         let answer = |trace: Option<RequestTrace>, response: Response<NodeBody>| {
             if let Some(trace) = trace {
@@ -120,15 +136,19 @@ impl Node {
         response
     }
 
-    async fn serve(
+    async fn serve<B>(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<B>,
         component: Arc<ComponentRuntime>,
         usage: Option<Arc<AppUsage>>,
         id: RequestId,
         peer: SocketAddr,
         trace: Option<RequestTrace>,
-    ) -> Response<NodeBody> {
+    ) -> Response<NodeBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BodyError>,
+    {
         let limits = component.loaded.limits();
         let quota = usage
             .as_ref()
