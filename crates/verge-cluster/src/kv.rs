@@ -118,7 +118,7 @@ impl Replicator for KvLog {
     fn follow(&self, tenant: &str, after: u64, apply: Applier) {
         let me = self.clone();
         let tenant = tenant.to_string();
-        tokio::spawn(async move {
+        self.link.spawn(async move {
             let mut after = after;
             let mut reported = false;
             loop {

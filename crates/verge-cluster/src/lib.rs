@@ -42,6 +42,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use async_nats::jetstream;
 use verge_store::{FsBlobs, SqliteStore, StoreError};
@@ -158,9 +160,21 @@ pub(crate) struct Link {
     /// The last error NATS or the client reported (an authorization
     /// violation, a TLS failure), to say why the link is down.
     last_error: Arc<Mutex<Option<String>>>,
+    /// Where the cluster's background tasks run: the server that joined
+    /// stops and joins them at shutdown.
+    tasks: TaskTracker,
+    stop: CancellationToken,
 }
 
 impl Link {
+    /// Runs `task` in the background until it ends or the server stops.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            stop.run_until_cancelled(task).await;
+        });
+    }
+
     /// Whether the connection is up now.
     pub(crate) fn connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
@@ -256,10 +270,15 @@ impl Cluster {
     /// [`ClusterConfig::join_timeout`] for NATS and catches up with the
     /// log before returning; a node that has a replica returns at once and
     /// catches up in the background.
+    ///
+    /// Its background tasks (following the logs, heartbeats, usage) run on
+    /// `tasks` and stop when `stop` is cancelled: the caller joins them.
     pub async fn join(
         config: ClusterConfig,
         local: SqliteStore,
         blobs: FsBlobs,
+        tasks: &TaskTracker,
+        stop: &CancellationToken,
     ) -> Result<Self, ClusterError> {
         if !(1..=5).contains(&config.replicas) {
             return Err(ClusterError::Config(format!(
@@ -275,6 +294,8 @@ impl Cluster {
             client,
             config: config.clone(),
             last_error,
+            tasks: tasks.clone(),
+            stop: stop.clone(),
         };
         let store = ClusterStore::open(link.clone(), local).await?;
         let blobs = Arc::new(ClusterBlobs::new(link.clone(), blobs));

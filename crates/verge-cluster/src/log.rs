@@ -85,7 +85,7 @@ impl ClusterStore {
             store.join().await?;
         }
         let follower = store.clone();
-        tokio::spawn(async move { follower.follow().await });
+        store.link.spawn(async move { follower.follow().await });
         if first_start {
             store.catch_up().await?;
             let (log, _) = store.local.replica().await?.unwrap_or_default();

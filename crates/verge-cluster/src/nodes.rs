@@ -146,7 +146,10 @@ impl Registry {
             rtt: Mutex::new(HashMap::new()),
         });
         let watcher = registry.clone();
-        tokio::spawn(async move { watcher.watch().await });
+        watcher
+            .link
+            .clone()
+            .spawn(async move { watcher.watch().await });
         registry
     }
 
@@ -170,7 +173,7 @@ impl Registry {
             return;
         }
         let registry = self.clone();
-        tokio::spawn(async move { registry.beat().await });
+        self.link.spawn(async move { registry.beat().await });
     }
 
     /// Feeds a measured round trip to `node` into its average.

@@ -68,9 +68,9 @@ impl Uplink {
             bytes: AtomicU64::new(0),
         });
         let shipper = uplink.clone();
-        tokio::spawn(async move { shipper.ship().await });
+        uplink.link.spawn(async move { shipper.ship().await });
         let follower = uplink.clone();
-        tokio::spawn(async move { follower.follow().await });
+        uplink.link.spawn(async move { follower.follow().await });
         uplink
     }
 

@@ -24,7 +24,14 @@ async fn join(config: ClusterConfig, dir: &Path) -> Result<Cluster, verge_cluste
     std::fs::create_dir_all(dir).expect("node folder");
     let local = SqliteStore::open(&dir.join("state.db")).expect("replica");
     let blobs = FsBlobs::open(&dir.join("blobs")).expect("blobs");
-    Cluster::join(config, local, blobs).await
+    Cluster::join(
+        config,
+        local,
+        blobs,
+        &tokio_util::task::TaskTracker::new(),
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await
 }
 
 /// Uses every part of the cluster through `a` and `b`.

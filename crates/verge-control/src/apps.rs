@@ -381,7 +381,7 @@ async fn change(
                     prepared
                         .prepare(&record, version)
                         .await
-                        .map_err(|e| ApiError::BadRequest(format!("v{}: {e}", version.number)))?;
+                        .map_err(|e| e.context(&format!("v{}", version.number)))?;
                 }
             }
             let routes = live_routes(&record);

@@ -259,8 +259,7 @@ async fn deploy(
     if !early.versions.iter().any(|v| v.digest == draft.digest) {
         prepared
             .prepare(&early, &draft.version(&early, caller))
-            .await
-            .map_err(ApiError::BadRequest)?;
+            .await?;
     }
     let (version, unchanged, revision) =
         record_version(control, caller, app, &draft, &mut prepared).await?;
@@ -302,7 +301,7 @@ async fn check_request(
     if let Some(env) = &request.environment {
         manifest
             .select_environment(env)
-            .map_err(ApiError::BadRequest)?;
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     }
     let mut components = BTreeMap::new();
     for c in &manifest.components {
@@ -415,10 +414,7 @@ async fn record_version(
             None => {
                 let v = draft.version(&record, caller);
                 if !prepared.holds(&v) {
-                    prepared
-                        .prepare(&record, &v)
-                        .await
-                        .map_err(ApiError::BadRequest)?;
+                    prepared.prepare(&record, &v).await?;
                 }
                 record.next_version += 1;
                 record.versions.push(v.clone());

@@ -48,9 +48,9 @@ pub use model::{AppRecord, VersionRecord};
 #[async_trait]
 pub trait DataPlane: Send + Sync + 'static {
     /// Compiles and checks `version` of `app` before it is recorded, and
-    /// keeps the result until [`DataPlane::release`]. The error is a
-    /// message for the deployer (which component, why).
-    async fn prepare(&self, app: &AppRecord, version: &VersionRecord) -> Result<(), String>;
+    /// keeps the result until [`DataPlane::release`]. The error's message
+    /// is for the deployer (which component, why).
+    async fn prepare(&self, app: &AppRecord, version: &VersionRecord) -> Result<(), PrepareError>;
 
     /// The deploy or traffic change that prepared `version` of `app` is
     /// over, recorded or not: what it prepared may go unless the store
@@ -69,6 +69,40 @@ pub trait DataPlane: Send + Sync + 'static {
     /// of `revision`, at most `timeout`, and says which do; `None` for a
     /// standalone server.
     async fn wait_fleet(&self, key: &str, revision: Revision, timeout: Duration) -> Option<Fleet>;
+}
+
+/// Why the data plane cannot prepare a version; the message says which
+/// component and why, in words for the deployer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrepareError {
+    /// The version cannot run as deployed: a component does not compile
+    /// or link, or its manifest no longer reads (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// Something it needs is out of reach now, such as a component's blob
+    /// on a cluster this node is cut off from (503); trying later may work.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl PrepareError {
+    /// The same error, its message starting with `what: `.
+    pub fn context(self, what: &str) -> Self {
+        match self {
+            PrepareError::Invalid(m) => PrepareError::Invalid(format!("{what}: {m}")),
+            PrepareError::Unavailable(m) => PrepareError::Unavailable(format!("{what}: {m}")),
+        }
+    }
+}
+
+impl From<PrepareError> for ApiError {
+    fn from(e: PrepareError) -> Self {
+        match e {
+            PrepareError::Invalid(m) => ApiError::BadRequest(m),
+            PrepareError::Unavailable(m) => ApiError::Unavailable(m),
+        }
+    }
 }
 
 /// Versions one deploy or traffic change prepared, released when it is
@@ -92,7 +126,7 @@ impl Prepared {
         &mut self,
         app: &AppRecord,
         version: &VersionRecord,
-    ) -> Result<(), String> {
+    ) -> Result<(), PrepareError> {
         self.data_plane.prepare(app, version).await?;
         // Only the identity of the app matters to a release.
         let app = AppRecord {

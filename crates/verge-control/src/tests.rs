@@ -20,7 +20,7 @@ struct AcceptAll;
 
 #[async_trait]
 impl DataPlane for AcceptAll {
-    async fn prepare(&self, _: &AppRecord, _: &VersionRecord) -> Result<(), String> {
+    async fn prepare(&self, _: &AppRecord, _: &VersionRecord) -> Result<(), PrepareError> {
         Ok(())
     }
     fn release(&self, _: &AppRecord, _: &VersionRecord) {}

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::{Diagnostic, ManifestError};
-pub use units::{parse_duration, parse_size};
+pub use units::{UnitError, parse_duration, parse_size};
 pub use validate::{check_config_name, check_name};
 use verge_capabilities::{Capabilities, Limits};
 use verge_router::Route;
@@ -74,20 +74,33 @@ pub fn is_label(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// Why a node's labels cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LabelError {
+    /// A pair without `=`.
+    #[error("label `{0}` is not key=value")]
+    NotAPair(String),
+    /// A key or value with characters labels cannot have.
+    #[error("label `{0}`: keys and values are 1-63 letters, digits, `-`, `_` or `.`")]
+    Invalid(String),
+    /// The same key twice.
+    #[error("label `{0}` is given twice")]
+    Repeated(String),
+}
+
 /// A node's labels from `key=value,key=value` (`verge server --labels`).
-pub fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+pub fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, LabelError> {
     let mut labels = std::collections::BTreeMap::new();
     for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (key, value) = pair
             .split_once('=')
-            .ok_or_else(|| format!("label `{pair}` is not key=value"))?;
+            .ok_or_else(|| LabelError::NotAPair(pair.to_string()))?;
         if !is_label(key) || !is_label(value) {
-            return Err(format!(
-                "label `{pair}`: keys and values are 1-63 letters, digits, `-`, `_` or `.`"
-            ));
+            return Err(LabelError::Invalid(pair.to_string()));
         }
         if labels.insert(key.to_string(), value.to_string()).is_some() {
-            return Err(format!("label `{key}` is given twice"));
+            return Err(LabelError::Repeated(key.to_string()));
         }
     }
     Ok(labels)
@@ -101,6 +114,38 @@ impl Placement {
             .all(|(name, values)| labels.get(name).is_some_and(|v| values.contains(v)))
     }
 }
+
+/// An environment the manifest does not declare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvironmentError {
+    /// The manifest.
+    pub file: PathBuf,
+    /// The environment asked for.
+    pub name: String,
+    /// The environments it declares.
+    pub known: Vec<String>,
+}
+
+impl std::fmt::Display for EnvironmentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (file, name) = (self.file.display(), &self.name);
+        if self.known.is_empty() {
+            write!(
+                f,
+                "`{file}` declares no environment, so `{name}` cannot be selected; add an \
+                 `[environments.{name}]` table"
+            )
+        } else {
+            write!(
+                f,
+                "`{file}` has no environment `{name}`; it has: {}",
+                self.known.join(", ")
+            )
+        }
+    }
+}
+
+impl std::error::Error for EnvironmentError {}
 
 /// One component of an app.
 #[derive(Debug, Clone)]
@@ -192,20 +237,12 @@ impl Manifest {
     /// Selects environment `name`: every component's variables take that
     /// environment's values where it overrides them. Fails, listing the
     /// environments there are, if the manifest has no such environment.
-    pub fn select_environment(&mut self, name: &str) -> Result<(), String> {
+    pub fn select_environment(&mut self, name: &str) -> Result<(), EnvironmentError> {
         let Some(overrides) = self.environments.get(name) else {
-            let known: Vec<&str> = self.environments.keys().map(String::as_str).collect();
-            return Err(if known.is_empty() {
-                format!(
-                    "`{}` declares no environment, so `{name}` cannot be selected; add an `[environments.{name}]` table",
-                    self.path.display()
-                )
-            } else {
-                format!(
-                    "`{}` has no environment `{name}`; it has: {}",
-                    self.path.display(),
-                    known.join(", ")
-                )
+            return Err(EnvironmentError {
+                file: self.path.clone(),
+                name: name.to_string(),
+                known: self.environments.keys().cloned().collect(),
             });
         };
         for c in &mut self.components {

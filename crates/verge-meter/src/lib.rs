@@ -30,7 +30,7 @@ pub use aggregate::{Meter, Series, SeriesKey, Totals, UsageDelta};
 pub use db::{Granularity, UsageCursor, UsageDb, UsageError, UsagePage, UsageQuery, UsageRow};
 pub use flush::Flusher;
 pub use invocation::{Invocation, Rejected};
-pub use prices::{Cost, PriceSheet, egress_bytes, gb_seconds};
+pub use prices::{Cost, PriceError, PriceSheet, egress_bytes, gb_seconds};
 
 /// Minutes since the Unix epoch, the unit usage is kept in.
 pub fn unix_minute(time: std::time::SystemTime) -> u64 {

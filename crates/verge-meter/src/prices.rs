@@ -51,9 +51,19 @@ pub struct Cost {
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
+/// A price that is negative or not a number.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("`{name}` must be a number of zero or more, not {price}")]
+pub struct PriceError {
+    /// The price's name in the sheet.
+    pub name: &'static str,
+    /// Its value.
+    pub price: f64,
+}
+
 impl PriceSheet {
     /// Checks that every price is a finite number, zero or more.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PriceError> {
         for (name, price) in [
             ("per_million_requests", self.per_million_requests),
             ("per_cpu_second", self.per_cpu_second),
@@ -61,9 +71,7 @@ impl PriceSheet {
             ("per_gb_egress", self.per_gb_egress),
         ] {
             if !price.is_finite() || price < 0.0 {
-                return Err(format!(
-                    "`{name}` must be a number of zero or more, not {price}"
-                ));
+                return Err(PriceError { name, price });
             }
         }
         Ok(())

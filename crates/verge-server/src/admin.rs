@@ -22,16 +22,23 @@ use verge_ingress::{Conn, Handler};
 use verge_meter::{Meter, metric};
 use verge_node::Node;
 
+/// Another metrics recorder was installed in this process first.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("another metrics recorder is installed: {0}")]
+pub struct RecorderError(String);
+
 /// Installs the process's metrics recorder (once; later calls get the
 /// same handle) and describes every metric.
-pub fn install_recorder() -> Result<PrometheusHandle, String> {
-    static HANDLE: std::sync::OnceLock<Result<PrometheusHandle, String>> =
+pub fn install_recorder() -> Result<PrometheusHandle, RecorderError> {
+    static HANDLE: std::sync::OnceLock<Result<PrometheusHandle, RecorderError>> =
         std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new().build_recorder();
             let handle = recorder.handle();
-            metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+            // The cause cannot be kept (it is not `Clone`, and every call
+            // gets the first result): its words are.
+            metrics::set_global_recorder(recorder).map_err(|e| RecorderError(e.to_string()))?;
             metric::describe();
             Ok(handle)
         })

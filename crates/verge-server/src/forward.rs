@@ -28,6 +28,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use verge_cluster::{NodeStatus, Registry};
 
+use crate::background::Background;
 use crate::gateway::GatewayBody;
 use crate::plane::NodePlane;
 
@@ -60,14 +61,18 @@ pub(crate) struct Forwarder {
 
 impl Forwarder {
     /// Starts measuring round trips to the other nodes.
-    pub(crate) fn start(registry: Arc<Registry>, plane: Arc<NodePlane>) -> Arc<Self> {
+    pub(crate) fn start(
+        registry: Arc<Registry>,
+        plane: Arc<NodePlane>,
+        background: &Background,
+    ) -> Arc<Self> {
         let forwarder = Arc::new(Self {
             registry,
             plane,
             client: Client::builder(TokioExecutor::new()).build(connector()),
         });
         let prober = forwarder.registry.clone();
-        tokio::spawn(probe(prober));
+        background.spawn(probe(prober));
         forwarder
     }
 

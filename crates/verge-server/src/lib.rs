@@ -28,6 +28,7 @@
 //! to a [`ServerConfig`].
 
 pub mod admin;
+mod background;
 mod forward;
 mod gateway;
 pub mod otel;
@@ -53,6 +54,8 @@ use verge_meter::{Flusher, Meter, PriceSheet, UsageDb};
 use verge_node::{Node, Telemetry};
 use verge_secrets::KeySource;
 use verge_store::{BlobStore, FsBlobs, SqliteStore, Store};
+
+use crate::background::Background;
 
 pub use gateway::{Gateway, GatewayBody, GatewayBodyError};
 
@@ -159,10 +162,13 @@ pub enum ServerError {
     MasterKey(String),
     /// The first admin token could not be created.
     #[error("cannot create the first admin token: {0}")]
-    Bootstrap(String),
+    Bootstrap(#[source] verge_control::ApiError),
     /// The usage database cannot be used.
     #[error("usage database: {0}")]
-    Usage(String),
+    Usage(#[from] verge_meter::UsageError),
+    /// The thread that writes usage could not start.
+    #[error("cannot start the usage flush thread: {0}")]
+    Flusher(#[source] std::io::Error),
     /// The node could not join its cluster.
     #[error(transparent)]
     Cluster(#[from] verge_cluster::ClusterError),
@@ -178,6 +184,8 @@ pub struct Server {
     pub gateway: Arc<Gateway>,
     /// Usage and per-app metric counts, when metering is on.
     pub meter: Option<Arc<Meter>>,
+    /// Its background tasks, stopped and joined by `shutdown`.
+    background: Background,
     /// Writes the last usage when the server is dropped.
     _flusher: Option<Flusher>,
     _lock: File,
@@ -204,13 +212,21 @@ impl Server {
         let data = &config.data_dir;
         private_dir(data)?;
         let lock = lock(data)?;
+        let background = Background::default();
         let local = SqliteStore::open(&data.join("state.db"))?;
         let local_blobs = FsBlobs::open(&data.join("blobs"))?;
         let (store, blobs, cluster): (Arc<dyn Store>, Arc<dyn BlobStore>, _) =
             match config.cluster.clone() {
                 None => (Arc::new(local), Arc::new(local_blobs), None),
                 Some(cluster) => {
-                    let cluster = verge_cluster::Cluster::join(cluster, local, local_blobs).await?;
+                    let cluster = verge_cluster::Cluster::join(
+                        cluster,
+                        local,
+                        local_blobs,
+                        &background.tasks,
+                        &background.stop,
+                    )
+                    .await?;
                     (cluster.store.clone(), cluster.blobs.clone(), Some(cluster))
                 }
             };
@@ -239,7 +255,7 @@ impl Server {
         // Vector graphs are rebuilt from SQLite in the background, so the
         // node serves at once and a query rarely waits for a rebuild.
         let preload = ai.clone();
-        tokio::task::spawn_blocking(move || match preload.indexes.preload() {
+        background.spawn_blocking(move || match preload.indexes.preload() {
             Ok(0) => {}
             Ok(n) => tracing::info!("{n} vector index(es) loaded"),
             Err(e) => tracing::error!("cannot load vector indexes: {e}"),
@@ -251,15 +267,13 @@ impl Server {
             ai: Some(ai),
             ..ExecutorConfig::default()
         })?;
-        let usage = Arc::new(
-            UsageDb::open(&data.join("usage.db")).map_err(|e| ServerError::Usage(e.to_string()))?,
-        );
+        let usage = Arc::new(UsageDb::open(&data.join("usage.db"))?);
         let meter = config.telemetry.metering.then(Meter::new);
         let flusher = meter
             .as_ref()
             .map(|meter| Flusher::start(meter.clone(), usage.clone(), config.telemetry.usage_flush))
             .transpose()
-            .map_err(|e| ServerError::Usage(format!("cannot start the flush thread: {e}")))?;
+            .map_err(ServerError::Flusher)?;
         let (exceeded, mut refusals) = tokio::sync::mpsc::unbounded_channel::<Exceeded>();
         let quotas = quota_book(&config.telemetry.quotas, &usage, exceeded)?;
         let node = Node::with_telemetry(
@@ -287,6 +301,7 @@ impl Server {
             blobs.as_ref(),
             plane.clone(),
             registry.is_none(),
+            &background,
         )
         .await?;
         if let (Some(cluster), Some(registry)) = (&cluster, &registry) {
@@ -311,8 +326,20 @@ impl Server {
             },
         );
         let auditor = control.clone();
-        tokio::spawn(async move {
-            while let Some(e) = refusals.recv().await {
+        // At shutdown it stops taking refusals but audits every one queued.
+        let stop = background.stop.clone();
+        background.tasks.spawn(async move {
+            let mut closed = false;
+            loop {
+                let next = tokio::select! {
+                    next = refusals.recv() => next,
+                    () = stop.cancelled(), if !closed => {
+                        refusals.close();
+                        closed = true;
+                        continue;
+                    }
+                };
+                let Some(e) = next else { break };
                 // An app's quota shows in its live log (`verge logs`).
                 match &e.app {
                     Some(app) => tracing::warn!(app = %app, "{e}; refusing until the window ends"),
@@ -337,8 +364,8 @@ impl Server {
         let issued = control
             .bootstrap(config.issue_admin_token)
             .await
-            .map_err(|e| ServerError::Bootstrap(e.to_string()))?;
-        let forwarder = registry.map(|r| forward::Forwarder::start(r, plane.clone()));
+            .map_err(ServerError::Bootstrap)?;
+        let forwarder = registry.map(|r| forward::Forwarder::start(r, plane.clone(), &background));
         let gateway = Arc::new(Gateway::new(node.clone(), control.clone(), forwarder));
         Ok((
             Self {
@@ -346,11 +373,23 @@ impl Server {
                 control,
                 gateway,
                 meter,
+                background,
                 _flusher: flusher,
                 _lock: lock,
             },
             issued,
         ))
+    }
+}
+
+impl Server {
+    /// Stops the server's background tasks and waits for them, at most
+    /// `grace`: the store is no longer followed, the cluster no longer
+    /// hears from this node, and every quota refusal is audited. Call it
+    /// once the ingress has stopped; dropping the server afterwards writes
+    /// the last usage. Returns how many tasks were still running.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.background.shutdown(grace).await
     }
 }
 
@@ -372,9 +411,7 @@ fn quota_book(
     }
     let now = SystemTime::now();
     let today = verge_meter::unix_minute(now) / 1440 * 1440;
-    let used = usage
-        .cpu_since(today)
-        .map_err(|e| ServerError::Usage(e.to_string()))?;
+    let used = usage.cpu_since(today)?;
     for (tenant, app, cpu_us) in used {
         book.seed_cpu(&tenant, &app, Duration::from_micros(cpu_us), now);
     }
@@ -397,3 +434,6 @@ fn lock(data: &Path) -> Result<File, ServerError> {
     )?;
     Ok(file)
 }
+
+#[cfg(test)]
+mod tests;

@@ -21,18 +21,32 @@ pub struct Traces {
     pub tracing: Arc<Tracing>,
 }
 
+/// The exporter of traces could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot export traces to {endpoint}: {source}")]
+pub struct TraceError {
+    /// The collector's URL.
+    pub endpoint: String,
+    /// Why.
+    #[source]
+    pub source: opentelemetry_otlp::ExporterBuildError,
+}
+
 impl Traces {
     /// Exports to `endpoint` (the full URL, e.g.
     /// `http://collector:4318/v1/traces`), recording `sample_ratio` of new
     /// traces.
-    pub fn start(endpoint: &str, sample_ratio: f64) -> Result<Self, String> {
+    pub fn start(endpoint: &str, sample_ratio: f64) -> Result<Self, TraceError> {
         let exporter = SpanExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpJson)
             .with_endpoint(endpoint)
             .with_timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| format!("cannot export traces to {endpoint}: {e}"))?;
+            .map_err(|source| TraceError {
+                endpoint: endpoint.to_string(),
+                source,
+            })?;
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(Resource::builder().with_service_name("verge").build())

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
-use verge_control::{AppRecord, Applied, DataPlane, Fleet, VersionRecord};
+use verge_control::{AppRecord, Applied, DataPlane, Fleet, PrepareError, VersionRecord};
 use verge_manifest::Manifest;
 use verge_node::{AppConfig, AppRuntime, ComponentConfig, Node};
 use verge_store::{BlobId, BlobStore, Revision};
@@ -95,7 +95,7 @@ impl NodePlane {
         &self,
         record: &AppRecord,
         version: &VersionRecord,
-    ) -> Result<Arc<AppRuntime>, String> {
+    ) -> Result<Arc<AppRuntime>, PrepareError> {
         let key = app_id(record);
         let cache_key = prepared_key(record, version);
         if let Some(rt) = self.prepared.get(&cache_key) {
@@ -112,14 +112,14 @@ impl NodePlane {
             node.prepare_version(&config, Some(label), previous.as_deref())
         })
         .await
-        .map_err(|e| format!("compiling failed: {e}"))?
+        .map_err(|e| PrepareError::Invalid(format!("compiling failed: {e}")))?
         .map_err(|e| {
             // Blob paths are internal; name the component files instead.
             let mut message = e.to_string();
             for (path, name) in &paths {
                 message = message.replace(&path.display().to_string(), &format!("{name}.wasm"));
             }
-            message
+            PrepareError::Invalid(message)
         })?;
         Ok(self.prepared.insert(cache_key, Arc::new(runtime)))
     }
@@ -258,23 +258,24 @@ impl NodePlane {
         &self,
         record: &AppRecord,
         version: &VersionRecord,
-    ) -> Result<(AppConfig, Vec<(PathBuf, String)>), String> {
-        let manifest = manifest_of(version)?;
+    ) -> Result<(AppConfig, Vec<(PathBuf, String)>), PrepareError> {
+        let manifest = manifest_of(version).map_err(PrepareError::Invalid)?;
         let mut components = Vec::new();
         let mut paths = Vec::new();
         for c in &manifest.components {
-            let digest = version
-                .components
-                .get(&c.name)
-                .ok_or_else(|| format!("component `{}` has no blob", c.name))?;
+            let digest = version.components.get(&c.name).ok_or_else(|| {
+                PrepareError::Invalid(format!("component `{}` has no blob", c.name))
+            })?;
             let id: BlobId = digest
                 .parse()
-                .map_err(|e| format!("component `{}`: {e}", c.name))?;
-            let wasm = self
-                .blobs
-                .local_path(&id)
-                .await
-                .map_err(|e| format!("component `{}`: {e}", c.name))?;
+                .map_err(|e| PrepareError::Invalid(format!("component `{}`: {e}", c.name)))?;
+            let wasm = self.blobs.local_path(&id).await.map_err(|e| {
+                let message = format!("component `{}`: {e}", c.name);
+                match e {
+                    verge_store::BlobError::Unavailable(_) => PrepareError::Unavailable(message),
+                    _ => PrepareError::Invalid(message),
+                }
+            })?;
             paths.push((wasm.clone(), c.name.clone()));
             components.push(ComponentConfig {
                 name: c.name.clone(),
@@ -338,14 +339,16 @@ fn manifest_of(version: &VersionRecord) -> Result<Manifest, String> {
     let mut manifest =
         Manifest::parse(&version.manifest, Path::new("verge.toml")).map_err(|e| e.to_string())?;
     if let Some(env) = &version.environment {
-        manifest.select_environment(env)?;
+        manifest
+            .select_environment(env)
+            .map_err(|e| e.to_string())?;
     }
     Ok(manifest)
 }
 
 #[async_trait]
 impl DataPlane for NodePlane {
-    async fn prepare(&self, app: &AppRecord, version: &VersionRecord) -> Result<(), String> {
+    async fn prepare(&self, app: &AppRecord, version: &VersionRecord) -> Result<(), PrepareError> {
         let runtime = self.runtime(app, version).await?;
         self.prepared.hold(prepared_key(app, version), runtime);
         Ok(())

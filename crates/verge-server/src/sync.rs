@@ -22,6 +22,7 @@ use verge_control::model::{APPS_PREFIX, SECRETS_PREFIX};
 use verge_store::{BlobStore, Change, Entry, Revision, Store, StoreError};
 
 use crate::ServerError;
+use crate::background::Background;
 use crate::plane::{NodePlane, app_id};
 
 /// Loads every app, then follows the store in a background task. Before
@@ -34,6 +35,7 @@ pub(crate) async fn start(
     blobs: &dyn BlobStore,
     plane: Arc<NodePlane>,
     own_store: bool,
+    background: &Background,
 ) -> Result<(), ServerError> {
     let revision = store.revision().await?;
     // (The vaults already hold every secret: `secrets::open` read them.)
@@ -52,7 +54,7 @@ pub(crate) async fn start(
     // One watch over the whole store, so the applied revision covers apps
     // and secrets alike.
     let mut watch = store.watch("", revision).await?;
-    tokio::spawn(async move {
+    background.spawn(async move {
         // Failed apps are retried on a timer: a busy store (audit entries,
         // key-value changes) must not postpone them forever.
         let mut last_retry = tokio::time::Instant::now();

@@ -340,6 +340,9 @@ async fn serve(
     serve_until_signal(ingress, server.gateway.clone()).await;
     let _ = stop_admin.send(());
     let _ = admin_task.await;
+    // No new work: stop following the store and the cluster, audit what
+    // is queued, and join every background task.
+    server.shutdown(Duration::from_secs(5)).await;
     if let Some(traces) = traces {
         let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
     }

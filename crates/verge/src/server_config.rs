@@ -67,7 +67,13 @@ fn parse(path: &Path, text: &str) -> Result<ServerFile, anyhow::Error> {
     })?;
     file.prices.validate().map_err(|message| {
         let span = text.find("[prices]").map_or(0..0, |i| i..i + 8);
-        anyhow!(ManifestError::at(path, text, span, message, None))
+        anyhow!(ManifestError::at(
+            path,
+            text,
+            span,
+            message.to_string(),
+            None
+        ))
     })?;
     let q = &file.quotas;
     let all_limits = [&q.default.tenant, &q.default.app]

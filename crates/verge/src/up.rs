@@ -104,17 +104,15 @@ pub(crate) struct UpArgs {
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     const DAY: Duration = Duration::from_secs(24 * 3600);
-    verge_manifest::parse_duration(s).and_then(|d| {
-        if d.is_zero() || d > DAY {
-            Err("the duration must be above zero and at most 24h".to_string())
-        } else {
-            Ok(d)
-        }
-    })
+    let d = verge_manifest::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() || d > DAY {
+        return Err("the duration must be above zero and at most 24h".to_string());
+    }
+    Ok(d)
 }
 
 pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
-    verge_manifest::parse_size(s)
+    verge_manifest::parse_size(s).map_err(|e| e.to_string())
 }
 
 fn parse_memory(s: &str) -> Result<u64, String> {
@@ -228,7 +226,9 @@ impl UpArgs {
     pub(crate) fn load_manifest(&self, path: &Path) -> Result<Manifest, String> {
         let mut manifest = Manifest::load(path).map_err(|e| e.to_string())?;
         if let Some(env) = &self.source.environment {
-            manifest.select_environment(env)?;
+            manifest
+                .select_environment(env)
+                .map_err(|e| e.to_string())?;
         }
         Ok(manifest)
     }

@@ -88,7 +88,7 @@ fn prepared_key(app: &AppRecord, version: &VersionRecord) -> (String, u32, Strin
 
 #[async_trait]
 impl DataPlane for Counting {
-    async fn prepare(&self, app: &AppRecord, version: &VersionRecord) -> Result<(), String> {
+    async fn prepare(&self, app: &AppRecord, version: &VersionRecord) -> Result<(), PrepareError> {
         self.prepares.fetch_add(1, Ordering::SeqCst);
         *self
             .held

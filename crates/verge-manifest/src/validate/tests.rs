@@ -341,7 +341,8 @@ secrets = ["api_key"]
     );
     let err = m
         .select_environment("prod")
-        .expect_err("unknown environment");
+        .expect_err("unknown environment")
+        .to_string();
     assert!(
         err.ends_with("has no environment `prod`; it has: staging"),
         "{err}"
@@ -544,11 +545,17 @@ fn node_labels_parse_and_bad_ones_are_named() {
     assert_eq!(labels["region"], "eu-west");
     assert_eq!(labels["zone"], "a");
     assert!(crate::parse_labels("").expect("empty").is_empty());
-    let err = crate::parse_labels("region").expect_err("no value");
+    let err = crate::parse_labels("region")
+        .expect_err("no value")
+        .to_string();
     assert!(err.contains("`region` is not key=value"), "{err}");
-    let err = crate::parse_labels("a=1,a=2").expect_err("twice");
+    let err = crate::parse_labels("a=1,a=2")
+        .expect_err("twice")
+        .to_string();
     assert!(err.contains("given twice"), "{err}");
-    let err = crate::parse_labels("re gion=x").expect_err("space");
+    let err = crate::parse_labels("re gion=x")
+        .expect_err("space")
+        .to_string();
     assert!(err.contains("letters, digits"), "{err}");
 }
 
