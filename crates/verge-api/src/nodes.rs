@@ -71,7 +71,9 @@ pub enum NodeState {
     /// The answering node, cut off from the cluster (it serves from its
     /// replica and refuses writes).
     Degraded,
-    /// Another node, while the answering one is cut off.
+    /// Another node, while the answering one is cut off; also any state
+    /// this client does not know (from a newer server).
+    #[serde(other)]
     Unknown,
 }
 

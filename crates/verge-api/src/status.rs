@@ -35,6 +35,8 @@ pub struct CallerToken {
     pub id: String,
     /// Tenant the token acts for.
     pub tenant: String,
-    /// Scopes the token holds.
-    pub scopes: Vec<Scope>,
+    /// Scopes the token holds. Text, not [`Scope`]s: a newer server may
+    /// report scopes this client does not know.
+    #[schema(value_type = Vec<Scope>)]
+    pub scopes: Vec<String>,
 }

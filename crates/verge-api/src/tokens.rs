@@ -37,8 +37,10 @@ pub struct Token {
     pub id: String,
     /// Tenant the token acts for.
     pub tenant: String,
-    /// Granted scopes, sorted.
-    pub scopes: Vec<Scope>,
+    /// Granted scopes, sorted. Text, not [`Scope`]s: a newer server may
+    /// report scopes this client does not know.
+    #[schema(value_type = Vec<Scope>)]
+    pub scopes: Vec<String>,
     /// What the token is for.
     pub name: String,
     /// When it was created (RFC 3339).
@@ -63,6 +65,9 @@ pub enum TokenState {
     Revoked,
     /// Past its expiry.
     Expired,
+    /// A state this client does not know (from a newer server).
+    #[serde(other)]
+    Unknown,
 }
 
 impl TokenState {
@@ -72,6 +77,7 @@ impl TokenState {
             TokenState::Active => "active",
             TokenState::Revoked => "revoked",
             TokenState::Expired => "expired",
+            TokenState::Unknown => "unknown",
         }
     }
 }

@@ -80,11 +80,8 @@ fn summary(record: &AppRecord) -> AppSummary {
     summary = "Server and token status",
     description = "Needs a valid token; no scope is required.",
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "The server version and store revision, the caller's token, and its tenant's app count.", body = verge_api::Status, content_type = "application/json"),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn status(
@@ -101,7 +98,7 @@ pub(crate) async fn status(
         token: CallerToken {
             id: caller.token.id.clone(),
             tenant: caller.tenant().to_string(),
-            scopes: crate::tokens::scopes(&caller.token.scopes),
+            scopes: caller.token.scopes.clone(),
         },
         apps: apps as u64,
     }))
@@ -115,12 +112,9 @@ pub(crate) async fn status(
     summary = "List the tenant's apps",
     description = "Requires the `apps:read` scope. Lists the apps of the caller's tenant only.",
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "The tenant's apps.", body = verge_api::AppList, content_type = "application/json"),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn list(
@@ -146,14 +140,11 @@ pub(crate) async fn list(
     description = "Requires the `apps:read` scope. Another tenant's app answers 404, as a missing one does.",
     params(("app" = String, Path, description = "App name, within the caller's tenant.")),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "The app.", body = verge_api::AppSummary, content_type = "application/json"),
         (status = 400, description = "Invalid app name.", body = verge_api::ErrorBody),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
         (status = 404, description = "No such app for this tenant.", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn show(
@@ -175,14 +166,11 @@ pub(crate) async fn show(
     description = "Requires the `apps:read` scope. Versions newest first, with their current traffic weight.",
     params(("app" = String, Path, description = "App name, within the caller's tenant.")),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "The app's versions.", body = verge_api::VersionList, content_type = "application/json"),
         (status = 400, description = "Invalid app name.", body = verge_api::ErrorBody),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
         (status = 404, description = "No such app for this tenant.", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn versions(
@@ -233,16 +221,13 @@ const MAX_SMALL_REQUEST: usize = 64 * 1024;
     params(("app" = String, Path, description = "App name, within the caller's tenant.")),
     request_body(content = verge_api::TrafficRequest, content_type = "application/json"),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "The new split is recorded.", body = verge_api::AppChanged, content_type = "application/json"),
         (status = 400, description = "Invalid app name or JSON, a version that does not parse, a version listed twice, or weights not summing to 100.", body = verge_api::ErrorBody),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
         (status = 404, description = "No such app for this tenant, or the app has no such version.", body = verge_api::ErrorBody),
         (status = 409, description = "A route is claimed by another app, or the app changed meanwhile.", body = verge_api::ErrorBody),
         (status = 413, description = "The request body is larger than 64 KiB.", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn set_traffic(
@@ -292,16 +277,13 @@ pub(crate) async fn set_traffic(
     params(("app" = String, Path, description = "App name, within the caller's tenant.")),
     request_body(content = verge_api::RollbackRequest, content_type = "application/json"),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "The rollback is recorded.", body = verge_api::AppChanged, content_type = "application/json"),
         (status = 400, description = "Invalid app name or JSON, or a version that does not parse.", body = verge_api::ErrorBody),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
         (status = 404, description = "No such app for this tenant, or the app has no such version.", body = verge_api::ErrorBody),
         (status = 409, description = "No version before the current one, a route is claimed by another app, or the app changed meanwhile.", body = verge_api::ErrorBody),
         (status = 413, description = "The request body is larger than 64 KiB.", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn rollback(
@@ -427,15 +409,12 @@ async fn change(
     description = "Requires the `apps:delete` scope. Deletes the app and all its versions, then waits (up to the apply timeout) for the node to apply it. Audited as `app.delete`.",
     params(("app" = String, Path, description = "App name, within the caller's tenant.")),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "The app was deleted.", body = verge_api::AppDeleted, content_type = "application/json"),
         (status = 400, description = "Invalid app name.", body = verge_api::ErrorBody),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
         (status = 404, description = "No such app for this tenant.", body = verge_api::ErrorBody),
         (status = 409, description = "The app changed meanwhile; try again.", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn delete(
@@ -496,14 +475,11 @@ pub(crate) async fn delete(
     description = "Requires `apps:read`. Newline-delimited JSON, one log line per line: the app's guest output (stdout, stderr) and the node's lines about its requests (refused, failed, timed out). With `follow=true` the response stays open and streams new lines; a follower that falls behind gets a WARN line saying how many lines it lost.",
     params(("app" = String, Path, description = "App name, within the caller's tenant."), verge_api::LogsQuery),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "Log lines.", body = verge_api::LogLine, content_type = "application/x-ndjson"),
         (status = 400, description = "The request is invalid (`bad_request`).", body = verge_api::ErrorBody),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
         (status = 404, description = "Not found, or not visible to this tenant (`not_found`).", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "The server is at a limit for this kind of request (e.g. too many open log streams).", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn logs(

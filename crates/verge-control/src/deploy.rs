@@ -55,14 +55,11 @@ const RESERVED: &[&str] = &["/v1", "/.well-known/verge"];
     params(("digest" = String, Path, description = "sha256 of the body: 64 lower-case hex digits, optionally prefixed `sha256:`.")),
     request_body(content = verge_api::RawBody, content_type = "application/octet-stream", description = "The raw bytes."),
     responses(
+        crate::openapi::CommonErrors,
         (status = 201, description = "The blob is stored.", body = verge_api::BlobUploaded, content_type = "application/json"),
         (status = 400, description = "`digest` is not a sha256, the upload was interrupted, or the bytes hash to another digest.", body = verge_api::ErrorBody),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
         (status = 413, description = "The component is larger than the server's upload limit.", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn upload_blob(
@@ -170,16 +167,13 @@ pub(crate) fn check_app_name(app: &str) -> Result<(), ApiError> {
     params(("app" = String, Path, description = "App name, within the caller's tenant.")),
     request_body(content = verge_api::DeployRequest, content_type = "application/json"),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "An identical version already existed; it now takes all traffic.", body = verge_api::DeployResponse, content_type = "application/json"),
         (status = 201, description = "A new version was recorded and takes all traffic.", body = verge_api::DeployResponse, content_type = "application/json"),
         (status = 400, description = "Invalid app name, JSON, manifest or digest; a component without an uploaded blob or not in the manifest; a reserved route (`/v1`, `/.well-known/verge`); `expect_version` not a version; or the data plane refused to compile the version.", body = verge_api::ErrorBody),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
         (status = 409, description = "`expect_version` does not serve now, a route is claimed by another app, or the app changed during the deploy.", body = verge_api::ErrorBody),
         (status = 413, description = "The request body is larger than 1 MiB.", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn create_version(

@@ -106,14 +106,11 @@ async fn bucket(
     description = "Requires `kv:read`. Keys of the caller's tenant's store, in byte order, a page at a time. Only stores that a serving version of the app declares are reachable; others answer 404.",
     params(("app" = String, Path, description = "App name, within the caller's tenant."), ("store" = String, Path, description = "Store name, as components declare it in `key_value_stores`."), verge_api::KvListQuery),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "A page of keys.", body = verge_api::KeyPage, content_type = "application/json"),
         (status = 400, description = "The request is invalid (`bad_request`).", body = verge_api::ErrorBody),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
         (status = 404, description = "Not found, or not visible to this tenant (`not_found`).", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "The server is at a limit for this kind of request (e.g. too many open log streams).", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn list(
@@ -144,14 +141,11 @@ pub(crate) async fn list(
     description = "Requires `kv:read`. Only stores that a serving version of the app declares are reachable; others answer 404.",
     params(("app" = String, Path, description = "App name, within the caller's tenant."), ("store" = String, Path, description = "Store name, as components declare it in `key_value_stores`."), ("key" = String, Path, description = "The key: UTF-8, percent-encoded, 1 to 1024 bytes, no NUL.")),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "The value's bytes.", body = verge_api::RawBody, content_type = "application/octet-stream"),
         (status = 400, description = "The request is invalid (`bad_request`).", body = verge_api::ErrorBody),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
         (status = 404, description = "Not found, or not visible to this tenant (`not_found`).", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "The server is at a limit for this kind of request (e.g. too many open log streams).", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn get(
@@ -187,15 +181,12 @@ pub(crate) async fn get(
     params(("app" = String, Path, description = "App name, within the caller's tenant."), ("store" = String, Path, description = "Store name, as components declare it in `key_value_stores`."), ("key" = String, Path, description = "The key: UTF-8, percent-encoded, 1 to 1024 bytes, no NUL.")),
     request_body(content = verge_api::RawBody, content_type = "application/octet-stream", description = "The raw bytes."),
     responses(
+        crate::openapi::CommonErrors,
         (status = 204, description = "Stored."),
         (status = 400, description = "The request is invalid (`bad_request`).", body = verge_api::ErrorBody),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
         (status = 404, description = "Not found, or not visible to this tenant (`not_found`).", body = verge_api::ErrorBody),
         (status = 413, description = "The body is too large (`too_large`).", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "The server is at a limit for this kind of request (e.g. too many open log streams).", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn set(
@@ -232,14 +223,11 @@ pub(crate) async fn set(
     description = "Requires `kv:write`. Deleting a missing key succeeds. Only stores that a serving version of the app declares are reachable; others answer 404.",
     params(("app" = String, Path, description = "App name, within the caller's tenant."), ("store" = String, Path, description = "Store name, as components declare it in `key_value_stores`."), ("key" = String, Path, description = "The key: UTF-8, percent-encoded, 1 to 1024 bytes, no NUL.")),
     responses(
+        crate::openapi::CommonErrors,
         (status = 204, description = "Deleted."),
         (status = 400, description = "The request is invalid (`bad_request`).", body = verge_api::ErrorBody),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
         (status = 404, description = "Not found, or not visible to this tenant (`not_found`).", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "The server is at a limit for this kind of request (e.g. too many open log streams).", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn delete(

@@ -19,12 +19,9 @@ use crate::error::ApiError;
     summary = "The nodes of the cluster: health, labels, load, what they serve",
     description = "Requires the `tenants:admin` scope. Every node heard of in the last day, as the answering node sees it: `status` is `up`, `down` (silent for three heartbeats), `degraded` (the answering node, cut off from the cluster) or `unknown` (another node, while the answering one is cut off). A standalone server lists itself.",
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "The nodes, sorted by name.", body = verge_api::NodeList, content_type = "application/json"),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 403, description = "The token lacks `tenants:admin`."),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
+        (status = 403, description = "The token lacks `tenants:admin`.", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn list(

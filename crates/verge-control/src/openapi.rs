@@ -99,6 +99,33 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The answers every operation that needs a token may give besides its
+/// own (all with the `ErrorBody` shape).
+#[derive(utoipa::IntoResponses)]
+#[allow(
+    dead_code,
+    reason = "never built: it only describes answers in the document"
+)]
+pub(crate) enum CommonErrors {
+    /// Missing, malformed, unknown, expired or revoked bearer token
+    /// (`unauthenticated`).
+    #[response(status = 401, headers(("WWW-Authenticate" = String, description = "`Bearer`")))]
+    Unauthenticated(verge_api::ErrorBody),
+    /// Too many failed authentications from this source address
+    /// (`rate_limited`).
+    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
+    RateLimited(verge_api::ErrorBody),
+    /// Something failed inside the server (`internal`); details are logged.
+    #[response(status = 500)]
+    Internal(verge_api::ErrorBody),
+    /// This node cannot serve the request now (`unavailable`): in a
+    /// cluster it is cut off from NATS, or a store or limit of the server
+    /// (such as the open log streams) is unavailable; the message says
+    /// which.
+    #[response(status = 503)]
+    Unavailable(verge_api::ErrorBody),
+}
+
 /// The document, as served at `/v1/openapi.json`.
 pub(crate) static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
     let mut text = ApiDoc::openapi()

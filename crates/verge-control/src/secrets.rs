@@ -42,13 +42,10 @@ fn check_names(app: &str, name: &str) -> Result<(), ApiError> {
     description = "Requires `apps:read`. Names and times only: no route ever returns a secret's value.",
     params(("app" = String, Path, description = "App name, within the caller's tenant.")),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "The app's secrets.", body = verge_api::SecretList, content_type = "application/json"),
         (status = 400, description = "The request is invalid (`bad_request`).", body = verge_api::ErrorBody),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn list(
@@ -82,16 +79,13 @@ pub(crate) async fn list(
     params(("app" = String, Path, description = "App name, within the caller's tenant."), ("name" = String, Path, description = "Secret name: 1 to 64 of a-z, 0-9 and `_`, starting with a letter.")),
     request_body(content = verge_api::RawBody, content_type = "application/octet-stream", description = "The raw bytes."),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "Stored.", body = verge_api::SecretSet, content_type = "application/json"),
         (status = 400, description = "The request is invalid (`bad_request`).", body = verge_api::ErrorBody),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
         (status = 404, description = "Not found, or not visible to this tenant (`not_found`).", body = verge_api::ErrorBody),
         (status = 409, description = "A precondition or a claim conflicts (`conflict`).", body = verge_api::ErrorBody),
         (status = 413, description = "The body is too large (`too_large`).", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn set(
@@ -221,15 +215,12 @@ async fn set_value(
     description = "Requires `secrets:write`. Components that declared it read it as unset from then on.",
     params(("app" = String, Path, description = "App name, within the caller's tenant."), ("name" = String, Path, description = "Secret name: 1 to 64 of a-z, 0-9 and `_`, starting with a letter.")),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "Deleted.", body = verge_api::SecretDeleted, content_type = "application/json"),
         (status = 400, description = "The request is invalid (`bad_request`).", body = verge_api::ErrorBody),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
         (status = 404, description = "Not found, or not visible to this tenant (`not_found`).", body = verge_api::ErrorBody),
         (status = 409, description = "A precondition or a claim conflicts (`conflict`).", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn delete(

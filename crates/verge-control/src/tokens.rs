@@ -33,12 +33,6 @@ fn visible(caller: &Caller, record: &TokenRecord) -> bool {
     record.tenant == caller.tenant() || caller.has(Scope::TenantsAdmin)
 }
 
-/// The scopes of a stored token that this server knows (a record written
-/// by a newer server may hold others, which grant nothing here).
-pub(crate) fn scopes(stored: &[String]) -> Vec<Scope> {
-    stored.iter().filter_map(|s| s.parse().ok()).collect()
-}
-
 fn describe(record: &TokenRecord) -> Token {
     let state = if record.revoked.is_some() {
         TokenState::Revoked
@@ -50,7 +44,7 @@ fn describe(record: &TokenRecord) -> Token {
     Token {
         id: record.id.clone(),
         tenant: record.tenant.clone(),
-        scopes: scopes(&record.scopes),
+        scopes: record.scopes.clone(),
         name: record.name.clone(),
         created: record.created.clone(),
         expires: record.expires_at.map(rfc3339),
@@ -68,14 +62,11 @@ fn describe(record: &TokenRecord) -> Token {
     description = "Requires the `tokens:admin` scope. A token can only grant scopes the caller holds, for the caller's own tenant unless the caller holds `tenants:admin`. The token text is returned once. The body is at most 64 KiB. Audited as `token.create`. `expires_in` is at most 10 years; a token never expires later than the token creating it.",
     request_body(content = verge_api::CreateTokenRequest, content_type = "application/json"),
     responses(
+        crate::openapi::CommonErrors,
         (status = 201, description = "The token was created.", body = verge_api::TokenCreated, content_type = "application/json"),
         (status = 400, description = "Invalid JSON, tenant name or `expires_in`; no scope or an unknown scope; or a name longer than 200 characters or with control characters.", body = verge_api::ErrorBody),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The caller lacks `tokens:admin`, `tenants:admin` (for another tenant), or a scope it tries to grant.", body = verge_api::ErrorBody),
         (status = 413, description = "The request body is larger than 64 KiB.", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn create(
@@ -174,12 +165,9 @@ pub(crate) async fn create(
     summary = "List tokens",
     description = "Requires the `tokens:admin` scope. Lists the tokens of the caller's tenant, or of every tenant with `tenants:admin`. Secrets are never shown.",
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "The visible tokens.", body = verge_api::TokenList, content_type = "application/json"),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn list(
@@ -207,14 +195,11 @@ pub(crate) async fn list(
     description = "Requires the `tokens:admin` scope. Revokes a token of the caller's tenant (any tenant with `tenants:admin`). Revoking a revoked token changes nothing and answers it again. Audited as `token.revoke`. The caller must hold every scope of the token it revokes (403 otherwise); the last active `tenants:admin` token cannot be revoked (409).",
     params(("id" = String, Path, description = "Token id, 16 hex digits.")),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "The token, now revoked.", body = verge_api::Token, content_type = "application/json"),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
         (status = 404, description = "No such token, a malformed id, or a token of another tenant.", body = verge_api::ErrorBody),
         (status = 409, description = "The token changed concurrently; try again.", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn revoke(
@@ -282,13 +267,10 @@ pub(crate) async fn revoke(
     description = "Requires the `audit:read` scope. Entries of the caller's tenant, or of every tenant with `tenants:admin`, oldest first.",
     params(AuditQuery),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "A page of entries.", body = verge_api::AuditPage, content_type = "application/json"),
         (status = 400, description = "The query string does not parse.", body = verge_api::ErrorBody, content_type = "application/json"),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn audit_list(
@@ -337,12 +319,9 @@ pub(crate) async fn audit_list(
     summary = "Verify the audit chain",
     description = "Requires `audit:read` and `tenants:admin`: the chain spans every tenant. Recomputes the hash chain and reports the first entry that was edited, removed or reordered.",
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "The result of the check (a broken chain is still 200, with `ok: false`).", body = verge_api::Verification, content_type = "application/json"),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "This node cannot serve the request now (`unavailable`): in a cluster, it is cut off from NATS; or a store or limit of the server is unavailable. The message says which.", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn audit_verify(

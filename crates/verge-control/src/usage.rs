@@ -45,13 +45,10 @@ fn parse_time(text: &str, now: SystemTime, name: &str) -> Result<SystemTime, Api
     description = "Requires the `usage:read` scope. Rows of the caller's tenant; with `tenants:admin`, of any tenant (all by default). Summed over versions per bucket, tenant and app, ordered by bucket, tenant, app. Usage reaches this endpoint once per flush interval of the node.",
     params(UsageParams),
     responses(
+        crate::openapi::CommonErrors,
         (status = 200, description = "A page of rows.", body = verge_api::UsagePage, content_type = "application/json"),
         (status = 400, description = "The query string does not parse.", body = verge_api::ErrorBody, content_type = "application/json"),
-        (status = 401, description = "Missing, malformed, unknown, expired or revoked bearer token (`unauthenticated`).", body = verge_api::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 403, description = "The token lacks the required scope (`forbidden`).", body = verge_api::ErrorBody),
-        (status = 429, description = "Too many failed authentications from this source address (`rate_limited`).", body = verge_api::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
-        (status = 500, description = "Something failed inside the server (`internal`); details are logged.", body = verge_api::ErrorBody),
-        (status = 503, description = "The server is at a limit for this kind of request (e.g. too many open log streams).", body = verge_api::ErrorBody),
     ),
 )]
 pub(crate) async fn query(

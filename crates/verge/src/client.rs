@@ -133,7 +133,17 @@ impl Client {
         if status.is_success() {
             return Ok(response.json().await.unwrap_or(Value::Null));
         }
-        let message = match response.json::<verge_api::ErrorBody>().await {
+        // Only the message is read: a newer server may send a code this
+        // client does not know.
+        #[derive(Deserialize)]
+        struct Error {
+            message: String,
+        }
+        #[derive(Deserialize)]
+        struct Body {
+            error: Error,
+        }
+        let message = match response.json::<Body>().await {
             Ok(body) => body.error.message,
             Err(_) => format!("the server answered {status}"),
         };

@@ -200,12 +200,8 @@ fn traffic_text(traffic: &[verge_api::TrafficShare]) -> String {
 }
 
 /// Scopes as `a,b,c`.
-fn scopes_text(scopes: &[verge_api::Scope]) -> String {
-    scopes
-        .iter()
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join(",")
+fn scopes_text(scopes: &[String]) -> String {
+    scopes.join(",")
 }
 
 /// An optional text as a table cell.

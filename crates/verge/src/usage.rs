@@ -159,10 +159,12 @@ fn csv_cells(r: &UsageRow) -> Vec<String> {
         ]
         .map(|n| n.to_string()),
     );
-    cells.push(r.wall_seconds.to_string());
+    // Numbers as JSON writes them (`0.0`, `1e-7`), as the CSV always had.
+    let float = |f: f64| serde_json::Value::from(f).to_string();
+    cells.push(float(r.wall_seconds));
     cells.push(r.billed_ms.to_string());
-    cells.push(r.cpu_seconds.to_string());
-    cells.push(r.gb_seconds.to_string());
+    cells.push(float(r.cpu_seconds));
+    cells.push(float(r.gb_seconds));
     cells.extend(
         [
             r.peak_memory_bytes,
@@ -220,7 +222,7 @@ impl Printer {
                     out,
                     "{},{},{}",
                     fields.join(","),
-                    row.cost.total,
+                    serde_json::Value::from(row.cost.total),
                     csv_field(currency)
                 )?;
             }

@@ -117,7 +117,7 @@ fn enums_list_what_the_wire_carries() {
     );
     assert_eq!(
         values("TokenState"),
-        json!(["active", "revoked", "expired"])
+        json!(["active", "revoked", "expired", "unknown"])
     );
     assert_eq!(values("Granularity"), json!(["minute", "hour", "day"]));
     assert_eq!(

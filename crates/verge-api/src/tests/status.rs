@@ -15,6 +15,6 @@ fn status_keeps_its_shape() {
         ]},
         "apps": 0,
     }));
-    assert_eq!(status.token.scopes, Scope::ALL);
+    assert_eq!(status.token.scopes, Scope::ALL.map(Scope::as_str));
     assert_eq!(status.server.revision, 42);
 }
