@@ -3,9 +3,14 @@
 //! cluster's own): every one is started here and stops at
 //! [`Background::shutdown`], which joins them.
 //!
+//! Shutdown has two phases. Tasks that still write through the store (the
+//! quota auditor) finish first, while the cluster's followers still run:
+//! in a cluster a write returns only once this node's replica applied it.
+//! Then everything else stops.
+//!
 //! **Invariant**: once `shutdown` returns without leftovers, no task of
 //! the server is running; a task still running after the grace period is
-//! named in the log, never silently left behind.
+//! counted in the log, never silently left behind.
 
 use std::future::Future;
 use std::time::Duration;
@@ -18,6 +23,10 @@ use tokio_util::task::TaskTracker;
 pub(crate) struct Background {
     pub(crate) tasks: TaskTracker,
     pub(crate) stop: CancellationToken,
+    /// Tasks that finish their queued writes first (phase one).
+    pub(crate) writers: TaskTracker,
+    /// Tells the writers to take no new work and finish.
+    pub(crate) drain: CancellationToken,
 }
 
 impl Background {
@@ -35,19 +44,34 @@ impl Background {
         self.tasks.spawn_blocking(work);
     }
 
-    /// Stops every task and waits for them, at most `grace`; returns how
-    /// many were still running then.
-    pub(crate) async fn shutdown(&self, grace: Duration) -> usize {
-        self.stop.cancel();
-        self.tasks.close();
-        if tokio::time::timeout(grace, self.tasks.wait())
-            .await
-            .is_err()
-        {
-            let left = self.tasks.len();
-            tracing::warn!("{left} background task(s) still running after {grace:?}; leaving them");
-            return left;
-        }
-        0
+    /// Runs `task`, which writes through the store, until it ends; it is
+    /// given the drain token and must end soon after it is cancelled,
+    /// having finished what is queued.
+    pub(crate) fn spawn_writer<F>(&self, task: impl FnOnce(CancellationToken) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.writers.spawn(task(self.drain.clone()));
     }
+
+    /// Lets the writers finish, then stops every other task, and waits for
+    /// them, at most `grace` for each phase; returns how many tasks were
+    /// still running then.
+    pub(crate) async fn shutdown(&self, grace: Duration) -> usize {
+        self.drain.cancel();
+        let writers = join(&self.writers, grace).await;
+        self.stop.cancel();
+        writers + join(&self.tasks, grace).await
+    }
+}
+
+/// Closes `tasks` and waits for them, at most `grace`; how many are left.
+async fn join(tasks: &TaskTracker, grace: Duration) -> usize {
+    tasks.close();
+    if tokio::time::timeout(grace, tasks.wait()).await.is_ok() {
+        return 0;
+    }
+    let left = tasks.len();
+    tracing::warn!("{left} background task(s) still running after {grace:?}; leaving them");
+    left
 }

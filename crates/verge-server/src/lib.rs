@@ -326,9 +326,9 @@ impl Server {
             },
         );
         let auditor = control.clone();
-        // At shutdown it stops taking refusals but audits every one queued.
-        let stop = background.stop.clone();
-        background.tasks.spawn(async move {
+        // At shutdown it stops taking refusals but audits every one queued
+        // (before the cluster's followers stop: its writes need them).
+        background.spawn_writer(|stop| async move {
             let mut closed = false;
             loop {
                 let next = tokio::select! {

@@ -51,28 +51,24 @@ impl<T: Clone> Prepared<T> {
     /// compiles raced); returns the one kept. Without a hold or a
     /// `retain` keeping it, it goes at the next `retain` of its app.
     pub(crate) fn insert(&self, key: PreparedKey, value: T) -> T {
-        self.lock()
-            .entry(key)
-            .or_insert(Entry {
-                value,
-                holds: 0,
-                recorded: false,
-            })
-            .value
-            .clone()
+        self.with_entry(key, value, |entry| entry.value.clone())
     }
 
     /// Holds `key` (inserting `value` if it went meanwhile) until
     /// [`Prepared::release`].
     pub(crate) fn hold(&self, key: PreparedKey, value: T) {
-        self.lock()
-            .entry(key)
-            .or_insert(Entry {
-                value,
-                holds: 0,
-                recorded: false,
-            })
-            .holds += 1;
+        self.with_entry(key, value, |entry| entry.holds += 1);
+    }
+
+    /// Runs `f` on the entry of `key`, made with `value` if there is none.
+    fn with_entry<R>(&self, key: PreparedKey, value: T, f: impl FnOnce(&mut Entry<T>) -> R) -> R {
+        let mut entries = self.lock();
+        let entry = entries.entry(key).or_insert(Entry {
+            value,
+            holds: 0,
+            recorded: false,
+        });
+        f(entry)
     }
 
     /// Gives back a hold: the entry goes unless the store records it or

@@ -45,6 +45,10 @@ async fn shutdown_joins_every_background_task_and_frees_the_folder() {
     assert_eq!(server.shutdown(Duration::from_secs(10)).await, 0);
     assert!(server.background.tasks.is_empty(), "every task was joined");
     assert!(server.background.tasks.is_closed());
+    assert!(
+        server.background.writers.is_empty(),
+        "the auditor was joined first"
+    );
     drop(server);
     // The folder is free again, with its state: no new admin token.
     let (again, issued) = Server::start(config(&data)).await.expect("restart");

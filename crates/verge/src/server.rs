@@ -340,9 +340,6 @@ async fn serve(
     serve_until_signal(ingress, server.gateway.clone()).await;
     let _ = stop_admin.send(());
     let _ = admin_task.await;
-    // No new work: stop following the store and the cluster, audit what
-    // is queued, and join every background task.
-    server.shutdown(Duration::from_secs(5)).await;
     if let Some(traces) = traces {
         let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
     }
@@ -350,6 +347,9 @@ async fn serve(
     tokio::task::spawn_blocking(move || node.shutdown())
         .await
         .map_err(Failure::runtime)?;
+    // Guests are done: audit what is queued, then stop following the store
+    // and the cluster, and join every background task.
+    server.shutdown(Duration::from_secs(5)).await;
     // The caller drops the server once the runtime has stopped: guests
     // still finishing on it are metered before the last usage flush.
     Ok(server)
