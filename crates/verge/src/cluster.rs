@@ -115,6 +115,43 @@ impl ClusterArgs {
                 "--heartbeat must be between 100ms and 60s"
             )));
         }
+        if ![1, 3, 5].contains(&self.cluster_replicas) {
+            return Err(Failure::input(anyhow!(
+                "--cluster-replicas {}: JetStream keeps 1, 3 or 5 replicas (at most the number \
+                 of NATS servers)",
+                self.cluster_replicas
+            )));
+        }
+        for server in url.split(',').map(str::trim) {
+            let parsed = reqwest::Url::parse(server).ok();
+            let known = parsed
+                .as_ref()
+                .is_some_and(|u| matches!(u.scheme(), "nats" | "tls") && u.host_str().is_some());
+            if !known {
+                return Err(Failure::input(anyhow!(
+                    "--cluster: `{}` is not a NATS URL; write nats://HOST:4222 (or tls://, \
+                     several comma-separated)",
+                    parsed.map_or_else(|| server.to_string(), |u| redact(&u))
+                )));
+            }
+        }
+        let files = [
+            ("--nats-creds", &self.nats_creds),
+            ("--nats-nkey", &self.nats_nkey),
+            ("--nats-ca", &self.nats_ca),
+            ("--nats-cert", &self.nats_cert),
+            ("--nats-key", &self.nats_key),
+        ];
+        for (flag, file) in files {
+            if let Some(file) = file
+                && !file.is_file()
+            {
+                return Err(Failure::input(anyhow!(
+                    "{flag} `{}` is not a file",
+                    file.display()
+                )));
+            }
+        }
         if let Some(url) = &self.advertise {
             check_advertise(url).map_err(|why| {
                 Failure::input(anyhow!(
@@ -160,13 +197,25 @@ pub(crate) fn advertise_bound(config: &mut ClusterConfig, bound: SocketAddr) {
     }
 }
 
+/// A URL for messages: without user or password.
+fn redact(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
+}
+
 /// Why `url` cannot be dialled by other nodes, if it cannot: it must be an
-/// `http://` or `https://` URL of a host, without a path, query or user,
-/// and not the unspecified address.
+/// `http://` URL of a host and port, without a path, query or user, and
+/// not the unspecified address. (Nodes forward to each other over plain
+/// HTTP until they speak TLS to each other.)
 fn check_advertise(url: &str) -> Result<(), &'static str> {
     let parsed = reqwest::Url::parse(url).map_err(|_| "it is not a URL")?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err("it must start with http:// or https://");
+    if parsed.scheme() != "http" {
+        return Err("it must start with http:// (nodes do not reach each other over TLS yet)");
+    }
+    if parsed.port() == Some(0) {
+        return Err("port 0 is not an address other nodes can dial");
     }
     let host = parsed.host_str().ok_or("it has no host")?;
     let ip = host.trim_start_matches('[').trim_end_matches(']');

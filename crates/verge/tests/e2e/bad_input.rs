@@ -233,7 +233,7 @@ fn server_flags_are_checked_before_any_port_is_bound() {
         ),
         (
             &[&cluster[..], &["--advertise", "nats://node-a:4222"]].concat(),
-            "http:// or https://",
+            "it must start with http://",
         ),
         (
             &[&cluster[..], &["--advertise", "http://node-a:8080/v1"]].concat(),
@@ -242,6 +242,26 @@ fn server_flags_are_checked_before_any_port_is_bound() {
         (
             &[&cluster[..], &["--advertise", "not a url"]].concat(),
             "is not a URL",
+        ),
+        (
+            &[&cluster[..], &["--advertise", "https://node-a:8080"]].concat(),
+            "nodes do not reach each other over TLS yet",
+        ),
+        (
+            &[&cluster[..], &["--advertise", "http://node-a:0"]].concat(),
+            "port 0",
+        ),
+        (
+            &[&cluster[..], &["--cluster-replicas", "2"]].concat(),
+            "1, 3 or 5 replicas",
+        ),
+        (
+            &vec!["--cluster", "http://user:secret@nats-a:4222"],
+            "is not a NATS URL",
+        ),
+        (
+            &[&cluster[..], &["--nats-ca", "/nonexistent/ca.pem"]].concat(),
+            "--nats-ca `/nonexistent/ca.pem` is not a file",
         ),
         (
             &vec!["--otlp-endpoint", "collector:4318"],
@@ -258,6 +278,10 @@ fn server_flags_are_checked_before_any_port_is_bound() {
         assert_eq!(run.status.code(), Some(2), "{shown}");
         assert!(run.stderr.contains(expected), "{shown}");
         assert!(!run.stderr.contains("cannot listen"), "{shown}");
+        assert!(
+            !run.stderr.contains("secret"),
+            "credentials in a message: {shown}"
+        );
         assert!(run.stdout.is_empty(), "{shown}");
         assert!(
             !data_path.exists(),
