@@ -102,8 +102,10 @@ fn tools() -> Vec<Tool> {
         Tool {
             name: "python3 with venv and pip",
             used_by: "the Python guest (componentize-py) and `verge ai pull`",
+            // Debian's python3 has `venv` without `ensurepip`, which venv
+            // needs: only python3-venv brings it.
             present: || {
-                succeeds("python3", &["-m", "venv", "--help"])
+                succeeds("python3", &["-c", "import ensurepip, venv"])
                     && succeeds("python3", &["-m", "pip", "--version"])
             },
             install: Install::Apt(&["python3-venv", "python3-pip"]),
@@ -139,9 +141,11 @@ pub(crate) fn check() -> anyhow::Result<()> {
                     false
                 } else {
                     let apt = |args: &[&str]| {
+                        // sudo resets the environment: pass the setting on
+                        // its command line, or a prompt could hang CI.
                         let mut cmd = Command::new(if sudo { "sudo" } else { "apt-get" });
                         if sudo {
-                            cmd.arg("apt-get");
+                            cmd.args(["DEBIAN_FRONTEND=noninteractive", "apt-get"]);
                         }
                         cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
                         run(&mut cmd)
