@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A newcomer's first build, per cargo profile, and what each costs in throughput.
 
-For each profile (default: `release`, what the README's first command
-builds, and `dist`, what release artifacts and images are built with):
+For each cargo profile given (default: `release`, what the README's first
+command builds; to try a setting, add a profile to Cargo.toml and name both):
   1. `cargo build --profile P -p verge` in a fresh, empty target directory,
      timed (wall clock; crates already downloaded, as after `cargo fetch`);
   2. hello throughput of the binary it made: `verge up hello.wasm` under
@@ -11,7 +11,7 @@ Reports build minutes and the median requests/s of each, with ratios to
 the first profile. Build times are saved in WORK/builds.json, and a profile
 whose binary is already in WORK is not built again (`--rebuild` forces it).
 
-Usage: bench/newcomer.py [--profiles release,dist] [--work DIR] [--rounds N]
+Usage: bench/newcomer.py [--profiles release,OTHER] [--work DIR] [--rounds N]
                          [--duration S] [--rebuild]
 """
 
@@ -85,7 +85,7 @@ def throughput(binary, duration, cache_dir):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profiles", default="release,dist")
+    parser.add_argument("--profiles", default="release")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "verge-newcomer")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=10)
