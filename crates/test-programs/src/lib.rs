@@ -62,7 +62,12 @@ static HANDLED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new
 /// `/count`: answers how many requests this instance has handled.
 fn count(out: ResponseOutparam) {
     let n = HANDLED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-    respond(out, 200, &[("content-type", "text/plain")], format!("{n}\n").as_bytes());
+    respond(
+        out,
+        200,
+        &[("content-type", "text/plain")],
+        format!("{n}\n").as_bytes(),
+    );
 }
 
 fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
