@@ -12,7 +12,7 @@ use verge_store::{
 
 mod support;
 
-use support::{Nats, config};
+use support::{Nats, config, join_cluster};
 
 struct Member {
     cluster: Cluster,
@@ -23,15 +23,9 @@ async fn join(nats: &Nats, name: &str) -> Member {
     let dir = tempfile::tempdir().expect("tempdir");
     let local = SqliteStore::open(&dir.path().join("state.db")).expect("replica");
     let blobs = FsBlobs::open(&dir.path().join("blobs")).expect("blobs");
-    let cluster = Cluster::join(
-        config(nats, name),
-        local,
-        blobs,
-        &tokio_util::task::TaskTracker::new(),
-        &tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .expect("joins");
+    let cluster = join_cluster(config(nats, name), local, blobs)
+        .await
+        .expect("joins");
     cluster
         .registry
         .start_heartbeats(verge_cluster::LocalState::default);
@@ -259,15 +253,9 @@ async fn a_recreated_cluster_log_is_refused_not_mixed() {
     };
     {
         let (local, blobs) = open();
-        let cluster = Cluster::join(
-            config(&nats, "a"),
-            local,
-            blobs,
-            &tokio_util::task::TaskTracker::new(),
-            &tokio_util::sync::CancellationToken::new(),
-        )
-        .await
-        .expect("joins");
+        let cluster = join_cluster(config(&nats, "a"), local, blobs)
+            .await
+            .expect("joins");
         cluster
             .store
             .put("k", b"1".to_vec(), Expect::Any)
@@ -279,15 +267,9 @@ async fn a_recreated_cluster_log_is_refused_not_mixed() {
     std::fs::remove_dir_all(nats.store.path()).expect("wipe");
     nats.restart();
     let (local, blobs) = open();
-    let cluster = Cluster::join(
-        config(&nats, "a"),
-        local,
-        blobs,
-        &tokio_util::task::TaskTracker::new(),
-        &tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .expect("starts from its copy");
+    let cluster = join_cluster(config(&nats, "a"), local, blobs)
+        .await
+        .expect("starts from its copy");
     assert_eq!(
         cluster
             .store
@@ -319,16 +301,10 @@ async fn a_standalone_data_folder_cannot_join() {
         .await
         .expect("put");
     let blobs = FsBlobs::open(&dir.path().join("blobs")).expect("blobs");
-    let err = Cluster::join(
-        config(&nats, "a"),
-        local,
-        blobs,
-        &tokio_util::task::TaskTracker::new(),
-        &tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .err()
-    .expect("refused");
+    let err = join_cluster(config(&nats, "a"), local, blobs)
+        .await
+        .err()
+        .expect("refused");
     assert!(
         err.to_string().contains("standalone server's state"),
         "{err}"

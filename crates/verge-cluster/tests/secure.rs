@@ -9,7 +9,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{Nats, config};
+use support::{Nats, config, join_cluster};
 use verge_cluster::{Cluster, ClusterConfig, LocalState, NatsAuth};
 use verge_kv::Replicator;
 use verge_store::{BlobId, BlobStore, Expect, FsBlobs, SqliteStore, Store};
@@ -24,14 +24,7 @@ async fn join(config: ClusterConfig, dir: &Path) -> Result<Cluster, verge_cluste
     std::fs::create_dir_all(dir).expect("node folder");
     let local = SqliteStore::open(&dir.join("state.db")).expect("replica");
     let blobs = FsBlobs::open(&dir.join("blobs")).expect("blobs");
-    Cluster::join(
-        config,
-        local,
-        blobs,
-        &tokio_util::task::TaskTracker::new(),
-        &tokio_util::sync::CancellationToken::new(),
-    )
-    .await
+    join_cluster(config, local, blobs).await
 }
 
 /// Uses every part of the cluster through `a` and `b`.

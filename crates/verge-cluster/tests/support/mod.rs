@@ -115,3 +115,20 @@ pub(crate) fn config(nats: &Nats, name: &str) -> ClusterConfig {
         uplink_interval: Duration::from_secs(1),
     }
 }
+
+/// Joins a cluster with `config`, its background tasks on a tracker the
+/// test never joins (they end with the test's runtime).
+pub(crate) async fn join_cluster(
+    config: ClusterConfig,
+    local: verge_store::SqliteStore,
+    blobs: verge_store::FsBlobs,
+) -> Result<verge_cluster::Cluster, verge_cluster::ClusterError> {
+    verge_cluster::Cluster::join(
+        config,
+        local,
+        blobs,
+        &tokio_util::task::TaskTracker::new(),
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+}
