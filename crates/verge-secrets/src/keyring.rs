@@ -66,10 +66,17 @@ fn key_error(path: &Path, what: impl std::fmt::Display) -> SecretError {
     SecretError::Key(format!("master key file `{}`: {what}", path.display()))
 }
 
+fn key_io(path: &Path, action: &'static str, source: std::io::Error) -> SecretError {
+    SecretError::KeyFile {
+        path: path.to_path_buf(),
+        action,
+        source,
+    }
+}
+
 /// Reads and checks a key file: owner-only permissions, 64 hex characters.
 fn read_key_file(path: &Path) -> Result<MasterKey, SecretError> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| key_error(path, format!("cannot read it: {e}")))?;
+    let meta = std::fs::metadata(path).map_err(|e| key_io(path, "read", e))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(key_error(
@@ -81,10 +88,7 @@ fn read_key_file(path: &Path) -> Result<MasterKey, SecretError> {
             ),
         ));
     }
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|e| key_error(path, format!("cannot read it: {e}")))?,
-    );
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| key_io(path, "read", e))?);
     MasterKey::from_hex(&text).map_err(|e| {
         key_error(
             path,
@@ -107,13 +111,13 @@ fn write_key_file(path: &Path, key: &MasterKey) -> Result<(), SecretError> {
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(|e| key_error(path, format!("cannot create it: {e}")))?;
+        .map_err(|e| key_io(path, "create", e))?;
     let mut text = key.to_hex();
     text.push('\n');
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(|e| key_error(path, format!("cannot write it: {e}")))?;
-    std::fs::rename(&tmp, path).map_err(|e| key_error(path, format!("cannot create it: {e}")))?;
+        .map_err(|e| key_io(path, "write", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| key_io(path, "create", e))?;
     sync_dir(path)
 }
 
@@ -121,7 +125,7 @@ fn sync_dir(path: &Path) -> Result<(), SecretError> {
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| key_error(path, format!("cannot sync its folder: {e}")))?;
+            .map_err(|e| key_io(path, "sync the folder of", e))?;
     }
     Ok(())
 }
@@ -274,8 +278,7 @@ impl Keyring {
         let Some((next, path)) = self.pending_rename.take() else {
             return Ok(false);
         };
-        std::fs::rename(&next, &path)
-            .map_err(|e| key_error(&path, format!("cannot replace it with the new key: {e}")))?;
+        std::fs::rename(&next, &path).map_err(|e| key_io(&path, "replace with the new key", e))?;
         sync_dir(&path)?;
         self.previous = None;
         Ok(true)

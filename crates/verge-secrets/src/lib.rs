@@ -92,9 +92,20 @@ pub enum SecretError {
     /// A master key that cannot be used.
     #[error("{0}")]
     Key(String),
+    /// A master key file could not be read or written.
+    #[error("master key file `{}`: cannot {action} it", path.display())]
+    KeyFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What was tried ("read", "create", ...).
+        action: &'static str,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The random source failed.
-    #[error("no randomness available: {0}")]
-    Random(String),
+    #[error("no randomness available")]
+    Random(#[source] getrandom::Error),
 }
 
 /// A 256-bit master key and its id.
@@ -113,7 +124,7 @@ impl MasterKey {
     /// A new random key.
     pub fn generate() -> Result<Self, SecretError> {
         let mut key = Zeroizing::new([0u8; 32]);
-        getrandom::fill(key.as_mut()).map_err(|e| SecretError::Random(e.to_string()))?;
+        getrandom::fill(key.as_mut()).map_err(SecretError::Random)?;
         Ok(Self::from_bytes(key))
     }
 
@@ -170,7 +181,7 @@ impl MasterKey {
             return Err(SecretError::TooLarge);
         }
         let mut nonce = [0u8; 24];
-        getrandom::fill(&mut nonce).map_err(|e| SecretError::Random(e.to_string()))?;
+        getrandom::fill(&mut nonce).map_err(SecretError::Random)?;
         let aad = id.associated_data();
         let ciphertext = self
             .cipher()
