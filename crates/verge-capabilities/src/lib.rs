@@ -10,9 +10,11 @@
 //! **API boundary**: this crate is plain data plus matching logic. It knows
 //! nothing about TOML, HTTP servers or wasmtime, so every layer can share it.
 
+mod denials;
 mod limits;
 mod outbound;
 
+pub use denials::Denials;
 pub use limits::Limits;
 pub use outbound::{HostPattern, HostPatternError, OutboundPolicy};
 

@@ -1,73 +1,67 @@
-//! Host APIs beyond WASI 0.2 and `wasi:http`: `wasi:keyvalue` (store,
-//! atomics, batch), `wasi:config/store`, `wasi:logging` and `verge:ai`,
-//! generated from the WIT in the repository's `wit/` folder.
+//! Host APIs beyond WASI 0.2 and `wasi:http`, generated from the WIT in
+//! the repository's `wit/` folder: `wasi:config/store` and `wasi:logging`
+//! here; `wasi:keyvalue` from `verge-host-keyvalue` and `verge:ai` from
+//! `verge-host-ai` (only with the `ai` feature), each added to the linker
+//! with a view of the request's store data.
 //!
 //! What a component may reach through them is fixed when it is loaded
 //! ([`Grants`]): the stores, variables, secrets, AI model and vector
 //! indexes its manifest entry declares. Everything else is invisible or denied.
 //!
 //! **Invariants**
-//! - Opening a store the component did not declare fails inside the guest
-//!   with `access-denied`; nothing is created.
+//! - A denied name is logged at most once per request ([`DenialLog`]).
 //! - A secret value lives only in the node's secret source and in the
 //!   guest's memory; it is never logged or put in an error.
 
-mod ai;
 mod config;
-mod keyvalue;
 mod logging;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-// Public because the generated bindings re-export it.
-pub(crate) use self::ai::AiGrant;
-#[allow(unreachable_pub)]
-pub use self::ai::IndexHandle;
-#[allow(unreachable_pub)]
-pub use self::keyvalue::BucketHandle;
 pub(crate) use self::logging::LogState;
+use crate::host::Host;
+use crate::invoke::task::RequestShared;
 
 pub(crate) mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "verge:platform/host-apis",
-        imports: { default: async | trappable },
-        with: {
-            "wasi:keyvalue/store.bucket": crate::apis::BucketHandle,
-            "verge:ai/vectors.index": crate::apis::IndexHandle,
-        },
-        trappable_error_type: {
-            "wasi:keyvalue/store.error" => crate::apis::KvFailure,
-        },
-    });
+    pub(crate) mod config {
+        wasmtime::component::bindgen!({
+            path: "../../wit",
+            world: "wasi:config/imports",
+            imports: { default: async | trappable },
+        });
+    }
+    pub(crate) mod logging {
+        wasmtime::component::bindgen!({
+            path: "../../wit",
+            world: "wasi:logging/imports",
+            imports: { default: async | trappable },
+        });
+    }
 }
 
-impl crate::host::Host {
-    /// Logs a denied store, model or index: once per request, the name cut
-    /// short, so a guest retrying in a loop cannot flood the log.
-    pub(crate) fn log_denied(&mut self, message: &str, name: &str) {
-        if std::mem::replace(&mut self.apis.denied_logged, true) {
+/// Logs what a request was refused: once per request, the name cut short,
+/// so a guest retrying in a loop cannot flood the log.
+pub(crate) struct DenialLog {
+    pub(crate) app: Arc<str>,
+    pub(crate) request: Arc<RequestShared>,
+    pub(crate) logged: bool,
+}
+
+impl verge_capabilities::Denials for DenialLog {
+    fn denied(&mut self, message: &str, name: &str) {
+        if std::mem::replace(&mut self.logged, true) {
             return;
         }
         let shown: String = name.chars().take(64).collect();
         tracing::warn!(
-            request_id = %self.shared().id,
-            app = %self.apis.app,
-            component = %self.shared().component,
+            request_id = %self.request.id,
+            app = %self.app,
+            component = %self.request.component,
             name = %shown.escape_debug(),
             "{message}"
         );
     }
-}
-
-/// The error a `wasi:keyvalue` call returns to the guest.
-#[derive(Debug)]
-pub(crate) enum KvFailure {
-    /// The component did not declare the store.
-    AccessDenied,
-    /// Anything else, with a message for the guest.
-    Other(String),
 }
 
 /// The current values of an app's secrets, kept by the node and updated
@@ -81,7 +75,7 @@ pub trait SecretSource: Send + Sync {
 #[derive(Default)]
 pub(crate) struct Grants {
     /// Declared key-value stores, opened.
-    pub(crate) stores: HashMap<String, verge_kv::Bucket>,
+    pub(crate) stores: verge_host_keyvalue::Stores,
     /// Declared variables with their values.
     pub(crate) variables: HashMap<String, String>,
     /// Declared secret names.
@@ -89,25 +83,33 @@ pub(crate) struct Grants {
     /// Where secret values come from.
     pub(crate) vault: Option<Arc<dyn SecretSource>>,
     /// What `verge:ai` may reach, if the component declared a model or index.
-    pub(crate) ai: Option<AiGrant>,
+    #[cfg(feature = "ai")]
+    pub(crate) ai: Option<verge_host_ai::AiGrant>,
     /// Version label for log lines.
     pub(crate) version: Option<Arc<str>>,
 }
 
-/// Adds the host APIs to `linker`.
+/// Adds the host APIs to `linker`: each from its own crate, given a view
+/// of the request's store data.
 pub(crate) fn add_to_linker(
-    linker: &mut wasmtime::component::Linker<crate::host::Host>,
+    linker: &mut wasmtime::component::Linker<Host>,
 ) -> wasmtime::Result<()> {
     use wasmtime::component::HasSelf;
-    type H = HasSelf<crate::host::Host>;
-    bindings::wasi::keyvalue::store::add_to_linker::<_, H>(linker, |h| h)?;
-    bindings::wasi::keyvalue::atomics::add_to_linker::<_, H>(linker, |h| h)?;
-    bindings::wasi::keyvalue::batch::add_to_linker::<_, H>(linker, |h| h)?;
-    bindings::wasi::config::store::add_to_linker::<_, H>(linker, |h| h)?;
-    bindings::wasi::logging::logging::add_to_linker::<_, H>(linker, |h| h)?;
-    bindings::verge::ai::types::add_to_linker::<_, H>(linker, |h| h)?;
-    bindings::verge::ai::embeddings::add_to_linker::<_, H>(linker, |h| h)?;
-    bindings::verge::ai::vectors::add_to_linker::<_, H>(linker, |h| h)?;
-    bindings::verge::ai::classify::add_to_linker::<_, H>(linker, |h| h)?;
+    type H = HasSelf<Host>;
+    bindings::config::wasi::config::store::add_to_linker::<_, H>(linker, |h| h)?;
+    bindings::logging::wasi::logging::logging::add_to_linker::<_, H>(linker, |h| h)?;
+    verge_host_keyvalue::add_to_linker(linker, |h| verge_host_keyvalue::KeyValueView {
+        stores: &h.apis.grants.stores,
+        table: &mut h.table,
+        ops: &h.hooks.shared.usage.kv_ops,
+        denials: &mut h.apis.denials,
+    })?;
+    #[cfg(feature = "ai")]
+    verge_host_ai::add_to_linker(linker, |h| verge_host_ai::AiView {
+        grant: h.apis.grants.ai.as_ref(),
+        table: &mut h.table,
+        tokens: &h.hooks.shared.usage.ai_tokens,
+        denials: &mut h.apis.denials,
+    })?;
     Ok(())
 }

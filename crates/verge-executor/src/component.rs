@@ -116,6 +116,10 @@ pub enum LoadError {
         /// Why.
         reason: String,
     },
+    /// The component declares `verge:ai` models, indexes or classifiers
+    /// and this node has none to give.
+    #[error("the component declares AI models, vector indexes or classifiers, but {0}")]
+    NoAi(&'static str),
     /// An import Verge does not provide.
     #[error("`{path}` cannot run on Verge: {reason}")]
     Unlinkable {
@@ -207,51 +211,36 @@ impl Executor {
     /// stores opened (blocking on first use of a tenant), its variables and
     /// secret names.
     fn grants(&self, app: &AppContext, capabilities: &Capabilities) -> Result<Grants, LoadError> {
-        let mut stores = std::collections::HashMap::new();
-        for store in &capabilities.key_value_stores {
-            let kv = self
-                .inner
-                .key_value
-                .as_ref()
-                .ok_or_else(|| LoadError::Store {
-                    store: store.clone(),
-                    reason: "this node has no key-value storage".to_string(),
-                })?;
-            let consistency = if capabilities.edge_local_stores.contains(store) {
-                verge_kv::Consistency::EdgeLocal
-            } else {
-                verge_kv::Consistency::Strict
-            };
-            let bucket = kv.bucket_with(&app.tenant, &app.app, store, consistency).map_err(|e| {
-                // Storage details (paths) go to the node log, not to the deployer.
-                tracing::error!(app = %app.key, store = %store, "cannot open key-value store: {e}");
-                LoadError::Store {
-                    store: store.clone(),
-                    reason: e.public_message(),
-                }
-            })?;
-            stores.insert(store.clone(), bucket);
-        }
-        let ai = if capabilities.ai_models.is_empty()
+        let stores = verge_host_keyvalue::Stores::open(
+            self.inner.key_value.as_deref(),
+            &app.tenant,
+            &app.app,
+            &app.key,
+            capabilities,
+        )
+        .map_err(|e| LoadError::Store {
+            store: e.store,
+            reason: e.reason,
+        })?;
+        #[cfg(feature = "ai")]
+        let ai = verge_host_ai::AiGrant::new(
+            self.inner.ai.as_ref(),
+            &app.tenant,
+            &app.app,
+            capabilities,
+        )
+        .map_err(|verge_host_ai::NoAi| LoadError::NoAi("this node has no AI services"))?;
+        #[cfg(not(feature = "ai"))]
+        if !(capabilities.ai_models.is_empty()
             && capabilities.vector_indexes.is_empty()
-            && capabilities.classifiers.is_empty()
+            && capabilities.classifiers.is_empty())
         {
-            None
-        } else {
-            let services = self.inner.ai.clone().ok_or_else(|| LoadError::Store {
-                store: "verge:ai".to_string(),
-                reason: "this node has no AI services".to_string(),
-            })?;
-            Some(crate::apis::AiGrant {
-                services,
-                tenant: app.tenant.clone(),
-                app: app.app.clone(),
-                model: capabilities.ai_models.first().cloned(),
-                indexes: capabilities.vector_indexes.clone(),
-                classifiers: capabilities.classifiers.clone(),
-            })
-        };
+            return Err(LoadError::NoAi(
+                "this verge was built without AI; build it with the cargo feature `ai` (on by default)",
+            ));
+        }
         Ok(Grants {
+            #[cfg(feature = "ai")]
             ai,
             stores,
             variables: capabilities.variables.iter().cloned().collect(),

@@ -45,10 +45,11 @@ pub struct ExecutorConfig {
     pub slow_lane_threads: usize,
     /// Key-value stores for `wasi:keyvalue`; without them, a component
     /// that declares a store cannot be loaded.
-    pub key_value: Option<Arc<verge_kv::KeyValue>>,
+    pub key_value: Option<Arc<verge_host_keyvalue::KeyValue>>,
     /// Models and vector indexes for `verge:ai`; without them, a component
     /// that declares a model or an index cannot be loaded.
-    pub ai: Option<Arc<verge_ai::AiServices>>,
+    #[cfg(feature = "ai")]
+    pub ai: Option<Arc<verge_host_ai::AiServices>>,
 }
 
 impl Default for ExecutorConfig {
@@ -64,21 +65,28 @@ impl Default for ExecutorConfig {
             slow_lane_threads: std::thread::available_parallelism()
                 .map_or(1, |n| (n.get() / 2).max(1)),
             key_value: None,
+            #[cfg(feature = "ai")]
             ai: None,
         }
     }
 }
+
+/// A wasmtime error, kept with its chain of causes.
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why the executor could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ExecutorError {
     /// wasmtime refused the configuration (for example, not enough address space).
-    #[error("cannot create the WebAssembly engine: {0}")]
-    Engine(String),
+    #[error("cannot create the WebAssembly engine")]
+    Engine(#[source] BoxError),
     /// The linker could not be set up.
-    #[error("cannot set up WASI for guests: {0}")]
-    Linker(String),
+    #[error("cannot set up the host APIs for guests")]
+    Linker(#[source] BoxError),
+    /// A thread the engine needs could not be started.
+    #[error("cannot start the {0} thread(s)")]
+    Thread(&'static str, #[source] std::io::Error),
 }
 
 /// Cheap handle to the process-wide engine.
@@ -92,8 +100,9 @@ pub(crate) struct Inner {
     pub(crate) linker: Linker<Host>,
     pub(crate) cache: Option<CompileCache>,
     pub(crate) slow_lane: SlowLane,
-    pub(crate) key_value: Option<Arc<verge_kv::KeyValue>>,
-    pub(crate) ai: Option<Arc<verge_ai::AiServices>>,
+    pub(crate) key_value: Option<Arc<verge_host_keyvalue::KeyValue>>,
+    #[cfg(feature = "ai")]
+    pub(crate) ai: Option<Arc<verge_host_ai::AiServices>>,
     /// Outbound connections open at once across all guests. Kept below
     /// tokio's blocking-thread limit, since each connect resolves a name on
     /// a blocking thread.
@@ -143,25 +152,22 @@ pub struct ExecutorStats {
 impl Executor {
     /// Builds the engine and linker and starts the epoch ticker.
     pub fn new(config: &ExecutorConfig) -> Result<Self, ExecutorError> {
-        let engine = Engine::new(&wasmtime_config(config))
-            .map_err(|e| ExecutorError::Engine(format!("{e:#}")))?;
+        let engine =
+            Engine::new(&wasmtime_config(config)).map_err(|e| ExecutorError::Engine(e.into()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| ExecutorError::Linker(format!("{e:#}")))?;
+            .map_err(|e| ExecutorError::Linker(e.into()))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(|e| ExecutorError::Linker(format!("{e:#}")))?;
-        crate::apis::add_to_linker(&mut linker)
-            .map_err(|e| ExecutorError::Linker(format!("{e:#}")))?;
+            .map_err(|e| ExecutorError::Linker(e.into()))?;
+        crate::apis::add_to_linker(&mut linker).map_err(|e| ExecutorError::Linker(e.into()))?;
         let cache = config
             .cache_dir
             .as_ref()
             .and_then(|dir| CompileCache::open(dir, &engine));
-        let ticker = EpochTicker::spawn(engine.clone(), config.epoch_tick).map_err(|e| {
-            ExecutorError::Engine(format!("cannot start the epoch ticker thread: {e}"))
-        })?;
-        let slow_lane = SlowLane::start(config.slow_lane_threads).map_err(|e| {
-            ExecutorError::Engine(format!("cannot start the slow-lane threads: {e}"))
-        })?;
+        let ticker = EpochTicker::spawn(engine.clone(), config.epoch_tick)
+            .map_err(|e| ExecutorError::Thread("epoch ticker", e))?;
+        let slow_lane = SlowLane::start(config.slow_lane_threads)
+            .map_err(|e| ExecutorError::Thread("slow-lane", e))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
@@ -169,6 +175,7 @@ impl Executor {
                 cache,
                 slow_lane,
                 key_value: config.key_value.clone(),
+                #[cfg(feature = "ai")]
                 ai: config.ai.clone(),
                 outbound_slots: Arc::new(tokio::sync::Semaphore::new(MAX_OUTBOUND_CONNECTIONS)),
                 linked: std::sync::Mutex::default(),

@@ -40,8 +40,8 @@ pub(crate) struct HostApis {
     pub(crate) grants: Arc<crate::apis::Grants>,
     /// What the request has logged through `wasi:logging`.
     pub(crate) log: crate::apis::LogState,
-    /// Whether a denied store was logged already for this request.
-    pub(crate) denied_logged: bool,
+    /// Where refused stores, models and indexes are logged.
+    pub(crate) denials: crate::apis::DenialLog,
 }
 
 impl Host {

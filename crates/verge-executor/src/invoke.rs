@@ -430,7 +430,11 @@ impl LoadedComponent {
                 app: self.app.clone(),
                 grants: self.grants.clone(),
                 log: Default::default(),
-                denied_logged: false,
+                denials: crate::apis::DenialLog {
+                    app: self.app.clone(),
+                    request: shared.clone(),
+                    logged: false,
+                },
             },
         };
         let mut store = Store::new(&self.executor.inner.engine, host);

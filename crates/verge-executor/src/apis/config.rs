@@ -2,7 +2,7 @@
 //! declared; any other name reads as unset, so a guest cannot even learn
 //! which other names exist.
 
-use super::bindings::wasi::config::store;
+use super::bindings::config::wasi::config::store;
 use crate::host::Host;
 
 impl store::Host for Host {

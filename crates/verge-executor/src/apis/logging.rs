@@ -7,7 +7,7 @@
 //! [`MAX_CONTEXT`]; control characters are escaped so a guest cannot forge
 //! log lines.
 
-use super::bindings::wasi::logging::logging::{self, Level};
+use super::bindings::logging::wasi::logging::logging::{self, Level};
 use crate::host::Host;
 
 /// Most bytes of messages one request may log.
