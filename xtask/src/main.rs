@@ -123,6 +123,17 @@ fn test(root: &Path) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // A node without AI (the `ai` feature off) must keep building: it is
+    // the quick first build, and the feature's seams are easy to break.
+    run(cargo().current_dir(root).args([
+        "clippy",
+        "--package",
+        "verge",
+        "--no-default-features",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo()
         .current_dir(root)
         .args(["doc", "--no-deps", "--workspace"])
@@ -141,5 +152,15 @@ fn test(root: &Path) -> anyhow::Result<()> {
     run(cargo()
         .current_dir(root)
         .args(["nextest", "run", "--workspace", "--no-fail-fast"]))?;
+    // The node's tests once more without AI: what a node built without it
+    // refuses, and that everything else still works.
+    run(cargo().current_dir(root).args([
+        "nextest",
+        "run",
+        "--package",
+        "verge-node",
+        "--no-default-features",
+        "--no-fail-fast",
+    ]))?;
     Ok(())
 }

@@ -20,6 +20,7 @@
 
 mod apps;
 mod body;
+mod builder;
 mod pipeline;
 mod trace;
 mod usage;
@@ -38,6 +39,7 @@ use verge_router::{Route, RouteError, RouteTable};
 
 pub use apps::{AppSlot, Apps};
 pub use body::NodeBody;
+pub use builder::{AiSettings, BuiltNode, NodeSettings, build};
 pub use trace::Tracing;
 pub use usage::Telemetry;
 

@@ -400,3 +400,79 @@ async fn node_endpoints_and_unrouted_paths() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// A node from the builder `verge up` and `verge server` share, over
+/// `state`.
+fn built(state: &std::path::Path) -> Arc<Node> {
+    verge_node::build(verge_node::NodeSettings {
+        state_dir: state.to_path_buf(),
+        cache_dir: None,
+        max_instances: 20,
+        kv_quotas: verge_kv::Quotas::default(),
+        ai: verge_node::AiSettings::new(state.join("models")),
+        telemetry: Telemetry::default(),
+    })
+    .expect("node")
+    .node
+}
+
+fn declaring(capabilities: Capabilities) -> AppConfig {
+    AppConfig::local(
+        "tp",
+        vec![ComponentConfig {
+            capabilities,
+            ..component(Limits::default())
+        }],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builder_gives_guests_key_value_and_ai_only_when_built_in() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let stores = Capabilities {
+        key_value_stores: vec!["cache".to_string()],
+        ..Capabilities::default()
+    };
+    let ai = Capabilities {
+        ai_models: vec!["all-minilm-l6-v2".to_string()],
+        ..Capabilities::default()
+    };
+
+    // A bare executor has no storage: a declared store is refused at load.
+    let (bare, _) = node(None);
+    let refused = bare
+        .prepare(&declaring(stores.clone()))
+        .err()
+        .expect("refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("this node has no key-value storage"),
+        "{refused}"
+    );
+    let refused = bare.prepare(&declaring(ai.clone())).err().expect("refused");
+    assert!(refused.to_string().contains("AI"), "{refused}");
+
+    // The builder's node has storage, and AI exactly when built with it.
+    let node = built(state.path());
+    // Building creates nothing on disk.
+    assert_eq!(std::fs::read_dir(state.path()).expect("state").count(), 0);
+    let app = node
+        .prepare(&declaring(stores))
+        .expect("a declared store loads");
+    node.install(app);
+    assert_eq!(get(&node, "/count").await.status, StatusCode::OK);
+    let with_ai = node.prepare(&declaring(ai));
+    if cfg!(feature = "ai") {
+        with_ai.expect("a declared model loads; it is read at the first call");
+    } else {
+        let refused = with_ai.err().expect("refused without the ai feature");
+        assert!(
+            refused.to_string().contains("built without AI"),
+            "{refused}"
+        );
+    }
+    // The declared store was opened at load; no index was declared.
+    assert!(state.path().join("kv").exists());
+    assert!(!state.path().join("ai").exists());
+}

@@ -40,6 +40,8 @@ impl Background {
     }
 
     /// Runs blocking `work` on the blocking pool; shutdown waits for it.
+    // Only the vector-index preload uses it so far.
+    #[cfg_attr(not(feature = "ai"), allow(dead_code))]
     pub(crate) fn spawn_blocking(&self, work: impl FnOnce() + Send + 'static) {
         self.tasks.spawn_blocking(work);
     }

@@ -46,10 +46,8 @@ use std::time::{Duration, SystemTime};
 use verge_control::audit;
 use verge_control::logs::LogHub;
 use verge_control::{Control, ControlConfig, Issued};
-use verge_executor::{Executor, ExecutorConfig};
-
 use verge_guard::quota::{Exceeded, QuotaBook, QuotaConfig};
-use verge_kv::{KeyValue, Quotas};
+use verge_kv::Quotas;
 use verge_meter::{Flusher, Meter, PriceSheet, UsageDb};
 use verge_node::{Node, Telemetry};
 use verge_secrets::KeySource;
@@ -87,21 +85,10 @@ pub struct ServerConfig {
     pub telemetry: TelemetryConfig,
     /// `verge:ai`: where models are installed and the embedding limits.
     /// Vector indexes live in `DATA/ai/TENANT.db`.
-    pub ai: AiConfig,
+    pub ai: verge_node::AiSettings,
     /// Join a cluster: state and blobs on NATS JetStream, `DATA/state.db`
     /// and `DATA/blobs` become this node's copies; `None` runs standalone.
     pub cluster: Option<verge_cluster::ClusterConfig>,
-}
-
-/// The node's AI settings.
-#[derive(Debug, Clone)]
-pub struct AiConfig {
-    /// The model folder (`verge ai pull` installs into it).
-    pub models_dir: PathBuf,
-    /// Limits per call and per tenant.
-    pub limits: verge_ai::EmbedLimits,
-    /// Inference threads (each batch also uses the cores in parallel).
-    pub threads: usize,
 }
 
 /// What the server measures and limits.
@@ -239,34 +226,6 @@ impl Server {
             .clone()
             .unwrap_or_else(|| data.join("compiled"));
         private_dir(&cache_dir)?;
-        let key_value = KeyValue::open(&data.join("kv"), config.kv_quotas);
-        if let Some(cluster) = &cluster {
-            key_value.replicate(cluster.kv.clone());
-        }
-        let ai = Arc::new(verge_ai::AiServices {
-            embedder: verge_ai::Embedder::start(
-                verge_ai::ModelDir::new(&config.ai.models_dir),
-                verge_ai::DEFAULT_MODEL,
-                config.ai.limits.clone(),
-                config.ai.threads,
-            ),
-            indexes: verge_ai::Indexes::new(data.join("ai")),
-        });
-        // Vector graphs are rebuilt from SQLite in the background, so the
-        // node serves at once and a query rarely waits for a rebuild.
-        let preload = ai.clone();
-        background.spawn_blocking(move || match preload.indexes.preload() {
-            Ok(0) => {}
-            Ok(n) => tracing::info!("{n} vector index(es) loaded"),
-            Err(e) => tracing::error!("cannot load vector indexes: {e}"),
-        });
-        let executor = Executor::new(&ExecutorConfig {
-            cache_dir: Some(cache_dir),
-            max_instances: config.max_instances,
-            key_value: Some(key_value.clone()),
-            ai: Some(ai),
-            ..ExecutorConfig::default()
-        })?;
         let usage = Arc::new(UsageDb::open(&data.join("usage.db"))?);
         let meter = config.telemetry.metering.then(Meter::new);
         let flusher = meter
@@ -276,15 +235,34 @@ impl Server {
             .map_err(ServerError::Flusher)?;
         let (exceeded, mut refusals) = tokio::sync::mpsc::unbounded_channel::<Exceeded>();
         let quotas = quota_book(&config.telemetry.quotas, &usage, exceeded)?;
-        let node = Node::with_telemetry(
-            executor,
-            Telemetry {
+        let built = verge_node::build(verge_node::NodeSettings {
+            state_dir: data.clone(),
+            cache_dir: Some(cache_dir),
+            max_instances: config.max_instances,
+            kv_quotas: config.kv_quotas,
+            ai: config.ai.clone(),
+            telemetry: Telemetry {
                 meter: meter.clone(),
                 quotas,
                 metrics: config.telemetry.metrics && meter.is_some(),
                 tracing: config.telemetry.tracing.clone(),
             },
-        );
+        })?;
+        let (node, key_value) = (built.node, built.key_value);
+        if let Some(cluster) = &cluster {
+            key_value.replicate(cluster.kv.clone());
+        }
+        // Vector graphs are rebuilt from SQLite in the background, so the
+        // node serves at once and a query rarely waits for a rebuild.
+        #[cfg(feature = "ai")]
+        {
+            let preload = built.ai;
+            background.spawn_blocking(move || match preload.indexes.preload() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("{n} vector index(es) loaded"),
+                Err(e) => tracing::error!("cannot load vector indexes: {e}"),
+            });
+        }
         let labels = config
             .cluster
             .as_ref()

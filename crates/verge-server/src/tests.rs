@@ -18,11 +18,7 @@ fn config(data: &Path) -> ServerConfig {
             usage_flush: Duration::from_millis(50),
             ..TelemetryConfig::default()
         },
-        ai: AiConfig {
-            models_dir: data.join("models"),
-            limits: verge_ai::EmbedLimits::default(),
-            threads: 1,
-        },
+        ai: verge_node::AiSettings::new(data.join("models")),
         cluster: None,
     }
 }

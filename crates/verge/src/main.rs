@@ -5,6 +5,7 @@
 //! Exit codes: 0 success, 1 failure at run time, 2 bad usage or bad input
 //! (manifest, component, flags), reported before any port is bound.
 
+#[cfg(feature = "ai")]
 mod ai;
 mod build;
 mod client;
@@ -74,6 +75,7 @@ enum Command {
     /// List the cluster's nodes: health, labels, load, what they serve.
     Nodes(manage::Output),
     /// Install models; embed texts and search vector indexes locally.
+    #[cfg(feature = "ai")]
     #[command(subcommand)]
     Ai(ai::AiCommand),
 }
@@ -132,6 +134,7 @@ fn main() -> ExitCode {
         Command::Usage(args) => usage::run(args, &env),
         Command::Secrets(command) => state::secrets(command, &env),
         Command::Kv(command) => state::kv(command, &env),
+        #[cfg(feature = "ai")]
         Command::Ai(command) => ai::run(command, &env),
         Command::Nodes(args) => cluster::nodes(args, &env),
     };

@@ -92,15 +92,17 @@ pub(crate) struct ServerArgs {
 
     /// Tokens each tenant may embed per minute through `verge:ai` (0: no
     /// limit).
+    #[cfg(feature = "ai")]
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     ai_tokens_per_minute: u64,
 
     /// Most texts in one `embed` call.
+    #[cfg(feature = "ai")]
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     ai_max_texts: u32,
 
     #[command(flatten)]
-    models: crate::ai::ModelsDir,
+    models: crate::env::ModelsDir,
 
     #[command(flatten)]
     cluster: crate::cluster::ClusterArgs,
@@ -210,7 +212,7 @@ pub(crate) fn run(args: ServerArgs, env: &dyn Env, logs: Arc<LogHub>) -> Result<
     let models_dir = args
         .models
         .resolve(env)
-        .map_or_else(|_| data.join("models"), |d| d.root().to_path_buf());
+        .unwrap_or_else(|_| data.join("models"));
     let rt = worker_runtime()?;
     let result = rt.block_on(serve(args, data, master_key, logs, file, models_dir));
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -272,15 +274,14 @@ async fn serve(
             max_store_bytes: args.kv_max_store,
             ..verge_kv::Quotas::default()
         },
-        ai: verge_server::AiConfig {
-            models_dir,
-            limits: verge_ai::EmbedLimits {
-                tokens_per_minute: args.ai_tokens_per_minute,
-                max_texts: args.ai_max_texts as usize,
-                ..verge_ai::EmbedLimits::default()
-            },
-            threads: 1,
+        #[cfg(feature = "ai")]
+        ai: verge_node::AiSettings {
+            tokens_per_minute: args.ai_tokens_per_minute,
+            max_texts: args.ai_max_texts as usize,
+            ..verge_node::AiSettings::new(models_dir)
         },
+        #[cfg(not(feature = "ai"))]
+        ai: verge_node::AiSettings::new(models_dir),
         control: ControlConfig {
             max_upload: args.max_upload,
             pause_deploys_at: args.pause_deploys_at.clone(),

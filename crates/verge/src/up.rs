@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use verge_capabilities::{Capabilities, HostPattern, Limits, OutboundPolicy};
-use verge_executor::{Executor, ExecutorConfig};
 use verge_ingress::{Ingress, IngressConfig};
 use verge_manifest::{MANIFEST_FILE, Manifest};
 use verge_node::{AppConfig, ComponentConfig, Node, NodeError};
@@ -99,7 +98,7 @@ pub(crate) struct UpArgs {
     state_dir: Option<PathBuf>,
 
     #[command(flatten)]
-    models: crate::ai::ModelsDir,
+    models: crate::env::ModelsDir,
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -348,33 +347,27 @@ pub(crate) fn run(args: UpArgs, env: &dyn Env) -> Result<(), Failure> {
         (None, Target::App(m)) => m.dir.join(".verge"),
         (None, Target::Component(_)) => PathBuf::from(".verge"),
     };
-    // Files are created only when a component opens a store.
-    let key_value = verge_kv::KeyValue::open(&state_dir.join("kv"), verge_kv::Quotas::default());
-
     let cache_dir = if args.no_cache {
         None
     } else {
         args.cache_dir.clone().or_else(|| default_cache_dir(env))
     };
-    let executor = Executor::new(&ExecutorConfig {
+    // Files are created only when a component that declares a store loads
+    // or a guest opens an index.
+    let node = verge_node::build(verge_node::NodeSettings {
+        ai: verge_node::AiSettings::new(
+            args.models
+                .resolve(env)
+                .unwrap_or_else(|_| state_dir.join("models")),
+        ),
+        state_dir,
         cache_dir,
         max_instances: args.max_instances,
-        key_value: Some(key_value),
-        ai: Some(Arc::new(verge_ai::AiServices {
-            embedder: verge_ai::Embedder::start(
-                args.models
-                    .resolve(env)
-                    .unwrap_or_else(|_| verge_ai::ModelDir::new(state_dir.join("models"))),
-                verge_ai::DEFAULT_MODEL,
-                verge_ai::EmbedLimits::default(),
-                1,
-            ),
-            indexes: verge_ai::Indexes::new(state_dir.join("ai")),
-        })),
-        ..ExecutorConfig::default()
+        kv_quotas: verge_kv::Quotas::default(),
+        telemetry: verge_node::Telemetry::default(),
     })
-    .map_err(Failure::runtime)?;
-    let node = Node::new(executor);
+    .map_err(Failure::runtime)?
+    .node;
     let step = Step::start(format!(
         "Loading {} component(s) of `{}`",
         app.components.len(),
